@@ -1,0 +1,5 @@
+import sys
+
+from paretopipe.cli import main
+
+sys.exit(main())
