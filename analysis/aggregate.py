@@ -1,0 +1,351 @@
+"""From runs to configurations (repeats aggregated) to per-group frontiers.
+
+A *configuration* is everything that defines a run but its repeat index: the columns in
+``CONFIG_COLUMNS``. Runs sharing a configuration are repeats and are summarised by
+:func:`analysis.stats.describe`. Configurations are then split into *groups* by the
+``group_by`` columns (default: model, network condition, backend); each group gets its own
+non-dominated sorting, hypervolume and knee point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from analysis import AnalysisError
+from analysis.frontier import (
+    EXCLUDED,
+    duplicate_sets,
+    hypervolume,
+    knee_index,
+    nondominated_ranks,
+    tied_objectives,
+    to_minimisation,
+)
+from analysis.loading import RunRecord
+from analysis.metrics import METRICS, Metric, Sense, metric
+from analysis.stats import Stat, describe
+
+__all__ = [
+    "CONFIG_COLUMNS",
+    "GROUP_COLUMNS",
+    "DEFAULT_GROUP_BY",
+    "Objective",
+    "ConfigPoint",
+    "GroupResult",
+    "aggregate",
+    "analyse",
+    "parse_objectives",
+    "parse_group_by",
+    "parse_reference",
+    "default_reference",
+]
+
+CONFIG_COLUMNS = ("model", "network", "backend", "placement", "input_size", "batch_size",
+                  "window", "threads", "splits")
+GROUP_COLUMNS = ("model", "network", "backend", "placement", "input_size", "batch_size",
+                 "window", "threads", "num_stages")
+DEFAULT_GROUP_BY = ("model", "network", "backend")
+REFERENCE_MARGIN = 0.1  # default reference point: nadir + 10% of the range, per objective
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    sense: Sense
+
+    @property
+    def metric(self) -> Metric:
+        return METRICS[self.name]
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.sense.value}"
+
+
+@dataclass(frozen=True)
+class ConfigPoint:
+    """One configuration with its repeats summarised."""
+
+    config: tuple[tuple[str, object], ...]  # (column, value) for every CONFIG_COLUMNS entry
+    runs: tuple[RunRecord, ...]
+    stats: Mapping[str, Stat]  # every metric name
+    compute_s: tuple[float, ...]  # mean per stage over repeats
+    hop_transfer_s: tuple[float, ...]
+    hop_bytes: tuple[float, ...]
+
+    def get(self, column: str) -> object:
+        if column == "num_stages":
+            return len(self.splits) + 1
+        return dict(self.config)[column]
+
+    @property
+    def splits(self) -> tuple[int, ...]:
+        return dict(self.config)["splits"]  # type: ignore[return-value]
+
+    @property
+    def split_label(self) -> str:
+        return ",".join(str(k) for k in self.splits)
+
+    def mean(self, name: str) -> float:
+        return self.stats[name].mean
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """The frontier of one group of configurations, for the chosen objectives."""
+
+    group: tuple[tuple[str, object], ...]  # (column, value) for every group_by column
+    points: tuple[ConfigPoint, ...]  # sorted: rank, then objectives
+    objectives: tuple[Objective, ...]
+    ranks: tuple[int, ...]  # per point; EXCLUDED when an objective is NaN
+    excluded: Mapping[int, str]  # point index -> why it is not ranked
+    duplicates: Mapping[int, tuple[int, ...]]  # point index -> the other indices equal to it
+    ties: Mapping[int, tuple[str, ...]]  # frontier point index -> objectives tied with another
+    knee: int | None  # point index of the knee, None when the frontier is empty
+    reference: tuple[float, ...]  # natural units, one per objective
+    hypervolume: float  # in minimisation space, product of the objectives' units
+    hypervolume_normalised: float  # hypervolume / volume of the box [ideal, reference]
+    varying: tuple[str, ...]  # configuration columns (besides splits) that vary in the group
+
+    @property
+    def title(self) -> str:
+        return " · ".join(_fmt(v) for _, v in self.group) or "all runs"
+
+    @property
+    def frontier(self) -> list[int]:
+        return [i for i, r in enumerate(self.ranks) if r == 0]
+
+    def label(self, i: int) -> str:
+        """Short label of point ``i`` within its group: the split(s), plus what else varies."""
+        p = self.points[i]
+        extra = [f"{_SHORT.get(c, c)}{_fmt(p.get(c))}" for c in self.varying]
+        return " ".join([f"k={p.split_label}", *extra])
+
+
+_SHORT = {"batch_size": "b", "window": "w", "input_size": "px", "threads": "t"}
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "?"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+# --- parsing flags --------------------------------------------------------------------------
+
+def parse_objectives(text: str) -> tuple[Objective, ...]:
+    """``"latency:min,throughput:max"`` → objectives; a bare name takes its natural sense."""
+    objectives: list[Objective] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, _, sense = item.partition(":")
+        name = name.strip()
+        try:
+            m = metric(name)
+        except KeyError as exc:
+            raise AnalysisError(str(exc.args[0])) from None
+        if sense:
+            try:
+                chosen = Sense(sense.strip().lower())
+            except ValueError:
+                raise AnalysisError(f"objective {item!r}: sense must be 'min' or 'max'") from None
+        else:
+            chosen = m.sense
+        if any(o.name == name for o in objectives):
+            raise AnalysisError(f"objective {name!r} is given twice")
+        objectives.append(Objective(name, chosen))
+    if len(objectives) < 2:
+        raise AnalysisError(f"--objectives needs at least two objectives, got {text!r}")
+    return tuple(objectives)
+
+
+def parse_group_by(text: str) -> tuple[str, ...]:
+    columns = tuple(c.strip() for c in text.split(",") if c.strip())
+    for c in columns:
+        if c not in GROUP_COLUMNS:
+            raise AnalysisError(f"--group-by: unknown column {c!r}; valid: "
+                                f"{', '.join(GROUP_COLUMNS)}")
+    if len(set(columns)) != len(columns):
+        raise AnalysisError(f"--group-by: a column is given twice in {text!r}")
+    return columns
+
+
+def parse_reference(text: str, objectives: Sequence[Objective]) -> dict[str, float]:
+    """``"latency=2.0,throughput=0"`` → {name: value in natural units}."""
+    names = {o.name for o in objectives}
+    out: dict[str, float] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not eq or name not in names:
+            raise AnalysisError(f"--reference: {item!r} must be OBJECTIVE=VALUE with OBJECTIVE "
+                                f"one of {', '.join(sorted(names))}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise AnalysisError(f"--reference: {value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise AnalysisError(f"--reference: {name} must be finite")
+        out[name] = number
+    return out
+
+
+# --- aggregation ----------------------------------------------------------------------------
+
+def _config_of(run: RunRecord) -> tuple[tuple[str, object], ...]:
+    return tuple((c, getattr(run, c)) for c in CONFIG_COLUMNS)
+
+
+def _sort_key(value: object) -> tuple:
+    """Order None first, numbers numerically, strings alphabetically, tuples element-wise."""
+    if value is None:
+        return (0,)
+    if isinstance(value, tuple):
+        return (1, tuple(_sort_key(v) for v in value))
+    if isinstance(value, (int, float)):
+        return (2, float(value))
+    return (3, str(value))
+
+
+def _mean_vector(vectors: Iterable[tuple[float, ...]]) -> tuple[float, ...]:
+    vectors = list(vectors)
+    width = max((len(v) for v in vectors), default=0)
+    if any(len(v) != width for v in vectors):
+        return ()  # repeats disagree about the number of stages: no breakdown for this point
+    return tuple(describe(v[i] for v in vectors).mean for i in range(width))
+
+
+def aggregate(runs: Iterable[RunRecord]) -> list[ConfigPoint]:
+    """Group runs by configuration and summarise each metric over the repeats."""
+    by_config: dict[tuple[tuple[str, object], ...], list[RunRecord]] = {}
+    for run in runs:
+        by_config.setdefault(_config_of(run), []).append(run)
+    points = []
+    for config in sorted(by_config, key=lambda c: tuple(_sort_key(v) for _, v in c)):
+        members = sorted(by_config[config], key=lambda r: (_sort_key(r.repeat), str(r.path)))
+        points.append(ConfigPoint(
+            config=config,
+            runs=tuple(members),
+            stats={name: describe(r.metrics[name] for r in members) for name in METRICS},
+            compute_s=_mean_vector(r.compute_s for r in members),
+            hop_transfer_s=_mean_vector(r.hop_transfer_s for r in members),
+            hop_bytes=_mean_vector(r.hop_bytes for r in members),
+        ))
+    return points
+
+
+# --- frontiers per group --------------------------------------------------------------------
+
+def default_reference(points: Sequence[ConfigPoint], objectives: Sequence[Objective]
+                      ) -> tuple[float, ...]:
+    """Nadir (worst finite mean over all points) moved 10% of the range further, per objective.
+
+    Computed over every group at once so that hypervolumes of different groups (network
+    conditions, backends) are comparable. An objective without spread moves by 10% of its
+    magnitude (1.0 if it is 0). Returned in natural units (a lower bound for ``max`` objectives).
+    """
+    ref = []
+    for o in objectives:
+        values = np.array([p.mean(o.name) for p in points], dtype=float)
+        values = values[np.isfinite(values)]
+        if len(values) == 0:
+            ref.append(math.nan)
+            continue
+        lo, hi = float(values.min()), float(values.max())
+        margin = REFERENCE_MARGIN * (hi - lo) if hi > lo else (
+            REFERENCE_MARGIN * abs(hi) if hi != 0 else 1.0)
+        ref.append(hi + margin if o.sense is Sense.MIN else lo - margin)
+    return tuple(ref)
+
+
+def _ideal(points: Sequence[ConfigPoint], objectives: Sequence[Objective]) -> np.ndarray:
+    values = to_minimisation([[p.mean(o.name) for o in objectives] for p in points],
+                             [o.sense for o in objectives])
+    with np.errstate(all="ignore"):
+        return np.array([np.nanmin(c) if np.isfinite(c).any() else math.nan for c in values.T])
+
+
+def analyse(
+    points: Sequence[ConfigPoint],
+    objectives: Sequence[Objective],
+    group_by: Sequence[str] = DEFAULT_GROUP_BY,
+    reference: Mapping[str, float] | None = None,
+) -> list[GroupResult]:
+    """Split ``points`` into groups and compute each group's frontier, hypervolume and knee."""
+    if not points:
+        return []
+    senses = [o.sense for o in objectives]
+    ref = list(default_reference(points, objectives))
+    for i, o in enumerate(objectives):
+        if reference and o.name in reference:
+            ref[i] = reference[o.name]
+    ref_min = to_minimisation([ref], senses)[0]
+    ideal = _ideal(points, objectives)
+    box = float(np.prod(ref_min - ideal)) if np.isfinite(ref_min - ideal).all() else math.nan
+
+    groups: dict[tuple[tuple[str, object], ...], list[ConfigPoint]] = {}
+    for p in points:
+        groups.setdefault(tuple((c, p.get(c)) for c in group_by), []).append(p)
+
+    results = []
+    for key in sorted(groups, key=lambda k: tuple(_sort_key(v) for _, v in k)):
+        members = groups[key]
+        values = np.array([[p.mean(o.name) for o in objectives] for p in members], dtype=float)
+        ranks = nondominated_ranks(values, senses)
+        # order: ranked points by rank then objectives, excluded ones last
+        order = sorted(range(len(members)), key=lambda i: (
+            ranks[i] == EXCLUDED, ranks[i], tuple(to_minimisation([values[i]], senses)[0])))
+        members = [members[i] for i in order]
+        values, ranks = values[order], ranks[order]
+        results.append(_group_result(key, members, values, ranks, objectives, ref, ref_min, box,
+                                     group_by))
+    return results
+
+
+def _group_result(key, members, values, ranks, objectives, ref, ref_min, box, group_by
+                  ) -> GroupResult:
+    senses = [o.sense for o in objectives]
+    excluded = {
+        i: "no value for " + ", ".join(
+            o.name for j, o in enumerate(objectives) if not math.isfinite(values[i, j]))
+        for i in range(len(members)) if ranks[i] == EXCLUDED
+    }
+    duplicates: dict[int, tuple[int, ...]] = {}
+    for dup in duplicate_sets(values):
+        for i in dup:
+            duplicates[i] = tuple(j for j in dup if j != i)
+    front = [i for i in range(len(members)) if ranks[i] == 0]
+    ties = {i: tuple(objectives[c].name for c in cols)
+            for i, cols in tied_objectives(values, front).items()}
+    front_min = to_minimisation(values[front], senses) if front else np.empty((0, len(senses)))
+    knee = front[knee_index(front_min)] if front else None
+    if np.isfinite(ref_min).all() and front:
+        hv = hypervolume(front_min, ref_min)
+    else:
+        hv = math.nan
+    varying = tuple(
+        c for c in CONFIG_COLUMNS
+        if c != "splits" and c not in group_by and len({m.get(c) for m in members}) > 1
+    )
+    return GroupResult(
+        group=key,
+        points=tuple(members),
+        objectives=tuple(objectives),
+        ranks=tuple(int(r) for r in ranks),
+        excluded=excluded,
+        duplicates=duplicates,
+        ties=ties,
+        knee=knee,
+        reference=tuple(ref),
+        hypervolume=hv,
+        hypervolume_normalised=hv / box if box and math.isfinite(box) and box > 0 else math.nan,
+        varying=varying,
+    )

@@ -1,0 +1,288 @@
+"""Tables and reports: ``frontier.csv``, ``groups.csv``, ``runs.csv``, ``report.md``,
+``report.html`` (self-contained: images embedded as base64 PNG) and the terminal table.
+
+Markdown and HTML are rendered from one list of blocks, so they always say the same thing.
+In CSV files a value that is not available (NaN) is an empty cell.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence, Union
+
+from analysis.aggregate import CONFIG_COLUMNS, ConfigPoint, GroupResult, Objective
+from analysis.frontier import EXCLUDED
+from analysis.loading import LoadResult
+from analysis.metrics import METRICS
+from analysis.plots import Plot, slug
+
+__all__ = ["write_frontier_csv", "write_groups_csv", "write_runs_csv", "write_reports",
+           "terminal_table"]
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else format(value, ".10g")
+    if isinstance(value, tuple):
+        return ",".join(_cell(v) for v in value)
+    return str(value)
+
+
+def _num(value: float, digits: int = 4) -> str:
+    return "n/a" if not math.isfinite(value) else format(value, f".{digits}g")
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows([[_cell(v) for v in row] for row in rows])
+    os.replace(tmp, path)
+    return path
+
+
+def _notes(result: GroupResult, i: int) -> list[str]:
+    notes = []
+    if i == result.knee:
+        notes.append("knee")
+    if i in result.duplicates:
+        notes.append("duplicate of " + "; ".join(result.label(j) for j in result.duplicates[i]))
+    if i in result.ties:
+        notes.append("tied on " + ", ".join(result.ties[i]))
+    if i in result.excluded:
+        notes.append("excluded: " + result.excluded[i])
+    return notes
+
+
+def write_frontier_csv(path: Path, results: Sequence[GroupResult]) -> Path:
+    """One row per configuration: its group, rank (0 = frontier; empty when excluded), flags and
+    each objective's mean, std, 95% CI half-width and n."""
+    objectives = results[0].objectives if results else ()
+    header = ["group", *CONFIG_COLUMNS, "label", "rank", "on_frontier", "knee", "duplicate_of",
+              "tied_on", "excluded_reason", "n_runs"]
+    for o in objectives:
+        header += [f"{o.name}_mean", f"{o.name}_std", f"{o.name}_ci95", f"{o.name}_n"]
+    header += ["group_hypervolume", "group_hypervolume_normalised", "run_ids"]
+    rows = []
+    for r in results:
+        for i, p in enumerate(r.points):
+            row: list[object] = [r.title, *(p.get(c) for c in CONFIG_COLUMNS), r.label(i),
+                                 None if r.ranks[i] == EXCLUDED else r.ranks[i],
+                                 r.ranks[i] == 0, i == r.knee,
+                                 "; ".join(r.label(j) for j in r.duplicates.get(i, ())),
+                                 ",".join(r.ties.get(i, ())), r.excluded.get(i), len(p.runs)]
+            for o in objectives:
+                s = p.stats[o.name]
+                row += [s.mean, s.std, s.ci95, s.n]
+            row += [r.hypervolume, r.hypervolume_normalised, " ".join(x.run_id for x in p.runs)]
+            rows.append(row)
+    return _write_csv(path, header, rows)
+
+
+def write_groups_csv(path: Path, results: Sequence[GroupResult]) -> Path:
+    """One row per group: sizes, knee, hypervolume and the reference point it was taken against."""
+    objectives = results[0].objectives if results else ()
+    group_cols = [c for c, _ in results[0].group] if results else []
+    header = ["group", *group_cols, "configurations", "frontier_size", "excluded", "knee",
+              "hypervolume", "hypervolume_normalised",
+              *(f"reference_{o.name}" for o in objectives)]
+    rows = [[r.title, *(v for _, v in r.group), len(r.points), len(r.frontier), len(r.excluded),
+             r.label(r.knee) if r.knee is not None else None, r.hypervolume,
+             r.hypervolume_normalised, *r.reference] for r in results]
+    return _write_csv(path, header, rows)
+
+
+def write_runs_csv(path: Path, points: Sequence[ConfigPoint]) -> Path:
+    """One row per loaded run, with its configuration and every metric of the metric table."""
+    header = ["path", "source", "run_id", "sweep_id", "repeat", *CONFIG_COLUMNS, "valid",
+              *METRICS]
+    rows = []
+    for p in points:
+        for run in p.runs:
+            rows.append([str(run.path), run.source, run.run_id, run.sweep_id, run.repeat,
+                         *(getattr(run, c) for c in CONFIG_COLUMNS), run.valid,
+                         *(run.metrics[m] for m in METRICS)])
+    return _write_csv(path, header, rows)
+
+
+# --- reports --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Heading:
+    level: int
+    text: str
+
+
+@dataclass(frozen=True)
+class _Para:
+    text: str
+
+
+@dataclass(frozen=True)
+class _Table:
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class _Image:
+    plot: Plot
+
+
+_Block = Union[_Heading, _Para, _Table, _Image]
+
+
+def _mean_ci(p: ConfigPoint, o: Objective) -> str:
+    s = p.stats[o.name]
+    if s.n == 0:
+        return "n/a"
+    return _num(s.mean) + (f" ± {_num(s.ci95, 2)}" if math.isfinite(s.ci95) else "")
+
+
+def _group_table(r: GroupResult, frontier_only: bool = False) -> _Table:
+    header = ("configuration", "rank", *(f"{o.name} ({o.sense.value})" for o in r.objectives),
+              "n", "notes")
+    rows = []
+    for i, p in enumerate(r.points):
+        if frontier_only and r.ranks[i] != 0:
+            continue
+        rows.append((r.label(i), "-" if r.ranks[i] == EXCLUDED else str(r.ranks[i]),
+                     *(_mean_ci(p, o) for o in r.objectives), str(len(p.runs)),
+                     "; ".join(_notes(r, i))))
+    return _Table(header, tuple(rows))
+
+
+def _blocks(load: LoadResult, points: Sequence[ConfigPoint], results: Sequence[GroupResult],
+            plots: Sequence[Plot], inputs: Sequence[Path], group_by: Sequence[str]
+            ) -> list[_Block]:
+    objectives = results[0].objectives
+    b: list[_Block] = [
+        _Heading(1, "ParetoPipe analysis"),
+        _Para(f"Inputs: {', '.join(str(p) for p in inputs)}. {load.files_seen} JSON files seen, "
+              f"{len(load.runs)} runs loaded, {len(load.skipped)} skipped; {len(points)} "
+              f"configurations (repeats aggregated: mean ± 95% CI, Student t) in "
+              f"{len(results)} groups by {', '.join(group_by) or 'nothing'}."),
+        _Heading(2, "Objectives"),
+        _Table(("objective", "sense", "unit", "reference point", "from"),
+               tuple((o.name, o.sense.value, o.metric.unit or "-", _num(ref, 6), o.metric.source)
+                     for o, ref in zip(objectives, results[0].reference))),
+        _Para("Rank 0 is the frontier. A configuration with no value for an objective is "
+              "excluded from ranking, hypervolume and knee, and listed. Duplicates (identical "
+              "objective values) are all kept and flagged; so are frontier points tied on an "
+              "objective. Hypervolume is exact, against the reference point above (the worst "
+              "value over all groups moved 10% of the range further unless set with "
+              "--reference); the normalised value divides by the box between the best values "
+              "and the reference. The knee is the frontier point farthest from the line (plane) "
+              "through the frontier's extremes in normalised objective space."),
+        _Heading(2, "Summary"),
+        _Table(("group", "configurations", "frontier", "excluded", "knee", "hypervolume",
+                "normalised"),
+               tuple((r.title, str(len(r.points)), str(len(r.frontier)), str(len(r.excluded)),
+                      r.label(r.knee) if r.knee is not None else "-", _num(r.hypervolume),
+                      _num(r.hypervolume_normalised, 3)) for r in results)),
+    ]
+    by_stem = {p.stem.name: p for p in plots}
+    for r in results:
+        b += [_Heading(2, r.title), _group_table(r)]
+        key = slug(*(v for _, v in r.group))
+        b += [_Image(by_stem[s]) for s in (f"scatter_{key}", f"breakdown_{key}") if s in by_stem]
+    shown = {blk.plot.stem.name for blk in b if isinstance(blk, _Image)}
+    rest = [p for p in plots if p.stem.name not in shown]
+    if rest:
+        b.append(_Heading(2, "Comparisons"))
+        b += [_Image(p) for p in rest]
+    if load.skipped:
+        b += [_Heading(2, f"Skipped files ({len(load.skipped)})"),
+              _Table(("file", "reason"), tuple((str(s.path), s.reason) for s in load.skipped))]
+    return b
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _render_md(blocks: Sequence[_Block], out: Path) -> str:
+    lines: list[str] = []
+    for blk in blocks:
+        if isinstance(blk, _Heading):
+            lines += ["#" * blk.level + " " + blk.text, ""]
+        elif isinstance(blk, _Para):
+            lines += [blk.text, ""]
+        elif isinstance(blk, _Table):
+            lines.append("| " + " | ".join(map(_md_escape, blk.header)) + " |")
+            lines.append("|" + "---|" * len(blk.header))
+            lines += ["| " + " | ".join(map(_md_escape, row)) + " |" for row in blk.rows]
+            lines.append("")
+        else:
+            rel = blk.plot.png.relative_to(out).as_posix()
+            lines += [f"![{blk.plot.title}]({rel})", "", f"*{blk.plot.caption}* "
+                      f"([SVG]({blk.plot.svg.relative_to(out).as_posix()}))", ""]
+    return "\n".join(lines)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}th{background:#f3f3f3}
+figure{margin:1.5em 0}img{max-width:100%}figcaption{font-size:.85em;color:#555}"""
+
+
+def _render_html(blocks: Sequence[_Block]) -> str:
+    e = html.escape
+    parts = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
+             "<title>ParetoPipe analysis</title>", f"<style>{_CSS}</style></head><body>"]
+    for blk in blocks:
+        if isinstance(blk, _Heading):
+            parts.append(f"<h{blk.level}>{e(blk.text)}</h{blk.level}>")
+        elif isinstance(blk, _Para):
+            parts.append(f"<p>{e(blk.text)}</p>")
+        elif isinstance(blk, _Table):
+            parts.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in blk.header)
+                         + "</tr></thead><tbody>")
+            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>"
+                      for row in blk.rows]
+            parts.append("</tbody></table>")
+        else:
+            data = base64.b64encode(blk.plot.png.read_bytes()).decode("ascii")
+            parts.append(f"<figure><img alt=\"{e(blk.plot.title)}\" "
+                         f"src=\"data:image/png;base64,{data}\">"
+                         f"<figcaption>{e(blk.plot.caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_reports(out: Path, load: LoadResult, points: Sequence[ConfigPoint],
+                  results: Sequence[GroupResult], plots: Sequence[Plot], inputs: Sequence[Path],
+                  group_by: Sequence[str]) -> tuple[Path, Path]:
+    blocks = _blocks(load, points, results, plots, inputs, group_by)
+    md, page = out / "report.md", out / "report.html"
+    md.write_text(_render_md(blocks, out), encoding="utf-8")
+    page.write_text(_render_html(blocks), encoding="utf-8")
+    return md, page
+
+
+def terminal_table(results: Sequence[GroupResult]) -> str:
+    """The frontier of every group as plain aligned text, with hypervolume and knee."""
+    lines: list[str] = []
+    for r in results:
+        excluded = f", {len(r.excluded)} excluded" if r.excluded else ""
+        lines.append(f"{r.title}: {len(r.frontier)} of {len(r.points)} configurations on the "
+                     f"frontier{excluded}; hypervolume {_num(r.hypervolume)} (normalised "
+                     f"{_num(r.hypervolume_normalised, 3)})")
+        table = _group_table(r, frontier_only=True)
+        rows = [table.header, *table.rows]
+        widths = [max(len(row[c]) for row in rows) for c in range(len(table.header))]
+        for row in rows:
+            lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
