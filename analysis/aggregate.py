@@ -121,7 +121,7 @@ class GroupResult:
     def label(self, i: int) -> str:
         """Short label of point ``i`` within its group: the split(s), plus what else varies."""
         p = self.points[i]
-        extra = [f"{_SHORT.get(c, c)}{_fmt(p.get(c))}" for c in self.varying]
+        extra = [f"{_SHORT.get(c, '')}{_fmt(p.get(c))}" for c in self.varying]
         return " ".join([f"k={p.split_label}", *extra])
 
 

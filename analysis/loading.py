@@ -117,7 +117,10 @@ def load_results(
     seen: dict[tuple[str | None, str], Path] = {}
     for path in files:
         try:
-            record = _load_one(path)
+            try:
+                record = _load_one(path)
+            except (TypeError, AttributeError, ValueError) as exc:  # a shape nobody foresaw
+                raise _Unusable(f"malformed result file: {type(exc).__name__}: {exc}") from exc
             if not record.valid and not include_invalid:
                 raise _Unusable("invalid run (validity.valid is false: minimum batches or "
                                 "duration not met); use --include-invalid to keep it")
@@ -223,15 +226,16 @@ def _from_v1(path: Path, doc: dict[str, Any]) -> RunRecord:
     if not isinstance(run_id, str) or not run_id:
         raise _Unusable("field run_id is not a non-empty string")
     config = _get(doc, "config")
-    splits_raw = _get(config, "splits")
+    splits_raw = _get(doc, "config.splits")
     if not isinstance(splits_raw, list) or not all(
         isinstance(k, int) and not isinstance(k, bool) for k in splits_raw
     ):
         raise _Unusable(f"field config.splits is not a list of integers: {splits_raw!r}")
-    batch_size = _int_or_none(_get(config, "batch_size"), "config.batch_size")
+    batch_size = _int_or_none(_get(doc, "config.batch_size"), "config.batch_size")
     if batch_size is not None and batch_size <= 0:
         raise _Unusable(f"field config.batch_size must be positive, got {batch_size}")
-    stages_cfg = _get(config, "stages", [])
+    stages_cfg = _get(doc, "config.stages", [])
+    stages_cfg = stages_cfg if isinstance(stages_cfg, list) else []
     placement = ">".join(
         f"{s.get('host', '?')}:{s.get('device', '?')}" for s in stages_cfg if isinstance(s, dict)
     ) or UNKNOWN
@@ -243,15 +247,15 @@ def _from_v1(path: Path, doc: dict[str, Any]) -> RunRecord:
     if not isinstance(valid, bool):
         raise _Unusable(f"field validity.valid is not true/false: {valid!r}")
 
-    compute = _nums(_get(summary, "compute_s"), "summary.compute_s")
-    hops = _get(summary, "hops")
+    compute = _nums(_get(doc, "summary.compute_s"), "summary.compute_s")
+    hops = _get(doc, "summary.hops")
     if not isinstance(hops, list) or not all(isinstance(h, dict) for h in hops):
         raise _Unusable("field summary.hops is not a list of objects")
     hop_bytes = tuple(_num(h.get("bytes"), f"summary.hops[{i}].bytes") for i, h in enumerate(hops))
     hop_transfer = tuple(
         _num(h.get("transfer_s"), f"summary.hops[{i}].transfer_s") for i, h in enumerate(hops)
     )
-    stages = _get(summary, "stages", [])
+    stages = _get(doc, "summary.stages", [])
     if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
         raise _Unusable("field summary.stages is not a list of objects")
 
@@ -268,13 +272,13 @@ def _from_v1(path: Path, doc: dict[str, Any]) -> RunRecord:
         return _num(_get(summary, dotted, None), f"summary.{dotted}")
 
     metrics = {
-        "latency": _num(_get(summary, "latency_s.mean"), "summary.latency_s.mean"),
+        "latency": _num(_get(doc, "summary.latency_s.mean"), "summary.latency_s.mean"),
         "latency_p50": s("latency_s.p50"),
         "latency_p90": s("latency_s.p90"),
         "latency_p99": s("latency_s.p99"),
         "latency_per_image": s("latency_per_image_s.mean"),
         "latency_per_image_p90": s("latency_per_image_s.p90"),
-        "throughput": _num(_get(summary, "throughput_img_s"), "summary.throughput_img_s"),
+        "throughput": _num(_get(doc, "summary.throughput_img_s"), "summary.throughput_img_s"),
         "throughput_batch": s("throughput_batch_s"),
         "payload_bytes": s("payload_bytes"),
         "split_bytes": _sum_known(hop_bytes[:-1]) if len(hop_bytes) > 1 else math.nan,
@@ -290,20 +294,20 @@ def _from_v1(path: Path, doc: dict[str, Any]) -> RunRecord:
         "peak_rss_total": _sum_known(rss),
         "accuracy": s("accuracy_top1"),
     }
-    network = _get(config, "network.label")
+    network = _get(doc, "config.network.label")
     return RunRecord(
         path=path,
         source=V1_SOURCE,
         run_id=run_id,
         sweep_id=_str_or_none(doc.get("sweep_id")),
         repeat=_int_or_none(config.get("repeat"), "config.repeat"),
-        model=_str_field(_get(config, "model"), "config.model"),
+        model=_str_field(_get(doc, "config.model"), "config.model"),
         network=_str_field(network, "config.network.label"),
-        backend=_str_field(_get(config, "backend"), "config.backend"),
+        backend=_str_field(_get(doc, "config.backend"), "config.backend"),
         placement=placement,
         input_size=_int_or_none(config.get("input_size"), "config.input_size"),
         batch_size=batch_size,
-        window=_int_or_none(_get(config, "window"), "config.window"),
+        window=_int_or_none(_get(doc, "config.window"), "config.window"),
         threads=_int_or_none(config.get("threads"), "config.threads"),
         splits=tuple(splits_raw),
         valid=valid,
@@ -345,7 +349,7 @@ def _from_legacy(path: Path, doc: dict[str, Any]) -> RunRecord:
     if not isinstance(avg, dict):
         raise _Unusable("field average_metrics_per_batch is not an object")
     for key in _LEGACY_AVG:
-        _get(avg, key)
+        _get(doc, f"average_metrics_per_batch.{key}")
     model = _str_field(doc["model_name"], "model_name")
     split = doc["split_index"]
     if isinstance(split, bool) or not isinstance(split, int):

@@ -46,8 +46,17 @@ class Plot:
 
 
 def slug(*parts: object) -> str:
-    text = "_".join(str(p) for p in parts if p is not None and str(p) != "")
-    return re.sub(r"[^A-Za-z0-9.=-]+", "-", text).strip("-") or "all"
+    """File-name-safe name: each part's odd characters become '-', parts are joined by '_'."""
+    cleaned = (re.sub(r"[^A-Za-z0-9.=-]+", "-", _text(p)).strip("-") for p in parts)
+    return "_".join(c for c in cleaned if c) or "all"
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def human_bytes(n: float) -> str:
