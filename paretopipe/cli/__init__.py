@@ -58,6 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ParetoPipeError as exc:
         print(f"paretopipe: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `paretopipe splits vgg16 | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("paretopipe: interrupted", file=sys.stderr)
         return 130
