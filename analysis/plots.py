@@ -197,7 +197,7 @@ def _breakdown(result: GroupResult, out: Path) -> Plot | None:
     ax.set_ylabel("time per batch [s]")
     ax.set_title(f"Where the time goes, per split: {result.title}")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # never over the bars
     caption = (f"Per-batch time split into stage compute, transfer over all hops and queueing, "
                f"per configuration, for {result.title}; the black tick is the measured mean "
                f"latency, the hatched part what the parts do not account for.")
@@ -253,13 +253,17 @@ def _overlay(model: str, points: Sequence[ConfigPoint], axes: Sequence[Objective
         for j, name in enumerate(names):
             subset = [p for p in points if p.get(panel) == value and p.get(series) == name]
             xy = _xy(subset, axes)
-            xy = xy[np.isfinite(xy).all(axis=1)]
+            finite = np.isfinite(xy).all(axis=1)
+            subset, xy = [p for p, f in zip(subset, finite) if f], xy[finite]
             if not len(xy):
                 continue
             colour = _PALETTE[j % len(_PALETTE)]
             on = _frontier_steps(ax, xy, axes, color=colour, lw=1.6, label=str(name))
             ax.scatter(xy[on, 0], xy[on, 1], color=colour, s=22, zorder=3)
             ax.scatter(xy[~on, 0], xy[~on, 1], color=colour, s=10, alpha=0.3)
+            for p, (x, y) in zip((p for p, o in zip(subset, on) if o), xy[on]):
+                ax.annotate(p.split_label, (x, y), fontsize=7, color=colour, xytext=(4, 3),
+                            textcoords="offset points")
         _maybe_log(ax, all_xy[np.isfinite(all_xy).all(axis=1)])
         ax.set_title(f"{panel} = {value}", fontsize=10)
         ax.set_xlabel(_axis_label(axes[0]), fontsize=8)
@@ -285,10 +289,12 @@ def draw_all(results: Sequence[GroupResult], points: Sequence[ConfigPoint],
             _overlay(str(model), mine, axes, "backend", "network", out,
                      "conditions_" + slug(model), f"Frontiers per network condition: {model}",
                      f"The {axes[0].name}/{axes[1].name} frontier of each network condition, "
-                     f"overlaid, one panel per backend ({model})."),
+                     f"overlaid, one panel per backend ({model}); frontier points are labelled "
+                     f"by split."),
             _overlay(str(model), mine, axes, "network", "backend", out,
                      "backends_" + slug(model), f"Backends compared: {model}",
                      f"The {axes[0].name}/{axes[1].name} frontier of each backend, overlaid, "
-                     f"one panel per network condition ({model})."),
+                     f"one panel per network condition ({model}); frontier points are labelled "
+                     f"by split."),
         ) if p]
     return plots
