@@ -2,7 +2,6 @@ import math
 
 import numpy as np
 import pytest
-from analysis_fixtures import make_run, write_json
 
 from analysis import AnalysisError
 from analysis.aggregate import (
@@ -17,6 +16,8 @@ from analysis.frontier import EXCLUDED
 from analysis.loading import load_results
 from analysis.metrics import Sense
 from analysis.stats import t_quantile
+
+from .analysis_fixtures import make_run, write_json
 
 
 def _runs(tmp_path, specs, seed=0):

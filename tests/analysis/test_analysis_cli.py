@@ -9,7 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from analysis_fixtures import (
+
+from analysis.frontier import nondominated_ranks_naive
+from analysis.pareto import main
+
+from .analysis_fixtures import (
     BACKENDS,
     CONDITIONS,
     MODEL,
@@ -19,9 +23,6 @@ from analysis_fixtures import (
     write_json,
     write_sweep,
 )
-
-from analysis.frontier import nondominated_ranks_naive
-from analysis.pareto import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

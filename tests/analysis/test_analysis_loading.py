@@ -4,11 +4,12 @@ import math
 
 import numpy as np
 import pytest
-from analysis_fixtures import legacy_doc, make_run, write_json
 
 from analysis import AnalysisError
 from analysis.loading import LEGACY_BACKEND, LEGACY_SOURCE, V1_SOURCE, load_results
 from analysis.metrics import METRICS
+
+from .analysis_fixtures import legacy_doc, make_run, write_json
 
 
 @pytest.fixture()
