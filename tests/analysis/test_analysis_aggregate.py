@@ -1,3 +1,4 @@
+import csv
 import math
 
 import numpy as np
@@ -15,6 +16,7 @@ from analysis.aggregate import (
 from analysis.frontier import EXCLUDED
 from analysis.loading import load_results
 from analysis.metrics import Sense
+from analysis.report import write_frontier_csv
 from analysis.stats import t_quantile
 
 from .analysis_fixtures import make_run, write_json
@@ -103,7 +105,7 @@ def test_nan_objective_excludes_points_and_says_why(tmp_path):
 def test_duplicates_are_kept_and_flagged(tmp_path):
     runs = _runs(tmp_path, [(6, "lan", "tcp", 0), (10, "lan", "tcp", 0)])
     # give split 10 the same objective values as split 6
-    a, b = runs
+    a, b = sorted(runs, key=lambda r: r.splits)
     b.metrics.update(latency=a.metrics["latency"], throughput=a.metrics["throughput"])
     (result,) = analyse(aggregate(runs), parse_objectives("latency,throughput"))
     assert result.ranks == (0, 0)
@@ -142,3 +144,18 @@ def test_explicit_reference_is_used(tmp_path):
     assert result.reference == (10.0, 0.0)
     default = default_reference(points, objs)
     assert default[0] < 10.0
+
+
+def test_frontier_csv_says_which_points_are_duplicates_and_excluded(tmp_path):
+    runs = _runs(tmp_path / "runs", [(k, "lan", "tcp", 0) for k in (3, 6, 10)])
+    a, b, c = sorted(runs, key=lambda r: r.splits)
+    b.metrics.update(latency=a.metrics["latency"], throughput=a.metrics["throughput"])
+    c.metrics.update(throughput=math.nan)
+    results = analyse(aggregate(runs), parse_objectives("latency,throughput"))
+    path = write_frontier_csv(tmp_path / "frontier.csv", results)
+    rows = {r["label"]: r for r in csv.DictReader(path.open())}
+    assert rows["k=3"]["duplicate_of"] == "k=6" and rows["k=6"]["duplicate_of"] == "k=3"
+    assert rows["k=3"]["rank"] == rows["k=6"]["rank"] == "0"
+    assert rows["k=10"]["rank"] == "" and rows["k=10"]["on_frontier"] == "false"
+    assert rows["k=10"]["excluded_reason"] == "no value for throughput"
+    assert rows["k=10"]["throughput_mean"] == "" and rows["k=10"]["throughput_n"] == "0"
