@@ -126,13 +126,15 @@ def _scatter(result: GroupResult, axes: Sequence[Objective], out: Path) -> Plot 
                               label="frontier (2-D)")
     err = np.array([[p.stats[o.name].ci95 for o in axes] for p in pts], dtype=float)
     err = np.where(np.isfinite(err), err, 0.0)
-    for mask, colour, name in ((on2, _PALETTE[0], "on the frontier"),
-                               (~on2 & ok, "#9a9a9a", "dominated")):
+    nd_objectives = tuple(result.objectives) != tuple(axes)
+    where = " (2-D)" if nd_objectives else ""
+    for mask, colour, name in ((on2, _PALETTE[0], "on the frontier" + where),
+                               (~on2 & ok, "#9a9a9a", "dominated" + where)):
         if mask.any():
             ax.errorbar(xy[mask, 0], xy[mask, 1], xerr=err[mask, 0], yerr=err[mask, 1],
                         fmt="o", color=colour, ms=6, capsize=2, lw=0.8, label=name)
     index = {id(p): i for i, p in enumerate(result.points)}
-    if len(result.objectives) > 2 or tuple(result.objectives) != tuple(axes):
+    if nd_objectives:
         nd = np.array([result.ranks[index[id(p)]] == 0 for p in pts]) & ok
         if nd.any():
             ax.scatter(xy[nd, 0], xy[nd, 1], s=150, facecolors="none", edgecolors=_PALETTE[3],
