@@ -1,0 +1,228 @@
+"""`paretopipe stage serve`, `paretopipe run`, `paretopipe sweep`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from paretopipe.errors import ConfigError
+
+_BACKEND_HELP = "transport backend"
+
+
+def _backends() -> list[str]:
+    from paretopipe.transport import backend_names
+
+    return backend_names()
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    # ---- stage serve
+    stage = subparsers.add_parser("stage", help="stage workers (run on each device after the first)")
+    stage_sub = stage.add_subparsers(dest="stage_command", metavar="ACTION")
+    stage.set_defaults(func=lambda args: _usage(stage))
+    serve = stage_sub.add_parser(
+        "serve", help="run a long-lived stage worker",
+        description="Serve stages of split models, one session at a time. Each session's handshake says which "
+                    "model, split and stage to run; the stage is built (from the model and the weights spec, "
+                    "or from --shards) and cached for the next session.")
+    serve.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on, e.g. 0.0.0.0:29500")
+    serve.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    serve.add_argument("--shards", metavar="DIR", help="build stages from the shard files in DIR (`paretopipe shard`)")
+    serve.add_argument("--token-file", metavar="F", help="require peers to prove they hold the secret in F (HMAC-SHA256)")
+    serve.add_argument("--threads", type=_positive_int, metavar="N", help="torch intra-op threads (default: torch's)")
+    serve.add_argument("--backend", default="tcp", help=f"{_BACKEND_HELP} (default: tcp)")
+    serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    serve.set_defaults(func=_cmd_serve)
+
+    # ---- run
+    run = subparsers.add_parser(
+        "run", help="run the source of a split-inference session and write its result file",
+        description="Run the head of the model here, stream batches through the stage workers with at most "
+                    "--window batches in flight, and write one result file (docs/results.md).")
+    _add_model_args(run)
+    run.add_argument("--split", type=int, action="append", required=True, metavar="K",
+                     help="split index; repeat for more stages (--split 3 --split 9 = three stages)")
+    run.add_argument("--stages", required=True, metavar="HOST:PORT[,HOST:PORT]",
+                     help="the workers of stages 1.., comma-separated, in chain order")
+    _add_session_args(run)
+    length = run.add_mutually_exclusive_group()
+    length.add_argument("--batches", type=_positive_int, metavar="N", help="counted batches after warm-up (default: 50)")
+    length.add_argument("--duration", type=float, metavar="S", help="run for S seconds after warm-up instead")
+    run.add_argument("--out", required=True, metavar="FILE", help="result file to write (never overwritten)")
+    run.add_argument("--device", default="cpu", help="device for the head stage: cpu or cuda[:N] (default: cpu)")
+    run.add_argument("--network-label", default="none", metavar="LABEL", help="network condition name (default: none)")
+    run.add_argument("--network-json", metavar="JSON|@FILE",
+                     help='{"configured": {...}, "measured": {...}, "extra": {...}} for config.network')
+    run.add_argument("--sweep-id", metavar="ID", help="sweep this run belongs to")
+    run.add_argument("--repeat", type=int, default=0, metavar="R", help="repeat index within a sweep (default: 0)")
+    run.add_argument("--run-id", metavar="ID", help="run id (default: made from model, splits, backend, network, batch, window, repeat)")
+    run.add_argument("--check", action="store_true",
+                     help="compare the returned logits with the unsplit model on the same inputs (fails the run if they differ)")
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    run.set_defaults(func=_cmd_run)
+
+    # ---- sweep
+    sweep = subparsers.add_parser(
+        "sweep", help="run every split (x repeats) with local workers on loopback",
+        description="Start stage worker processes on loopback, run the source for each split and repeat, and "
+                    "write one result file per run into --out. Runs whose file exists are skipped (resume); a "
+                    "failed run is recorded and the sweep goes on.")
+    _add_model_args(sweep)
+    sweep.add_argument("--splits", default="all", metavar="all|K,...",
+                       help="'all' (every split point), or a comma list; K1:K2 is a three-stage chain (default: all)")
+    sweep.add_argument("--repeats", type=_positive_int, default=1, metavar="R", help="runs per split (default: 1)")
+    _add_session_args(sweep)
+    sweep.add_argument("--batches", type=_positive_int, default=50, metavar="N", help="counted batches per run (default: 50)")
+    sweep.add_argument("--out", required=True, metavar="DIR", help="folder for the result files (results/<sweep-id>)")
+    sweep.add_argument("--sweep-id", metavar="ID", help="sweep id (default: the name of --out)")
+    sweep.add_argument("--device", default="cpu", help="device for the workers: cpu or cuda[:N] (default: cpu)")
+    sweep.add_argument("--network-label", default="none", metavar="LABEL", help="network condition name (default: none)")
+    sweep.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sweep.set_defaults(func=_cmd_sweep)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="M", help="model name (see `paretopipe models`)")
+    p.add_argument("--num-classes", type=_positive_int, default=10, metavar="C", help="classifier outputs (default: 10)")
+    p.add_argument("--input-size", type=_positive_int, metavar="PX", help="input height/width (default: the model's, 224 or 299)")
+    p.add_argument("--weights", metavar="FILE", help="state_dict checkpoint (default: seeded random weights)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights and synthetic inputs (default: 0)")
+    p.add_argument("--backend", default="tcp", help=f"{_BACKEND_HELP} (default: tcp)")
+
+
+def _add_session_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per batch (default: 8)")
+    p.add_argument("--window", type=_positive_int, default=1, metavar="W", help="max batches in flight; 1 = sequential (default: 1)")
+    p.add_argument("--warmup", type=int, default=5, metavar="N", help="warm-up batches, not counted (default: 5)")
+    p.add_argument("--min-batches", type=int, default=20, metavar="N", help="validity: minimum counted batches (default: 20)")
+    p.add_argument("--min-duration", type=float, default=0.0, metavar="S", help="validity: minimum counted duration (default: 0)")
+    p.add_argument("--input", default="synthetic", metavar="SPEC", help="synthetic | cifar10:PATH | folder:PATH (default: synthetic)")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="torch intra-op threads per stage (default: torch's)")
+    p.add_argument("--token-file", metavar="F", help="shared secret for the workers' token auth")
+    p.add_argument("--connect-timeout", type=float, default=60.0, metavar="S",
+                   help="keep retrying to connect to the workers for S seconds (default: 60)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="receive timeout (default: 60)")
+
+
+def _check_backend(name: str) -> None:
+    if name not in _backends():
+        raise ConfigError(f"unknown --backend {name!r} (available: {', '.join(_backends())})")
+
+
+def _network(arg: str | None) -> dict[str, Any]:
+    if not arg:
+        return {}
+    text = arg
+    if arg.startswith("@"):
+        try:
+            text = Path(arg[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read --network-json file {arg[1:]}: {exc.strerror}") from None
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"--network-json is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ConfigError("--network-json must be a JSON object with configured/measured/extra")
+    return obj
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from paretopipe.runtime.worker import serve
+
+    _setup_logging(args.verbose)
+    _check_backend(args.backend)
+    serve(listen=args.listen, device=args.device, shards=args.shards, token_file=args.token_file,
+          threads=args.threads, backend=args.backend)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from paretopipe.runtime.source import RunConfig, RunFailed, run
+
+    _setup_logging(args.verbose)
+    _check_backend(args.backend)
+    cfg = RunConfig(
+        model=args.model, splits=tuple(args.split), stages=tuple(s for s in args.stages.split(",") if s),
+        out=Path(args.out), batch_size=args.batch_size, window=args.window,
+        batches=args.batches if args.batches is not None else (None if args.duration is not None else 50),
+        duration_s=args.duration, warmup=args.warmup, min_batches=args.min_batches,
+        min_duration_s=args.min_duration, input=args.input, num_classes=args.num_classes,
+        input_size=args.input_size, weights=args.weights, seed=args.seed, device=args.device,
+        threads=args.threads, token_file=args.token_file, connect_timeout_s=args.connect_timeout,
+        timeout_s=args.timeout, backend=args.backend, network_label=args.network_label,
+        network=_network(args.network_json), sweep_id=args.sweep_id, repeat=args.repeat,
+        run_id=args.run_id, check=args.check,
+    )
+    try:
+        doc = run(cfg)
+    except RunFailed as exc:
+        print(f"paretopipe: error: run failed: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(format_summary(doc, cfg.out))
+    return 0
+
+
+def format_summary(doc: dict[str, Any], path: Path) -> str:
+    s, v = doc["summary"], doc["validity"]
+    lat = s["latency_s"]
+    lines = [
+        f"{doc['run_id']}: {doc['status']}, {v['counted_batches']} batches in {v['duration_s']:.2f} s"
+        + ("" if v["valid"] else f" (NOT valid: min batches {v['min_batches']} met={v['min_batches_met']}, "
+                                 f"min duration {v['min_duration_s']} s met={v['min_duration_met']})"),
+    ]
+    if s["throughput_img_s"] is not None:
+        lines.append(f"  throughput {s['throughput_img_s']:.2f} img/s; latency mean {lat['mean'] * 1e3:.2f} ms, "
+                     f"p50 {lat['p50'] * 1e3:.2f}, p90 {lat['p90'] * 1e3:.2f}, p99 {lat['p99'] * 1e3:.2f} ms per batch")
+        lines.append("  compute per stage (ms): " + ", ".join(f"{c * 1e3:.2f}" for c in s["compute_s"]))
+        lines.append("  hops (bytes / transfer ms): " + ", ".join(f"{h['bytes']} / {h['transfer_s'] * 1e3:.3f}" for h in s["hops"]))
+        lines.append(f"  queue wait {s['queue_wait_s'] * 1e3:.2f} ms, prefetch stalls {s['prefetch_stalls']}")
+    if s.get("accuracy_top1") is not None:
+        lines.append(f"  top-1 accuracy {s['accuracy_top1']:.4f}")
+    if doc.get("check"):
+        c = doc["check"]
+        lines.append(f"  check vs unsplit model: max |diff| {c['max_abs_diff']:.3g} over {c['batches']} batches: {'ok' if c['ok'] else 'MISMATCH'}")
+    lines.append(f"  written to {path}")
+    return "\n".join(lines)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from paretopipe.runtime.sweep import SweepConfig, sweep
+
+    _setup_logging(args.verbose)
+    _check_backend(args.backend)
+    cfg = SweepConfig(
+        model=args.model, splits=args.splits, backend=args.backend, repeats=args.repeats, out=Path(args.out),
+        sweep_id=args.sweep_id, batch_size=args.batch_size, window=args.window, batches=args.batches,
+        warmup=args.warmup, min_batches=args.min_batches, min_duration_s=args.min_duration,
+        input=args.input, num_classes=args.num_classes, input_size=args.input_size, weights=args.weights,
+        seed=args.seed, threads=args.threads, token_file=args.token_file, device=args.device,
+        connect_timeout_s=args.connect_timeout, timeout_s=args.timeout, network_label=args.network_label,
+        verbose=args.verbose,
+    )
+    return sweep(cfg)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2

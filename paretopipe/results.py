@@ -1,0 +1,209 @@
+"""Result files (schema ``paretopipe.run`` v1, docs/results.md): build, check, write.
+
+Files are written atomically (a temporary file in the same folder, then ``os.link`` to the final
+name, which fails if the name is taken) and never overwritten.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import socket
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from paretopipe import __version__
+from paretopipe.errors import ConfigError
+
+SCHEMA = "paretopipe.run"
+SCHEMA_VERSION = 1
+
+_TOP_KEYS = ("schema", "schema_version", "run_id", "sweep_id", "created_utc", "status", "error",
+             "config", "environment", "batches", "summary", "validity")
+_CONFIG_KEYS = ("model", "num_classes", "input_size", "weights", "splits", "num_blocks", "backend",
+                "batch_size", "window", "warmup", "batches", "duration_s", "min_batches",
+                "min_duration_s", "input", "seed", "threads", "repeat", "stages", "network")
+_BATCH_KEYS = ("batch_id", "send_s", "done_s", "latency_s", "queue_wait_s", "compute_s", "hops")
+_SUMMARY_KEYS = ("throughput_img_s", "throughput_batch_s", "latency_s", "latency_per_image_s",
+                 "compute_s", "hops", "payload_bytes", "queue_wait_s", "prefetch_stalls",
+                 "accuracy_top1", "stages")
+_VALIDITY_KEYS = ("warmup_batches", "counted_batches", "duration_s", "min_batches", "min_duration_s",
+                  "min_batches_met", "min_duration_met", "valid")
+_ENV_KEYS = ("index", "hostname", "cpu_model", "cores", "python", "torch", "torchvision",
+             "paretopipe", "device", "device_name", "commit")
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_id(*, model: str, splits: Sequence[int], backend: str, network: str, batch_size: int,
+           window: int, repeat: int) -> str:
+    """The file-name stem of a run, e.g. ``resnet18-s5-tcp-lan-b8-w4-r0`` (``s3_9`` for 3 stages)."""
+    split_part = "_".join(str(k) for k in splits)
+    safe_net = "".join(c if c.isalnum() or c in "-." else "_" for c in network)
+    return f"{model}-s{split_part}-{backend}-{safe_net}-b{batch_size}-w{window}-r{repeat}"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    repo = Path(__file__).resolve().parent.parent
+    if not (repo / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment_info(device: str, *, index: int = 0) -> dict[str, Any]:
+    """This machine and its software, for the ``environment.stages`` section."""
+    import torch
+    import torchvision
+
+    device_name = None
+    if device.startswith("cuda") and torch.cuda.is_available():
+        device_name = torch.cuda.get_device_name(torch.device(device))
+    return {
+        "index": index,
+        "hostname": socket.gethostname(),
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "paretopipe": __version__,
+        "device": device,
+        "device_name": device_name,
+        "commit": _git_commit(),
+    }
+
+
+def validity(*, warmup: int, counted: int, duration_s: float, min_batches: int,
+             min_duration_s: float) -> dict[str, Any]:
+    batches_met = counted >= min_batches
+    duration_met = duration_s >= min_duration_s
+    return {
+        "warmup_batches": warmup, "counted_batches": counted, "duration_s": duration_s,
+        "min_batches": min_batches, "min_duration_s": min_duration_s,
+        "min_batches_met": batches_met, "min_duration_met": duration_met,
+        "valid": batches_met and duration_met,
+    }
+
+
+def build_result(*, run_id: str, sweep_id: str | None, status: str, error: str | None,
+                 config: dict[str, Any], environment: list[dict[str, Any]],
+                 batches: list[dict[str, Any]], summary: dict[str, Any],
+                 validity: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    doc = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "run_id": run_id, "sweep_id": sweep_id,
+        "created_utc": utc_now(), "status": status, "error": error, "config": config,
+        "environment": {"stages": environment}, "batches": batches, "summary": summary,
+        "validity": validity,
+    }
+    doc.update(extra)
+    return doc
+
+
+def validate_result(doc: Any) -> list[str]:
+    """Problems with a result document (empty when it follows schema v1)."""
+    problems: list[str] = []
+    if not isinstance(doc, dict):
+        return ["not a JSON object"]
+
+    def need(obj: Any, keys: Sequence[str], where: str) -> None:
+        if not isinstance(obj, dict):
+            problems.append(f"{where} is not an object")
+            return
+        problems.extend(f"{where}.{k} missing" for k in keys if k not in obj)
+
+    need(doc, _TOP_KEYS, "$")
+    if problems:
+        return problems
+    if doc["schema"] != SCHEMA or doc["schema_version"] != SCHEMA_VERSION:
+        problems.append(f"schema {doc['schema']!r} v{doc['schema_version']} is not {SCHEMA} v{SCHEMA_VERSION}")
+    if doc["status"] not in ("ok", "failed"):
+        problems.append(f"status {doc['status']!r} is not ok/failed")
+    if doc["status"] == "failed" and not doc["error"]:
+        problems.append("a failed run needs an error")
+    cfg = doc["config"]
+    need(cfg, _CONFIG_KEYS, "config")
+    if isinstance(cfg, dict) and "stages" in cfg and "splits" in cfg:
+        if len(cfg["stages"]) != len(cfg["splits"]) + 1:
+            problems.append("config.stages must have one entry more than config.splits")
+        for i, st in enumerate(cfg["stages"]):
+            need(st, ("index", "host", "device", "address", "blocks"), f"config.stages[{i}]")
+        need(cfg.get("network"), ("label", "configured", "measured", "extra"), "config.network")
+    env = doc["environment"]
+    need(env, ("stages",), "environment")
+    if isinstance(env, dict):
+        for i, st in enumerate(env.get("stages") or []):
+            need(st, _ENV_KEYS, f"environment.stages[{i}]")
+    nstages = len(cfg.get("stages", [])) if isinstance(cfg, dict) else 0
+    if not isinstance(doc["batches"], list):
+        problems.append("batches is not a list")
+    else:
+        for i, b in enumerate(doc["batches"]):
+            need(b, _BATCH_KEYS, f"batches[{i}]")
+            if isinstance(b, dict) and nstages and (len(b.get("compute_s", [])) != nstages or len(b.get("hops", [])) != nstages):
+                problems.append(f"batches[{i}] needs {nstages} compute_s entries and {nstages} hops")
+    need(doc["summary"], _SUMMARY_KEYS, "summary")
+    need(doc["validity"], _VALIDITY_KEYS, "validity")
+    return problems
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Fail early (before any work) if `path` is taken or its folder cannot be made."""
+    path = Path(path)
+    if path.exists():
+        raise ConfigError(f"result file {path} already exists; result files are never overwritten (pick another --out)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {path.parent}: {exc.strerror}") from None
+    return path
+
+
+def write_result(doc: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write atomically; never overwrite. Raises ConfigError if the name is taken."""
+    problems = validate_result(doc)
+    if problems:
+        raise ValueError(f"result document breaks schema v1: {'; '.join(problems[:5])}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=1, allow_nan=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, path)  # atomic, and fails if the name exists: never overwrites
+    except FileExistsError:
+        raise ConfigError(f"result file {path} already exists; not overwritten") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+

@@ -1,0 +1,404 @@
+"""The source (``paretopipe run``): inputs, the head stage, the in-flight window, the result file.
+
+The source runs stage 0 (blocks ``[0, splits[0])``) on its own device and streams batches through
+the chain with at most ``window`` batches in flight (1 = sequential). Three threads:
+
+- main: waits for a free window slot, takes the next prefetched batch, stamps ``send_s`` (the batch
+  enters the pipeline), runs the head, and queues the output for sending;
+- sender: hands outputs to the transport (the wait between head done and wire send is the
+  source's queue time);
+- collector: receives logits from the last stage, stamps ``done_s`` and frees the window slot.
+
+All of it is backend-neutral: the transport is a :class:`~paretopipe.transport.base.SourceLink`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paretopipe.errors import ConfigError, ParetoPipeError, StageError
+from paretopipe.metrics import BatchRecord, ResourceSampler, summarize
+from paretopipe.runtime.compute import HostBuffers, compute
+from paretopipe.transport.base import SessionPlan, SessionSpec, StageInfo
+
+log = logging.getLogger("paretopipe.source")
+
+#: Logits of at most this many counted batches are kept for --check.
+CHECK_BATCHES = 16
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str
+    splits: tuple[int, ...]
+    stages: tuple[str, ...]
+    out: Path
+    batch_size: int = 8
+    window: int = 1
+    batches: int | None = 50
+    duration_s: float | None = None
+    warmup: int = 5
+    min_batches: int = 20
+    min_duration_s: float = 0.0
+    input: str = "synthetic"
+    num_classes: int = 10
+    input_size: int | None = None
+    weights: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    token_file: str | None = None
+    connect_timeout_s: float = 60.0
+    timeout_s: float = 60.0
+    backend: str = "tcp"
+    network_label: str = "none"
+    network: dict[str, Any] = field(default_factory=dict)  # configured / measured / extra
+    sweep_id: str | None = None
+    repeat: int = 0
+    run_id: str | None = None
+    check: bool = False
+
+    def validate(self) -> None:
+        if not self.splits:
+            raise ConfigError("give at least one --split (k: blocks [0, k) run on the source)")
+        if list(self.splits) != sorted(self.splits):
+            raise ConfigError(f"--split values must be non-decreasing, got {list(self.splits)}")
+        if len(self.stages) != len(self.splits):
+            raise ConfigError(f"{len(self.splits)} split(s) make {len(self.splits) + 1} stages: --stages needs "
+                              f"{len(self.splits)} HOST:PORT address(es) (stage 0 is this source), got {len(self.stages)}")
+        if (self.batches is None) == (self.duration_s is None):
+            raise ConfigError("give exactly one of --batches N or --duration S")
+        for name, value, low in (("--batch-size", self.batch_size, 1), ("--window", self.window, 1),
+                                 ("--warmup", self.warmup, 0), ("--min-batches", self.min_batches, 0),
+                                 ("--batches", self.batches if self.batches is not None else 1, 1)):
+            if value < low:
+                raise ConfigError(f"{name} must be at least {low} (got {value})")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ConfigError(f"--duration must be positive (got {self.duration_s})")
+        if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise ConfigError("--timeout and --connect-timeout must be positive")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be at least 1 (got {self.threads})")
+        extra = set(self.network) - {"configured", "measured", "extra"}
+        if extra:
+            raise ConfigError(f"--network-json keys must be configured/measured/extra, got {sorted(extra)}")
+
+
+@dataclass
+class _Pending:
+    batch_id: int
+    send_s: float
+    head_s: float
+    head_ready: float
+    window_wait_s: float
+    labels: Any
+    wire_send: float = 0.0
+
+
+class RunFailed(StageError):
+    """The run failed; a partial result file (status "failed") was written."""
+
+    def __init__(self, message: str, path: Path | None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.exit_code = 1
+
+
+class _Run:
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.records: list[BatchRecord] = []
+        self.stage_infos: list[StageInfo] = []
+        self.stage_stats: list[dict[str, Any]] = []
+        self.error: str | None = None
+        self.check: dict[str, Any] | None = None
+        self.kept_logits: dict[int, Any] = {}
+        self.prefetch_stalls = 0
+        self.prefetch_stall_s = 0.0
+        self.labelled_images = 0
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        import torch
+
+        from paretopipe.models import get_model_info, weights_spec
+        from paretopipe.runtime.worker import check_device
+        from paretopipe.splitting import build_stages, num_blocks, stage_io_shapes
+
+        cfg = self.cfg
+        self.device = check_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.input_size = cfg.input_size or get_model_info(cfg.model).input_size
+        self.num_blocks = num_blocks(cfg.model, num_classes=cfg.num_classes)
+        for k in cfg.splits:
+            if not 0 <= k <= self.num_blocks:
+                raise ConfigError(f"split {k} is out of range for {cfg.model} (valid: 0..{self.num_blocks}); see `paretopipe splits {cfg.model}`")
+        self.weights = weights_spec(cfg.weights, cfg.seed)
+        self.head = build_stages(cfg.model, cfg.splits, num_classes=cfg.num_classes, weights=cfg.weights,
+                                 seed=cfg.seed)[0].to(self.device)
+        _, self.head_out_shape = stage_io_shapes(cfg.model, cfg.splits, 0, batch_size=cfg.batch_size,
+                                                 input_size=self.input_size, num_classes=cfg.num_classes)
+        self.logits_shape = (cfg.batch_size, cfg.num_classes)
+
+    def config_section(self) -> dict[str, Any]:
+        cfg = self.cfg
+        bounds = (0, *cfg.splits, getattr(self, "num_blocks", None))
+        infos = {i.index: i for i in self.stage_infos}
+        stages = [{"index": 0, "host": socket.gethostname(), "device": cfg.device, "address": None,
+                   "blocks": [bounds[0], bounds[1]]}]
+        for i, addr in enumerate(cfg.stages, start=1):
+            info = infos.get(i)
+            stages.append({
+                "index": i,
+                "host": info.environment.get("hostname") if info else addr.rpartition(":")[0],
+                "device": info.device if info else None,
+                "address": addr,
+                "blocks": [bounds[i], bounds[i + 1]],
+            })
+        return {
+            "model": cfg.model, "num_classes": cfg.num_classes,
+            "input_size": getattr(self, "input_size", cfg.input_size),
+            "weights": getattr(self, "weights", None), "splits": list(cfg.splits),
+            "num_blocks": getattr(self, "num_blocks", None), "backend": cfg.backend,
+            "batch_size": cfg.batch_size, "window": cfg.window, "warmup": cfg.warmup,
+            "batches": cfg.batches, "duration_s": cfg.duration_s, "min_batches": cfg.min_batches,
+            "min_duration_s": cfg.min_duration_s, "input": cfg.input, "seed": cfg.seed,
+            "threads": cfg.threads, "repeat": cfg.repeat, "stages": stages,
+            "network": {"label": cfg.network_label, "configured": cfg.network.get("configured"),
+                        "measured": cfg.network.get("measured"), "extra": cfg.network.get("extra") or {}},
+            "timeout_s": cfg.timeout_s, "device": cfg.device,
+        }
+
+    # ---------------------------------------------------------------- the session
+    def execute(self) -> None:
+        import torch
+
+        from paretopipe.runtime.inputs import Prefetcher, open_input
+        from paretopipe.transport import get_backend
+        from paretopipe.wire import read_token_file
+
+        cfg = self.cfg
+        inputs = open_input(cfg.input, batch_size=cfg.batch_size, input_size=self.input_size, seed=cfg.seed)
+        self.inputs = inputs
+        spec = SessionSpec(
+            session_id=random.getrandbits(63), model=cfg.model, num_classes=cfg.num_classes,
+            input_size=self.input_size, splits=tuple(cfg.splits), stage_index=1,
+            num_stages=len(cfg.splits) + 1, batch_size=cfg.batch_size, dtype="float32",
+            weights=self.weights, next_address=None, window=cfg.window, timeout_s=cfg.timeout_s,
+            threads=cfg.threads, seed=cfg.seed,
+        )
+        plan = SessionPlan(addresses=tuple(cfg.stages), spec=spec, head_out_shape=tuple(self.head_out_shape),
+                           logits_shape=self.logits_shape,
+                           token=read_token_file(cfg.token_file) if cfg.token_file else None,
+                           connect_timeout_s=cfg.connect_timeout_s)
+        link = get_backend(cfg.backend).source_link()
+        prefetch = None
+        sampler = ResourceSampler(device=self.device)
+        try:
+            self.stage_infos = link.open(plan)
+            log.info("session %d open: %s", spec.session_id,
+                     ", ".join(f"stage {i.index} {i.device}@{i.address}" for i in self.stage_infos))
+            prefetch = Prefetcher(inputs, depth=max(2, cfg.window + 1))
+            sampler.start()
+            self._loop(link, prefetch)
+            own = sampler.stop()
+            own["index"] = 0
+            own["threads"] = torch.get_num_threads()
+            self.stage_stats = [own, *link.finish()]
+        finally:
+            if prefetch is not None:
+                self.prefetch_stalls, self.prefetch_stall_s = prefetch.stalls, prefetch.stall_s
+                prefetch.close()
+            link.close()
+
+    def _loop(self, link: Any, prefetch: Any) -> None:
+        import torch
+
+        cfg = self.cfg
+        total = cfg.warmup + cfg.batches if cfg.batches is not None else None
+        window = threading.Semaphore(cfg.window)
+        pending: dict[int, _Pending] = {}
+        lock = threading.Lock()
+        to_send: queue.Queue[tuple[int, Any, int] | None] = queue.Queue()
+        buffers = HostBuffers()
+        failure: list[BaseException] = []
+        issued = [0]
+        issued_sem = threading.Semaphore(0)
+        t_first: list[float] = []
+
+        def sender() -> None:
+            try:
+                while (item := to_send.get()) is not None:
+                    batch_id, out, slot = item
+                    t_wire = link.send(batch_id, out)
+                    buffers.give_back(slot)
+                    with lock:
+                        if batch_id in pending:
+                            pending[batch_id].wire_send = t_wire
+            except BaseException as exc:
+                failure.append(exc)
+                window.release()
+
+        def collector() -> None:
+            # One `issued_sem` token per issued batch, plus a final one when issuing is over.
+            got = 0
+            try:
+                while True:
+                    issued_sem.acquire()
+                    with lock:
+                        outstanding = issued[0] - got
+                    if failure or outstanding == 0:
+                        return
+                    res = link.recv(cfg.timeout_s)
+                    with lock:
+                        p = pending.pop(res.batch_id)
+                    got += 1
+                    self._record(p, res)
+                    window.release()
+            except BaseException as exc:
+                failure.append(exc)
+                window.release()
+
+        threads = [threading.Thread(target=sender, name="src-send", daemon=True),
+                   threading.Thread(target=collector, name="src-collect", daemon=True)]
+        for t in threads:
+            t.start()
+        try:
+            with torch.inference_mode():
+                batch_id = 0
+                while total is None or batch_id < total:
+                    counted = batch_id >= cfg.warmup
+                    if total is None and counted and t_first and time.monotonic() - t_first[0] >= cfg.duration_s:
+                        break
+                    t_wait = time.monotonic()
+                    window.acquire()
+                    if failure:
+                        break
+                    window_wait = time.monotonic() - t_wait
+                    batch = prefetch.next(count_stall=counted)
+                    send_s = time.monotonic()
+                    if counted and not t_first:
+                        t_first.append(send_s)
+                    out, slot, t_start, t_ready = compute(self.head, batch.images, self.device, buffers)
+                    with lock:
+                        pending[batch_id] = _Pending(batch_id, send_s, t_ready - t_start, t_ready, window_wait, batch.labels)
+                        issued[0] += 1
+                    to_send.put((batch_id, out, slot))
+                    issued_sem.release()
+                    batch_id += 1
+        finally:
+            issued_sem.release()
+            to_send.put(None)
+        while threads[1].is_alive() and not failure:
+            threads[1].join(0.05)
+        threads[0].join(timeout=cfg.timeout_s)
+        if failure:
+            raise failure[0]
+
+    def _record(self, p: _Pending, res: Any) -> None:
+        cfg = self.cfg
+        if p.batch_id < cfg.warmup:
+            return
+        recs = res.records
+        correct = None
+        if p.labels is not None:
+            correct = int((res.logits.argmax(dim=1) == p.labels).sum())
+            self.labelled_images += len(p.labels)
+        self.records.append(BatchRecord(
+            batch_id=p.batch_id, send_s=p.send_s, done_s=res.t_done,
+            compute_s=(p.head_s, *(r.compute_s for r in recs)),
+            stage_queue_s=(max(0.0, p.wire_send - p.head_ready) if p.wire_send else 0.0, *(r.queue_s for r in recs)),
+            hop_bytes=(*(r.bytes_in for r in recs), res.return_bytes),
+            hop_transfer_s=(*(r.transfer_in_s for r in recs), res.return_transfer_s),
+            window_wait_s=p.window_wait_s, correct=correct,
+        ))
+        if cfg.check and len(self.kept_logits) < CHECK_BATCHES:
+            self.kept_logits[p.batch_id] = res.logits
+
+    # ---------------------------------------------------------------- --check
+    def run_check(self) -> None:
+        import torch
+
+        from paretopipe.models import build_model
+
+        cfg = self.cfg
+        model = build_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights, seed=cfg.seed)
+        worst = 0.0
+        with torch.inference_mode():
+            for batch_id, logits in sorted(self.kept_logits.items()):
+                ref = model(self.inputs.batch(batch_id).images)
+                worst = max(worst, float((ref - logits).abs().max()))
+        ok = bool(self.kept_logits) and worst <= 1e-4
+        self.check = {"batches": len(self.kept_logits), "max_abs_diff": worst, "tolerance": 1e-4, "ok": ok}
+        if not ok:
+            raise StageError(f"--check: split logits differ from the unsplit model by {worst:.3g} (tolerance 1e-4) "
+                             f"over {len(self.kept_logits)} batches")
+
+    # ---------------------------------------------------------------- the file
+    def document(self, run_id: str) -> dict[str, Any]:
+        from paretopipe.results import build_result, environment_info, validity
+
+        cfg = self.cfg
+        nstages = len(cfg.splits) + 1
+        recs = sorted(self.records, key=lambda r: r.batch_id)
+        t0 = min((r.send_s for r in recs), default=0.0)
+        duration = (max(r.done_s for r in recs) - t0) if recs else 0.0
+        env = [environment_info(cfg.device, index=0)]
+        env += [{**i.environment, "index": i.index} for i in self.stage_infos]
+        stats = self.stage_stats or [{"index": i} for i in range(nstages)]
+        summary = summarize(recs, batch_size=cfg.batch_size, num_stages=nstages, stage_stats=stats,
+                            prefetch_stalls=self.prefetch_stalls, prefetch_stall_s=self.prefetch_stall_s,
+                            labelled_images=self.labelled_images if self.weights_trained else 0)
+        extra = {"check": self.check} if self.check is not None else {}
+        return build_result(
+            run_id=run_id, sweep_id=cfg.sweep_id, status="failed" if self.error else "ok", error=self.error,
+            config=self.config_section(), environment=env, batches=[r.to_json(t0) for r in recs],
+            summary=summary,
+            validity=validity(warmup=cfg.warmup, counted=len(recs), duration_s=duration,
+                              min_batches=cfg.min_batches, min_duration_s=cfg.min_duration_s),
+            **extra,
+        )
+
+    @property
+    def weights_trained(self) -> bool:
+        return bool(getattr(self, "weights", None)) and self.weights.get("kind") == "file"
+
+
+def default_run_id(cfg: RunConfig) -> str:
+    from paretopipe.results import run_id
+
+    return cfg.run_id or run_id(model=cfg.model, splits=cfg.splits, backend=cfg.backend, network=cfg.network_label,
+                                batch_size=cfg.batch_size, window=cfg.window, repeat=cfg.repeat)
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    """Run one session and write its result file. Returns the document.
+
+    Raises ConfigError for bad settings (no file written) and RunFailed after writing a partial
+    file marked failed when the run itself fails."""
+    from paretopipe.results import check_writable, write_result
+
+    cfg.validate()
+    out = check_writable(cfg.out)
+    state = _Run(cfg)
+    state.setup()  # bad model / split / weights: an error, no file
+    try:
+        state.execute()
+        if cfg.check:
+            state.run_check()
+    except ParetoPipeError as exc:
+        state.error = str(exc)
+    doc = state.document(default_run_id(cfg))
+    write_result(doc, out)
+    if state.error:
+        raise RunFailed(f"{state.error} (partial result written to {out})", out)
+    return doc

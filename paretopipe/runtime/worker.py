@@ -1,0 +1,236 @@
+"""The stage worker (``paretopipe stage serve``): backend-neutral stage logic.
+
+:class:`StageService` builds a session's stage (from the model name and weights spec in the
+handshake, or from shard files with ``--shards``), caches it for the next session, and runs the
+session's loop over whatever :class:`~paretopipe.transport.base.StageLink` the backend provides:
+a receive thread, the compute loop, and a send thread, so receiving batch n+1, computing batch n
+and sending batch n-1 overlap. CUDA stages copy from pinned host buffers with non-blocking copies
+and synchronise before stamping the compute time (which then includes the two copies).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from paretopipe.errors import ConfigError, StageError
+from paretopipe.metrics import ResourceSampler
+from paretopipe.runtime.compute import HostBuffers, compute
+from paretopipe.transport.base import InBatch, SessionSpec, StageInfo, StageLink
+from paretopipe.wire import StageRecord
+
+log = logging.getLogger("paretopipe.worker")
+
+#: Test hook (fault injection): "N" or "N,MARKER". The worker process exits abruptly after
+#: computing N batches of a session, as a crashed worker would; with MARKER it does so only if
+#: the file MARKER does not exist yet (and creates it), i.e. once per marker.
+FAULT_ENV = "PARETOPIPE_FAULT_EXIT_AFTER"
+
+_SUPPORTED_DTYPES = ("float32",)
+
+
+def check_device(device: str) -> str:
+    import torch
+
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__})")
+        return device
+    raise ConfigError(f"--device {device!r}: use cpu or cuda[:N]")
+
+
+def _fault_after() -> int | None:
+    raw = os.environ.get(FAULT_ENV)
+    if not raw:
+        return None
+    count, _, marker = raw.partition(",")
+    if marker:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return None
+        os.close(fd)
+    return int(count)
+
+
+class StageService:
+    """Implements the StageHandler protocol for any backend."""
+
+    def __init__(self, *, device: str = "cpu", shards: str | os.PathLike[str] | None = None,
+                 threads: int | None = None) -> None:
+        self.device = check_device(device)
+        self.shards = Path(shards) if shards else None
+        self.threads = threads
+        self._manifest: dict[str, Any] | None = None
+        if self.shards is not None:
+            from paretopipe.shards import read_manifest
+
+            self._manifest = read_manifest(self.shards)
+        self._cache_key: tuple[Any, ...] | None = None
+        self._module: Any = None
+        self._info: StageInfo | None = None
+        self._env: dict[str, Any] | None = None
+
+    @property
+    def pin_memory(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def _environment(self, index: int) -> dict[str, Any]:
+        from paretopipe.results import environment_info
+
+        if self._env is None:
+            self._env = environment_info(self.device)
+        return {**self._env, "index": index}
+
+    # -- handshake
+    def prepare(self, spec: SessionSpec) -> StageInfo:
+        import torch
+
+        if spec.dtype not in _SUPPORTED_DTYPES:
+            raise StageError(f"dtype {spec.dtype} is not supported by this worker (supported: {', '.join(_SUPPORTED_DTYPES)})")
+        threads = self.threads or spec.threads
+        if threads:
+            torch.set_num_threads(threads)
+        num_classes = spec.num_classes
+        if self._manifest is not None:
+            if self._manifest["model"] != spec.model:
+                raise StageError(f"this worker's shards ({self.shards}) are for {self._manifest['model']}, but the session asks for {spec.model}")
+            num_classes = int(self._manifest["num_classes"])
+        key = (spec.model, num_classes, spec.splits, spec.stage_index, str(self.shards),
+               tuple(sorted(spec.weights.items())), spec.batch_size, spec.input_size)
+        if key == self._cache_key and self._info is not None:
+            log.info("stage %d of %s reused from the previous session", spec.stage_index, spec.model)
+            return replace(self._info, environment=self._environment(spec.stage_index))
+        self._module = self._info = self._cache_key = None  # drop the old stage before building
+        t0 = time.monotonic()
+        module = self._build(spec)
+        from paretopipe.splitting import num_blocks, stage_io_shapes
+
+        in_shape, out_shape = stage_io_shapes(spec.model, spec.splits, spec.stage_index, batch_size=spec.batch_size,
+                                              input_size=spec.input_size, num_classes=num_classes)
+        with torch.inference_mode():  # dry run: proves the stage accepts its input; warms it up
+            probe = module(torch.zeros(in_shape, device=self.device))
+        if tuple(probe.shape) != tuple(out_shape):
+            raise StageError(f"stage {spec.stage_index} produced {tuple(probe.shape)}, expected {tuple(out_shape)}")
+        nb = num_blocks(spec.model, num_classes=num_classes)
+        bounds = (0, *spec.splits, nb)
+        self._module = module
+        self._info = StageInfo(
+            index=spec.stage_index, address=None, in_shape=tuple(in_shape), out_shape=tuple(out_shape),
+            dtype=spec.dtype, device=self.device, environment=self._environment(spec.stage_index),
+            blocks=(bounds[spec.stage_index], bounds[spec.stage_index + 1]),
+        )
+        self._cache_key = key
+        log.info("built stage %d of %s (blocks %s) on %s in %.2f s", spec.stage_index, spec.model,
+                 list(self._info.blocks), self.device, time.monotonic() - t0)
+        return self._info
+
+    def _build(self, spec: SessionSpec) -> Any:
+        if self.shards is not None:
+            from paretopipe.shards import load_stage
+
+            return load_stage(self.shards, spec.splits, spec.stage_index, device=self.device)
+        from paretopipe.models import file_sha256
+        from paretopipe.splitting import build_stages
+
+        weights = spec.weights
+        kind = weights.get("kind")
+        if kind == "random":
+            path, seed = None, int(weights.get("seed", spec.seed))
+        elif kind == "file":
+            path, seed = Path(str(weights.get("path"))), spec.seed
+            if not path.is_file():
+                raise StageError(f"weights file {path} is not on this worker; copy it there or serve from --shards")
+            if file_sha256(path) != weights.get("sha256"):
+                raise StageError(f"weights file {path} on this worker differs from the source's (sha256 mismatch)")
+        else:
+            raise StageError(f"unknown weights kind {kind!r} in the session spec")
+        stages = build_stages(spec.model, spec.splits, num_classes=spec.num_classes, weights=path, seed=seed)
+        return stages[spec.stage_index].to(self.device)
+
+    # -- session
+    def run(self, link: StageLink) -> dict[str, Any]:
+        import torch
+
+        assert self._module is not None and self._info is not None
+        module, device = self._module, self.device
+        in_q: queue.Queue[InBatch | BaseException | None] = queue.Queue()
+        out_q: queue.Queue[tuple[int, Any, list[StageRecord], float, int] | None] = queue.Queue()
+        buffers = HostBuffers()
+        failed: list[BaseException] = []
+        fault = _fault_after()
+
+        def reader() -> None:
+            try:
+                while (batch := link.recv()) is not None:
+                    in_q.put(batch)
+                in_q.put(None)
+            except BaseException as exc:  # handed to the compute loop
+                in_q.put(exc)
+
+        def sender() -> None:
+            try:
+                while (item := out_q.get()) is not None:
+                    batch_id, tensor, records, t_ready, slot = item
+                    link.send(batch_id, tensor, records, t_ready)
+                    buffers.give_back(slot)
+            except BaseException as exc:
+                failed.append(exc)
+                in_q.put(exc)  # wake the compute loop
+
+        sampler = ResourceSampler(device=device).start()
+        threads = [threading.Thread(target=reader, name="stage-recv", daemon=True),
+                   threading.Thread(target=sender, name="stage-send", daemon=True)]
+        for t in threads:
+            t.start()
+        count = 0
+        try:
+            with torch.inference_mode():
+                while (item := in_q.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    out, slot, t_start, t_ready = compute(module, item.tensor, device, buffers)
+                    link.release(item)
+                    record = StageRecord(compute_s=t_ready - t_start, queue_s=t_start - item.t_arrived,
+                                         transfer_in_s=item.transfer_in_s, bytes_in=item.bytes_in)
+                    out_q.put((item.batch_id, out, [*item.records, record], t_ready, slot))
+                    count += 1
+                    if fault is not None and count >= fault:
+                        log.error("fault injection (%s): exiting abruptly after %d batches", FAULT_ENV, count)
+                        os._exit(17)
+            out_q.put(None)
+            threads[1].join()
+            if failed:
+                raise failed[0]
+        except BaseException:
+            out_q.put(None)
+            raise
+        finally:
+            stats = sampler.stop()
+        stats.update(index=link.spec.stage_index, batches=count, threads=torch.get_num_threads())
+        return stats
+
+
+def serve(*, listen: str, device: str = "cpu", shards: str | None = None, token_file: str | None = None,
+          threads: int | None = None, backend: str = "tcp", stop: threading.Event | None = None) -> None:
+    """Run a long-lived worker until interrupted (or `stop` is set)."""
+    from paretopipe.transport import get_backend
+    from paretopipe.wire import read_token_file
+
+    token = read_token_file(token_file) if token_file else None
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be at least 1 (got {threads})")
+        import torch
+
+        torch.set_num_threads(threads)
+    service = StageService(device=device, shards=shards, threads=threads)
+    get_backend(backend).serve(listen, service, token=token, stop=stop)

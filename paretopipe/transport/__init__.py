@@ -1,0 +1,25 @@
+"""Transports between stages: one interface (:mod:`.base`), several backends.
+
+Backends register here by name and are imported only when used. To add one, write a module
+that builds a :class:`~paretopipe.transport.base.Backend` and register a loader below.
+"""
+
+from __future__ import annotations
+
+from paretopipe.transport.base import Backend, backend_names, get_backend, register_backend
+
+
+def _load_tcp() -> Backend:
+    from paretopipe.transport import tcp
+
+    return Backend(
+        name="tcp",
+        description="our own binary framing over TCP (no pickle)",
+        source_link=tcp.TcpSourceLink,
+        serve=tcp.serve,
+    )
+
+
+register_backend("tcp", _load_tcp)
+
+__all__ = ["Backend", "backend_names", "get_backend", "register_backend"]

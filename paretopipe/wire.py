@@ -1,0 +1,417 @@
+"""Binary framing for the TCP backend: a fixed header, optional timing records, raw bytes.
+
+Every frame is::
+
+    header (fixed, 114 bytes, network byte order)
+      magic      4s   b"PPWF"
+      version    B    WIRE_VERSION
+      msg_type   B    MsgType
+      dtype      B    dtype code (DTYPES), 0 for control frames
+      ndim       B    number of dims in `shape` (<= MAX_NDIM)
+      nrec       B    number of StageRecord entries that follow the header (<= MAX_RECORDS)
+      flags      B    per message type (CHALLENGE: bit 0 = token required)
+      session_id Q
+      batch_id   Q
+      t_send     d    sender's monotonic clock when it started sending this frame
+      t_aux      d    per message type (PONG: unused, DATA: unused, reserved)
+      length     Q    payload bytes after the records
+      shape      8q   tensor shape, unused dims 0
+    records  nrec x 32 bytes (compute_s d, queue_s d, transfer_in_s d, bytes_in Q)
+    payload  `length` bytes: raw tensor bytes (DATA), UTF-8 JSON (control), or a fixed binary
+             layout (CHALLENGE/AUTH/AUTH_OK)
+
+Nothing here unpickles anything. Receivers check the header before reading a payload: a wrong
+magic or version, an unknown type or dtype, too many dims or records, or a declared length over
+the caller's limit raise :class:`ProtocolError` *before* anything is allocated for the payload.
+Tensor payloads are received with ``recv_into`` straight into a buffer the caller preallocated
+from the shape it expects (see :func:`recv_payload_into`), never into concatenated chunks.
+
+Authentication (optional, HMAC-SHA256 challenge-response with a shared token) runs right after
+the connection opens, before any other frame is accepted: see :func:`server_auth` and
+:func:`client_auth`. docs/protocol.md describes the whole protocol.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+import os
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from paretopipe.errors import TransportError
+
+MAGIC = b"PPWF"
+WIRE_VERSION = 1
+MAX_NDIM = 8
+MAX_RECORDS = 32
+MAX_CONTROL_BYTES = 64 * 1024
+#: Default upper bound for one tensor payload (a VGG16 activation at batch 64 is ~822 MB).
+DEFAULT_MAX_FRAME_BYTES = 2 * 1024**3
+
+_HEADER = struct.Struct("!4sBBBBBBQQddQ8q")
+HEADER_SIZE = _HEADER.size
+_RECORD = struct.Struct("!dddQ")
+RECORD_SIZE = _RECORD.size
+NONCE_BYTES = 32
+MAC_BYTES = 32
+
+
+class MsgType(enum.IntEnum):
+    CHALLENGE = 1  # server -> client, payload: nonce; flags bit 0: token required
+    AUTH = 2  # client -> server, payload: mac + client nonce (empty without token)
+    AUTH_OK = 3  # server -> client, payload: server mac (empty without token)
+    PING = 4  # clock probe
+    PONG = 5  # reply; t_send = responder's clock
+    HELLO = 6  # source -> stage: session spec (JSON)
+    READY = 7  # stage -> source: shapes, environment (JSON)
+    JOIN = 8  # stage i -> stage i+1: session id, the tensor it will send, clock offset (JSON)
+    JOINED = 9  # stage i+1 -> stage i: accepted (JSON)
+    DATA = 10  # a batch: records + raw tensor bytes
+    END = 11  # source -> stage: the session is over, report your stats
+    STATS = 12  # stage -> source: resource figures (JSON)
+    ERROR = 13  # anyone -> peer: a failure, JSON {"stage": i, "message": "..."}
+    REFUSED = 14  # server -> client: connection or session refused, JSON {"reason": "..."}
+
+
+# dtype codes on the wire. Names are torch's dtype names without the "torch." prefix.
+DTYPES: dict[int, tuple[str, int]] = {
+    1: ("float32", 4),
+    2: ("float16", 2),
+    3: ("bfloat16", 2),
+    4: ("float64", 8),
+    5: ("int64", 8),
+    6: ("int32", 4),
+    7: ("uint8", 1),
+    8: ("int8", 1),
+}
+DTYPE_CODES = {name: code for code, (name, _) in DTYPES.items()}
+
+
+class ProtocolError(TransportError):
+    """The peer sent something that is not a valid frame of this protocol."""
+
+
+class PeerClosed(TransportError):
+    """The peer closed the connection (cleanly between frames, or in the middle of one)."""
+
+    def __init__(self, message: str, *, mid_frame: bool = False) -> None:
+        super().__init__(message)
+        self.mid_frame = mid_frame
+
+
+class ReceiveTimeout(TransportError):
+    """No bytes arrived within the socket's timeout. ``got`` bytes of the item had arrived."""
+
+    def __init__(self, message: str, *, got: int) -> None:
+        super().__init__(message)
+        self.got = got
+
+
+class AuthError(TransportError):
+    """Token authentication failed (wrong token, missing token, or a peer that skipped it)."""
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """What one stage did to one batch; stages append theirs as the batch travels."""
+
+    compute_s: float
+    queue_s: float
+    transfer_in_s: float
+    bytes_in: int
+
+
+@dataclass(frozen=True)
+class Header:
+    msg_type: MsgType
+    dtype_code: int
+    shape: tuple[int, ...]
+    nrec: int
+    flags: int
+    session_id: int
+    batch_id: int
+    t_send: float
+    t_aux: float
+    length: int
+
+    @property
+    def dtype(self) -> str | None:
+        entry = DTYPES.get(self.dtype_code)
+        return entry[0] if entry else None
+
+
+def dtype_code(name: str) -> int:
+    try:
+        return DTYPE_CODES[name]
+    except KeyError:
+        raise ProtocolError(f"dtype {name!r} cannot travel on the wire (known: {sorted(DTYPE_CODES)})") from None
+
+
+def nbytes(shape: Sequence[int], dtype: str) -> int:
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    return count * DTYPES[dtype_code(dtype)][1]
+
+
+def shape_str(dtype: str, shape: Sequence[int]) -> str:
+    return f"{dtype}[{','.join(str(d) for d in shape)}]"
+
+
+def pack_header(
+    msg_type: MsgType,
+    *,
+    length: int = 0,
+    session_id: int = 0,
+    batch_id: int = 0,
+    t_send: float = 0.0,
+    t_aux: float = 0.0,
+    dtype: str | None = None,
+    shape: Sequence[int] = (),
+    nrec: int = 0,
+    flags: int = 0,
+) -> bytes:
+    if len(shape) > MAX_NDIM:
+        raise ProtocolError(f"tensor has {len(shape)} dims; the wire carries at most {MAX_NDIM}")
+    if nrec > MAX_RECORDS:
+        raise ProtocolError(f"{nrec} stage records; the wire carries at most {MAX_RECORDS}")
+    dims = list(shape) + [0] * (MAX_NDIM - len(shape))
+    code = dtype_code(dtype) if dtype else 0
+    return _HEADER.pack(
+        MAGIC, WIRE_VERSION, int(msg_type), code, len(shape), nrec, flags,
+        session_id, batch_id, t_send, t_aux, length, *dims,
+    )
+
+
+def unpack_header(raw: bytes | bytearray | memoryview, *, max_length: int) -> Header:
+    """Parse and check a header. Raises ProtocolError on anything malformed or too large."""
+    magic, version, mtype, code, ndim, nrec, flags, sid, bid, t_send, t_aux, length, *dims = _HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {bytes(magic)!r} (expected {MAGIC!r}): not a ParetoPipe peer")
+    if version != WIRE_VERSION:
+        raise ProtocolError(f"wire version {version}, this side speaks {WIRE_VERSION}: upgrade the older side")
+    try:
+        msg_type = MsgType(mtype)
+    except ValueError:
+        raise ProtocolError(f"unknown message type {mtype}") from None
+    if code != 0 and code not in DTYPES:
+        raise ProtocolError(f"unknown dtype code {code}")
+    if ndim > MAX_NDIM:
+        raise ProtocolError(f"ndim {ndim} > {MAX_NDIM}")
+    if nrec > MAX_RECORDS:
+        raise ProtocolError(f"{nrec} records > {MAX_RECORDS}")
+    if length > max_length:
+        raise ProtocolError(f"declared payload of {length} bytes exceeds the limit of {max_length} bytes for {msg_type.name}")
+    shape = tuple(dims[:ndim])
+    if any(d < 0 for d in shape):
+        raise ProtocolError(f"negative dimension in shape {shape}")
+    return Header(msg_type, code, shape, nrec, flags, sid, bid, t_send, t_aux, length)
+
+
+def recv_exactly_into(sock: socket.socket, view: memoryview, *, what: str = "frame") -> None:
+    """Fill `view` from the socket. PeerClosed if the peer closes first."""
+    got = 0
+    total = len(view)
+    while got < total:
+        try:
+            n = sock.recv_into(view[got:], total - got)
+        except socket.timeout as exc:
+            raise ReceiveTimeout(f"timed out receiving {what} ({got}/{total} bytes)", got=got) from exc
+        except OSError as exc:
+            raise PeerClosed(f"connection lost while receiving {what}: {exc}", mid_frame=got > 0) from exc
+        if n == 0:
+            raise PeerClosed(
+                f"peer closed the connection {'in the middle of' if got else 'before'} {what} ({got}/{total} bytes)",
+                mid_frame=got > 0,
+            )
+        got += n
+
+
+class FrameReader:
+    """Reads frames from one socket into a reused header buffer."""
+
+    def __init__(self, sock: socket.socket, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.sock = sock
+        self.max_frame_bytes = max_frame_bytes
+        self._hbuf = bytearray(HEADER_SIZE)
+        self._hview = memoryview(self._hbuf)
+        self._rbuf = bytearray(RECORD_SIZE * MAX_RECORDS)
+        self._rview = memoryview(self._rbuf)
+
+    def header(self, *, control_only: bool = False) -> Header:
+        """Receive one header. With control_only, any payload over MAX_CONTROL_BYTES is refused."""
+        recv_exactly_into(self.sock, self._hview, what="a frame header")
+        limit = MAX_CONTROL_BYTES if control_only else self.max_frame_bytes
+        hdr = unpack_header(self._hbuf, max_length=limit)
+        if hdr.msg_type != MsgType.DATA and hdr.length > MAX_CONTROL_BYTES:
+            raise ProtocolError(f"{hdr.msg_type.name} frame declares {hdr.length} bytes (control frames are <= {MAX_CONTROL_BYTES})")
+        if hdr.msg_type != MsgType.DATA and hdr.nrec:
+            raise ProtocolError(f"{hdr.msg_type.name} frame carries stage records")
+        return hdr
+
+    def records(self, hdr: Header) -> list[StageRecord]:
+        if not hdr.nrec:
+            return []
+        view = self._rview[: hdr.nrec * RECORD_SIZE]
+        recv_exactly_into(self.sock, view, what="stage records")
+        return [StageRecord(*_RECORD.unpack_from(view, i * RECORD_SIZE)) for i in range(hdr.nrec)]
+
+    def small_payload(self, hdr: Header) -> bytes:
+        """Payload of a control frame (length already bounded by header())."""
+        if hdr.length > MAX_CONTROL_BYTES:
+            raise ProtocolError(f"control payload of {hdr.length} bytes")
+        buf = bytearray(hdr.length)
+        if hdr.length:
+            recv_exactly_into(self.sock, memoryview(buf), what=f"{hdr.msg_type.name} payload")
+        return bytes(buf)
+
+    def control(self, expect: Sequence[MsgType]) -> tuple[Header, bytes]:
+        hdr = self.header(control_only=True)
+        if hdr.msg_type not in expect:
+            names = "/".join(m.name for m in expect)
+            if hdr.msg_type in (MsgType.ERROR, MsgType.REFUSED):
+                msg = _reason(self.small_payload(hdr))
+                raise TransportError(f"peer {hdr.msg_type.name.lower()}: {msg}")
+            raise ProtocolError(f"expected {names}, got {hdr.msg_type.name}")
+        return hdr, self.small_payload(hdr)
+
+    def control_json(self, expect: Sequence[MsgType]) -> tuple[Header, dict[str, Any]]:
+        hdr, raw = self.control(expect)
+        return hdr, parse_json(raw, hdr.msg_type)
+
+
+def recv_payload_into(reader: FrameReader, hdr: Header, out: memoryview) -> None:
+    """Receive a DATA payload into `out`, a buffer preallocated for the expected tensor.
+
+    The header must already have been checked against the expected shape and dtype; its length
+    must equal len(out)."""
+    if hdr.length != len(out):
+        raise ProtocolError(f"payload of {hdr.length} bytes does not fit the {len(out)}-byte buffer for the expected tensor")
+    recv_exactly_into(reader.sock, out, what=f"batch {hdr.batch_id} payload")
+
+
+def parse_json(raw: bytes, msg_type: MsgType) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"{msg_type.name} payload is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{msg_type.name} payload is not a JSON object")
+    return obj
+
+
+def _reason(raw: bytes) -> str:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+        return str(obj.get("reason") or obj.get("message") or obj)
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return repr(raw[:200])
+
+
+def send_control(sock: socket.socket, msg_type: MsgType, payload: bytes = b"", **fields: Any) -> None:
+    if len(payload) > MAX_CONTROL_BYTES:
+        raise ProtocolError(f"{msg_type.name} payload of {len(payload)} bytes is over {MAX_CONTROL_BYTES}")
+    sock.sendall(pack_header(msg_type, length=len(payload), **fields) + payload)
+
+
+def send_json(sock: socket.socket, msg_type: MsgType, obj: dict[str, Any], **fields: Any) -> None:
+    send_control(sock, msg_type, json.dumps(obj, separators=(",", ":")).encode("utf-8"), **fields)
+
+
+def send_data(
+    sock: socket.socket,
+    payload: memoryview,
+    *,
+    dtype: str,
+    shape: Sequence[int],
+    records: Sequence[StageRecord],
+    session_id: int,
+    batch_id: int,
+    t_send: float,
+) -> None:
+    """Send one DATA frame: header and records in one write, then the raw tensor bytes."""
+    head = pack_header(
+        MsgType.DATA, length=len(payload), session_id=session_id, batch_id=batch_id,
+        t_send=t_send, dtype=dtype, shape=shape, nrec=len(records),
+    )
+    head += b"".join(_RECORD.pack(r.compute_s, r.queue_s, r.transfer_in_s, r.bytes_in) for r in records)
+    sock.sendall(head)
+    sock.sendall(payload)
+
+
+# --------------------------------------------------------------------------- authentication
+
+_AUTH_LABEL = b"paretopipe-auth-v1"
+
+
+def _mac(token: bytes, role: bytes, first: bytes, second: bytes) -> bytes:
+    return hmac.new(token, _AUTH_LABEL + b"|" + role + b"|" + first + second, hashlib.sha256).digest()
+
+
+def read_token_file(path: str | os.PathLike[str]) -> bytes:
+    """The shared secret: the file's bytes, surrounding whitespace stripped."""
+    from paretopipe.errors import ConfigError
+
+    try:
+        with open(path, "rb") as fh:
+            token = fh.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read token file {path}: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(f"token file {path} is empty; put a random secret in it (e.g. `openssl rand -hex 32`)")
+    return token
+
+
+def server_auth(sock: socket.socket, reader: FrameReader, token: bytes | None) -> None:
+    """Server side of the handshake. Raises AuthError (after telling the peer) or ProtocolError."""
+    nonce = os.urandom(NONCE_BYTES)
+    send_control(sock, MsgType.CHALLENGE, nonce, flags=1 if token else 0)
+    hdr, payload = reader.control([MsgType.AUTH])
+    if token is None:
+        send_control(sock, MsgType.AUTH_OK)
+        return
+    if len(payload) != MAC_BYTES + NONCE_BYTES:
+        _refuse(sock, "this worker requires a token (--token-file)")
+        raise AuthError("peer sent no token")
+    mac, client_nonce = payload[:MAC_BYTES], payload[MAC_BYTES:]
+    if not hmac.compare_digest(mac, _mac(token, b"client", nonce, client_nonce)):
+        _refuse(sock, "wrong token")
+        raise AuthError("wrong token")
+    send_control(sock, MsgType.AUTH_OK, _mac(token, b"server", client_nonce, nonce))
+
+
+def client_auth(sock: socket.socket, reader: FrameReader, token: bytes | None, *, peer: str) -> None:
+    """Client side. Refuses a worker that wants a token we lack, or that does not check ours."""
+    hdr, nonce = reader.control([MsgType.CHALLENGE])
+    required = bool(hdr.flags & 1)
+    if len(nonce) != NONCE_BYTES:
+        raise ProtocolError(f"{peer}: malformed challenge")
+    if required and token is None:
+        raise AuthError(f"{peer} requires a token; pass --token-file with the shared secret")
+    if token is not None and not required:
+        raise AuthError(f"{peer} does not check tokens but this side has one; start the worker with --token-file too")
+    if token is None:
+        send_control(sock, MsgType.AUTH)
+        reader.control([MsgType.AUTH_OK])
+        return
+    client_nonce = os.urandom(NONCE_BYTES)
+    send_control(sock, MsgType.AUTH, _mac(token, b"client", nonce, client_nonce) + client_nonce)
+    try:
+        _, proof = reader.control([MsgType.AUTH_OK])
+    except TransportError as exc:
+        raise AuthError(f"{peer} refused our token: {exc}") from None
+    if not hmac.compare_digest(proof, _mac(token, b"server", client_nonce, nonce)):
+        raise AuthError(f"{peer} could not prove it holds the token; refusing to talk to it")
+
+
+def _refuse(sock: socket.socket, reason: str) -> None:
+    try:
+        send_json(sock, MsgType.REFUSED, {"reason": reason})
+    except OSError:
+        pass
