@@ -155,7 +155,6 @@ def load_stage(
     device: str = "cpu",
 ) -> torch.nn.Module:
     """Build stage ``stage_index`` of the chain ``splits`` from shard files, loading only its blocks."""
-    import torch
 
     from paretopipe.splitting import _meta_model, block_graph
 

@@ -182,9 +182,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _decompose(name: str, model: torch.nn.Module, sample: torch.Tensor) -> BlockGraph:
-    import torch
     import torch.fx as fx
-    from torch.fx.passes.shape_prop import ShapeProp
 
     try:
         traced = fx.symbolic_trace(model)
@@ -193,14 +191,7 @@ def _decompose(name: str, model: torch.nn.Module, sample: torch.Tensor) -> Block
             f"cannot cut {name}: torch.fx could not trace its graph ({_first_line(exc)}); "
             "models with data-dependent control flow have no static split points"
         ) from exc
-    try:
-        with torch.inference_mode(False), torch.no_grad():
-            ShapeProp(traced).propagate(sample)
-    except Exception as exc:
-        raise SplitError(
-            f"cannot cut {name}: shape propagation failed at input {tuple(sample.shape)} "
-            f"({_first_line(exc)})"
-        ) from exc
+    _propagate(traced, sample, SplitError, f"cannot cut {name}: shape propagation failed at input {tuple(sample.shape)}")
 
     nodes = list(traced.graph.nodes)
     by_name = {n.name: n for n in nodes}
@@ -268,6 +259,18 @@ def _decompose(name: str, model: torch.nn.Module, sample: torch.Tensor) -> Block
     return BlockGraph(name, traced, blocks, crossing)
 
 
+def _propagate(traced: fx.GraphModule, sample: torch.Tensor, error: type[Exception], what: str) -> None:
+    """Record every node's output shape and dtype (``node.meta["tensor_meta"]``)."""
+    import torch
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            ShapeProp(traced).propagate(sample)
+    except Exception as exc:
+        raise error(f"{what}: {_first_line(exc)}") from exc
+
+
 def _tensor_meta_type() -> type:
     from torch.fx.passes.shape_prop import TensorMetadata
 
@@ -303,7 +306,6 @@ def _sample(model: torch.nn.Module, *shape: int) -> torch.Tensor:
 @functools.lru_cache(maxsize=32)
 def block_graph(name: str, num_classes: int = DEFAULT_NUM_CLASSES) -> BlockGraph:
     """The block decomposition of ``name`` (cached; structure only, no weights)."""
-    import torch
 
     info = get_model_info(name)
     size = max(info.min_input_size, 64)
@@ -342,20 +344,13 @@ def _profile_blocks(
 ) -> tuple[list[tuple[tuple[int, ...], str, int]], list[int], list[frozenset[str]]]:
     """Per crossing: (shape, dtype, bytes); per block: FLOPs and parameter names."""
     import torch
-    from torch.fx.passes.shape_prop import ShapeProp
     from torch.utils.flop_counter import FlopCounterMode
 
     graph = block_graph(model, num_classes)
     meta_model = _meta_model(model, num_classes)
     x = _sample(meta_model, batch_size, 3, input_size, input_size)
     traced = graph.traced
-    try:
-        with torch.inference_mode(False), torch.no_grad():
-            ShapeProp(traced).propagate(x)
-    except Exception as exc:
-        raise ConfigError(
-            f"{model} cannot run at input size {input_size}: {_first_line(exc)}"
-        ) from exc
+    _propagate(traced, x, ConfigError, f"{model} cannot run at input size {input_size}")
     by_name = {n.name: n for n in traced.graph.nodes}
     crossings = []
     for name in graph.crossing:
