@@ -1,0 +1,446 @@
+"""Bring the emulated testbed up, tear it down, report what exists.
+
+Every resource ``up`` makes is appended to the state file *as it is made* (so a crash still
+leaves a record), and ``down`` undoes them in reverse order, then lists namespaces, links,
+cgroups and processes by name to prove nothing of ours is left.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from paretopipe.errors import TestbedError
+from paretopipe.testbed import _ssh, _system
+from paretopipe.testbed._state import Paths, State, default_inventory_path, device_python, locked
+from paretopipe.testbed.cgroups import (
+    Cgroups,
+    Limits,
+    allocate_cpus,
+    format_cpulist,
+    parse_cpulist,
+    remove_dir,
+)
+from paretopipe.testbed.topology import Topology, load_topology
+
+Progress = Callable[[str], None]
+SSHD_PRIVSEP_DIR = Path("/run/sshd")
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _topology(topology: Topology | str | Path | None) -> Topology:
+    return topology if isinstance(topology, Topology) else load_topology(topology)
+
+
+def cgroup_parent(topo: Topology) -> str:
+    return f"paretopipe-{topo.prefix.rstrip('-')}"
+
+
+def _cgroups(topo: Topology, version: str | None = None) -> Cgroups:
+    return Cgroups(cgroup_parent(topo), version=version)
+
+
+# --- up ----------------------------------------------------------------------------------------
+
+
+class _Builder:
+    """One ``up`` run: records what it makes, in the state and in ``made`` (for rollback)."""
+
+    def __init__(self, topo: Topology, paths: Paths, state: State, progress: Progress,
+                 fail_hook: Callable[[str], None] | None) -> None:
+        self.topo, self.paths, self.state, self.progress = topo, paths, state, progress
+        self.made: list[dict] = []
+        self.actions: list[str] = []
+        self.fail_hook = fail_hook
+
+    def step(self, name: str) -> None:
+        if self.fail_hook is not None:
+            self.fail_hook(name)
+
+    def record(self, resource: dict, action: str) -> None:
+        self.state.resources.append(resource)
+        self.made.append(resource)
+        self.state.save(self.paths)
+        self.actions.append(action)
+        self.progress(action)
+
+    def build(self) -> None:
+        topo, paths = self.topo, self.paths
+        for action in _ssh.ensure_keys(paths, topo.names):
+            self.actions.append(action)
+            self.progress(action)
+        if not SSHD_PRIVSEP_DIR.is_dir():
+            SSHD_PRIVSEP_DIR.mkdir(mode=0o755)
+            self.record({"kind": "dir", "path": str(SSHD_PRIVSEP_DIR)},
+                        f"created {SSHD_PRIVSEP_DIR} (sshd's privilege separation directory)")
+        self.step("bridge")
+        self._bridge()
+        cg = _cgroups(topo, self.state.cgroup_version)
+        self.state.cgroup_version = cg.version
+        cpus = allocate_cpus([(d.name, topo.profile(d.profile).cpus, d.cpuset)
+                              for d in topo.devices], cg.host_cpus())
+        for dev in topo.devices:
+            self.step(f"device:{dev.name}")
+            self._device(dev.name, dev.ip)
+            self._cgroup(cg, dev.name, dev.profile, cpus[dev.name])
+            paths.workdir(dev.name).mkdir(parents=True, exist_ok=True)
+        _ssh.write_known_hosts(paths, {d.name: d.ip for d in topo.devices})
+        for dev in topo.devices:
+            self.step(f"sshd:{dev.name}")
+            self._sshd(cg, dev.name, dev.ip)
+        for dev in topo.devices:
+            probe = _system.run(_ssh.ssh_argv(paths, dev.ip, "true"), check=False, timeout=20)
+            if probe.returncode != 0:
+                raise TestbedError(f"ssh to {dev.name} ({dev.ip}) fails: {probe.stderr.strip()}")
+        self.step("inventory")
+        self._inventory(cg, cpus)
+
+    def _bridge(self) -> None:
+        topo = self.topo
+        if self.state.has("link", name=topo.bridge) and _system.link_exists(topo.bridge):
+            return
+        if _system.link_exists(topo.bridge):
+            raise TestbedError(f"a link named {topo.bridge} exists and is not this testbed's; "
+                               "pick another `bridge:` in the topology")
+        _system.run(["ip", "link", "add", topo.bridge, "type", "bridge"])
+        self.record({"kind": "link", "name": topo.bridge}, f"created bridge {topo.bridge}")
+        _system.run(["ip", "link", "set", "dev", topo.bridge, "mtu", str(topo.mtu)])
+        _system.run(["ip", "addr", "add", f"{topo.controller_ip}/{topo.prefix_len}",
+                     "dev", topo.bridge])
+        _system.run(["ip", "link", "set", "dev", topo.bridge, "up"])
+
+    def _device(self, name: str, ip: str) -> None:
+        topo = self.topo
+        ns, host_if = topo.netns(name), topo.host_if(name)
+        if not self.state.has("netns", name=ns):
+            if ns in _system.netns_list():
+                raise TestbedError(f"network namespace {ns} exists and is not this testbed's; "
+                                   "pick another `prefix:` or remove it")
+            _system.run(["ip", "netns", "add", ns])
+            self.record({"kind": "netns", "name": ns}, f"created namespace {ns}")
+        elif ns not in _system.netns_list():
+            raise TestbedError(f"namespace {ns} is recorded but gone; run `testbed down` first")
+        if not _system.link_exists(host_if):
+            _system.run(["ip", "link", "add", host_if, "mtu", str(topo.mtu), "type", "veth",
+                         "peer", "name", topo.nic, "mtu", str(topo.mtu), "netns", ns])
+            self.record({"kind": "link", "name": host_if},
+                        f"created link {host_if} <-> {ns}:{topo.nic}")
+            _system.run(["ip", "link", "set", "dev", host_if, "master", topo.bridge, "up"])
+            _system.run(["ip", "link", "set", "dev", "lo", "up"], ns=ns)
+            _system.run(["ip", "addr", "add", f"{ip}/{topo.prefix_len}", "dev", topo.nic], ns=ns)
+            _system.run(["ip", "link", "set", "dev", topo.nic, "up"], ns=ns)
+        elif not self.state.has("link", name=host_if):
+            raise TestbedError(f"a link named {host_if} exists and is not this testbed's")
+
+    def _cgroup(self, cg: Cgroups, name: str, profile: str, cpus: list[int]) -> None:
+        prof = self.topo.profile(profile)
+        limits = Limits(cpus=format_cpulist(cpus), mems=cg.host_mems(),
+                        cpu_quota=prof.cpu_quota, memory_bytes=prof.memory_bytes)
+        existed = cg.exists(name)
+        now = cg.read_limits(name) if existed else {}
+        if now and parse_cpulist(now["cpus"]) == sorted(cpus) and now["memory_bytes"] == \
+                prof.memory_bytes and now["cpu_quota"] == (
+                    None if prof.cpu_quota is None else round(prof.cpu_quota, 3)):
+            return
+        for path in cg.create(name, limits):
+            self.record({"kind": "cgroup", "path": path}, f"created cgroup {path}")
+        if existed:
+            self.actions.append(f"reset limits of {name}'s cgroups")
+
+    def _sshd(self, cg: Cgroups, name: str, ip: str) -> None:
+        for rec in self.state.find("process", role="sshd", device=name):
+            if _system.pid_alive(rec["pid"], rec["start"]):
+                return
+            self.state.resources.remove(rec)  # died: start a new one
+        ns = self.topo.netns(name)
+        rec = _ssh.start_sshd(self.paths, name, ip, ns, cg.procs_files(name))
+        self.record(rec, f"started sshd for {name} on {ip}:22 (pid {rec['pid']})")
+        _ssh.wait_for_port(ip, 22, 10.0)
+
+    def _inventory(self, cg: Cgroups, cpus: dict[str, list[int]]) -> None:
+        topo = self.topo
+        device_vars = {}
+        for dev in topo.devices:
+            prof = topo.profile(dev.profile)
+            device_vars[dev.name] = {
+                "paretopipe_profile": prof.name,
+                "paretopipe_threads": prof.threads or len(cpus[dev.name]),
+                "paretopipe_cpus": format_cpulist(cpus[dev.name]),
+                "paretopipe_cpu_quota": prof.cpu_quota,
+                "paretopipe_memory_bytes": prof.memory_bytes,
+            }
+        text = _ssh.inventory(self.paths, topo.to_dict(), device_vars, device_python())
+        path = Path(self.state.inventory)
+        if path.exists() and path.read_text() == text:
+            if not self.state.has("file", path=str(path)):
+                self.record({"kind": "file", "path": str(path)}, f"adopted inventory {path}")
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        if not self.state.has("file", path=str(path)):
+            self.record({"kind": "file", "path": str(path)}, f"wrote inventory {path}")
+        else:
+            self.actions.append(f"rewrote inventory {path}")
+
+
+def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path | None = None,
+       inventory: str | Path | None = None, progress: Progress | None = None,
+       _fail_at: Callable[[str], None] | None = None) -> dict:
+    """Create (or complete) the testbed; a second call changes nothing and says so.
+
+    If any step fails, everything this call made is removed again before the error is raised.
+    """
+    _system.require_root()
+    _system.require_tools()
+    topo = _topology(topology)
+    paths = Paths.at(state_dir)
+    progress = progress or _quiet
+    inv = str(Path(inventory).resolve() if inventory else default_inventory_path())
+    with locked(paths):
+        state = State.load(paths)
+        if state is not None and state.topology != topo.to_dict():
+            raise TestbedError(
+                f"a testbed with another topology is up (state: {paths.state_file}); "
+                "run `paretopipe testbed down` first"
+            )
+        if state is not None and state.inventory != inv:
+            raise TestbedError(f"this testbed writes its inventory to {state.inventory}; "
+                               "run `paretopipe testbed down` first to move it")
+        state = state or State(topology=topo.to_dict(), inventory=inv)
+        builder = _Builder(topo, paths, state, progress, _fail_at)
+        try:
+            builder.build()
+        except BaseException as exc:
+            progress(f"up failed ({exc}); removing the {len(builder.made)} things it made")
+            errors = _undo(list(reversed(builder.made)), state, paths, progress)
+            if state.resources:
+                state.save(paths)
+            else:
+                paths.state_file.unlink(missing_ok=True)
+            if errors:
+                raise TestbedError(f"testbed up failed: {exc}; cleanup also failed: "
+                                   f"{'; '.join(errors)}") from exc
+            if isinstance(exc, TestbedError):
+                raise TestbedError(f"testbed up failed and was rolled back: {exc}") from exc
+            raise
+        return {
+            "changed": bool(builder.actions),
+            "actions": builder.actions,
+            "state_dir": str(paths.root),
+            "inventory": inv,
+            "devices": {d.name: d.ip for d in topo.devices},
+        }
+
+
+# --- down --------------------------------------------------------------------------------------
+
+
+def _undo(resources: list[dict], state: State, paths: Paths, progress: Progress) -> list[str]:
+    """Undo ``resources`` in the order given; returns error messages (keeps going)."""
+    errors = []
+    for res in resources:
+        try:
+            _undo_one(res, progress)
+        except (TestbedError, OSError) as exc:
+            errors.append(str(exc))
+            continue
+        if res in state.resources:
+            state.resources.remove(res)
+    return errors
+
+
+def _undo_one(res: dict, progress: Progress) -> None:
+    kind = res["kind"]
+    if kind == "process":
+        killed = _system.terminate([(res["pid"], res.get("start"))])
+        if killed:
+            progress(f"stopped {res.get('role', 'process')} of {res.get('device', '?')} "
+                     f"(pid {res['pid']})")
+    elif kind == "netns":
+        ns = res["name"]
+        pids = _system.pids_in_netns(ns)
+        if pids:
+            _system.terminate([(p, _system.start_time(p)) for p in pids])
+            progress(f"stopped {len(pids)} processes left in {ns}")
+        if ns in _system.netns_list():
+            _system.run(["ip", "netns", "del", ns])
+            progress(f"removed namespace {ns}")
+    elif kind == "link":
+        if _system.link_exists(res["name"]):
+            _system.run(["ip", "link", "del", "dev", res["name"]])
+            progress(f"removed link {res['name']}")
+    elif kind == "cgroup":
+        procs = Path(res["path"]) / "cgroup.procs"
+        if procs.exists():
+            pids = [int(p) for p in procs.read_text().split()]
+            if pids:
+                _system.terminate([(p, _system.start_time(p)) for p in pids])
+                progress(f"stopped {len(pids)} processes left in cgroup {res['path']}")
+            remove_dir(res["path"])
+            progress(f"removed cgroup {res['path']}")
+    elif kind == "file":
+        if os.path.exists(res["path"]):
+            os.unlink(res["path"])
+            progress(f"removed {res['path']}")
+    elif kind == "dir":
+        try:
+            os.rmdir(res["path"])
+            progress(f"removed {res['path']}")
+        except FileNotFoundError:
+            pass
+        except OSError:
+            progress(f"left {res['path']} in place (not empty: someone else uses it)")
+    elif kind == "iptables":
+        _system.run(res["delete"], check=False)
+    else:
+        raise TestbedError(f"unknown resource kind {kind!r} in the state file")
+
+
+def leftovers(topo: Topology, state: State | None = None) -> list[str]:
+    """What of this topology still exists, found by listing (not by trusting the state)."""
+    found = []
+    spaces = _system.netns_list()
+    found += [f"namespace {topo.netns(n)}" for n in topo.names if topo.netns(n) in spaces]
+    links = _system.links()
+    found += [f"link {name}" for name in [topo.bridge, *map(topo.host_if, topo.names)]
+              if name in links]
+    try:
+        found += [f"cgroup {p}" for p in _cgroups(topo).existing_dirs()]
+    except TestbedError:
+        pass
+    if state is not None:
+        for res in state.resources:
+            if res["kind"] == "process" and _system.pid_alive(res["pid"], res.get("start")):
+                found.append(f"process {res['pid']} ({res.get('role')} of {res.get('device')})")
+        for dl in (state.shaping or {}).get("processes", []):
+            if _system.pid_alive(dl["pid"], dl.get("start")):
+                found.append(f"process {dl['pid']} (delay line of {dl.get('device')})")
+    return found
+
+
+def down(*, state_dir: str | Path | None = None, topology: Topology | str | Path | None = None,
+         progress: Progress | None = None) -> dict:
+    """Remove everything the testbed made; then verify, by listing, that nothing is left.
+
+    Without a state file, removes whatever of ``topology`` (default: the packaged one) exists.
+    """
+    from paretopipe.testbed._shaping import unshape_locked
+
+    _system.require_root()
+    paths = Paths.at(state_dir)
+    progress = progress or _quiet
+    with locked(paths):
+        state = State.load(paths)
+        if state is not None:
+            topo = Topology.from_dict(state.topology)
+        else:
+            topo = _topology(topology)
+            state = State(topology=topo.to_dict(), inventory="")
+            # Nothing recorded: adopt what exists under this topology's names.
+            state.resources = (
+                [{"kind": "link", "name": topo.bridge}]
+                + [{"kind": "cgroup", "path": p} for p in _safe_cgroup_dirs(topo)][::-1]
+                + [{"kind": "netns", "name": topo.netns(n)} for n in topo.names]
+            )
+        removed_before = len(state.resources)
+        errors: list[str] = []
+        if state.shaping:
+            try:
+                unshape_locked(topo, state, paths, progress)
+            except TestbedError as exc:
+                errors.append(str(exc))
+        errors += _undo(list(reversed(state.resources)), state, paths, progress)
+        left = leftovers(topo, state)
+        if left:
+            # Second pass by name: whatever the listing found, ours by its name.
+            again = [{"kind": "netns", "name": s.split()[1]} for s in left
+                     if s.startswith("namespace ")]
+            again += [{"kind": "link", "name": s.split()[1]} for s in left
+                      if s.startswith("link ")]
+            again += [{"kind": "cgroup", "path": s.split()[1]} for s in left
+                      if s.startswith("cgroup ")]
+            errors += _undo(again, state, paths, progress)
+            left = leftovers(topo, state)
+        if left:
+            state.save(paths)
+            raise TestbedError("testbed down left these behind: " + ", ".join(left)
+                               + (f" (errors: {'; '.join(errors)})" if errors else ""))
+        paths.state_file.unlink(missing_ok=True)
+        for device in topo.names:
+            run = paths.rundir(device)
+            if run.is_dir():
+                for f in run.iterdir():
+                    f.unlink()
+                run.rmdir()
+        if (paths.root / "run").is_dir() and not any((paths.root / "run").iterdir()):
+            (paths.root / "run").rmdir()
+        return {"changed": removed_before > 0, "removed": removed_before,
+                "state_dir": str(paths.root)}
+
+
+def _safe_cgroup_dirs(topo: Topology) -> list[str]:
+    try:
+        return _cgroups(topo).existing_dirs()
+    except TestbedError:
+        return []
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+def status(*, state_dir: str | Path | None = None) -> dict:
+    """What exists now: devices (namespace, sshd, port 22, cgroup limits), shaping, leftovers."""
+    paths = Paths.at(state_dir)
+    state = State.load(paths)
+    if state is None:
+        out: dict = {"up": False, "state_dir": str(paths.root), "devices": {}, "shaping": None}
+        if os.geteuid() == 0:
+            out["leftovers"] = leftovers(load_topology())
+        return out
+    topo = Topology.from_dict(state.topology)
+    spaces = _system.netns_list()
+    cg = _cgroups(topo, state.cgroup_version)
+    devices = {}
+    for dev in topo.devices:
+        sshd = next(iter(state.find("process", role="sshd", device=dev.name)), None)
+        alive = bool(sshd) and _system.pid_alive(sshd["pid"], sshd.get("start"))
+        port = False
+        if alive:
+            try:
+                _ssh.wait_for_port(dev.ip, 22, 0.5)
+                port = True
+            except TestbedError:
+                pass
+        devices[dev.name] = {
+            "group": dev.group,
+            "ip": dev.ip,
+            "netns": topo.netns(dev.name),
+            "netns_exists": topo.netns(dev.name) in spaces,
+            "profile": dev.profile,
+            "limits": cg.read_limits(dev.name),
+            "sshd_pid": sshd["pid"] if sshd else None,
+            "sshd_alive": alive,
+            "ssh_port_open": port,
+            "workdir": str(paths.workdir(dev.name)),
+        }
+    healthy = all(d["netns_exists"] and d["sshd_alive"] and d["ssh_port_open"]
+                  for d in devices.values())
+    return {
+        "up": True,
+        "healthy": healthy,
+        "state_dir": str(paths.root),
+        "inventory": state.inventory,
+        "bridge": topo.bridge,
+        "subnet": topo.subnet,
+        "controller_ip": topo.controller_ip,
+        "cgroup_version": state.cgroup_version,
+        "devices": devices,
+        "shaping": state.shaping,
+        "resources": len(state.resources),
+    }
