@@ -380,6 +380,13 @@ def default_run_id(cfg: RunConfig) -> str:
                                 batch_size=cfg.batch_size, window=cfg.window, repeat=cfg.repeat)
 
 
+def failed_document(cfg: RunConfig, error: str) -> dict[str, Any]:
+    """A result document for a run that failed before the source could describe it."""
+    state = _Run(cfg)
+    state.error = error
+    return state.document(default_run_id(cfg))
+
+
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Run one session and write its result file. Returns the document.
 
