@@ -22,7 +22,8 @@ from analysis.aggregate import (
     parse_objectives,
     parse_reference,
 )
-from analysis.loading import load_results
+from analysis.loading import LoadResult, load_results
+from analysis.predicted import compare, load_predictions, terminal_summary
 from analysis.metrics import METRICS
 
 __all__ = ["main", "build_parser"]
@@ -98,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out if args.out is not None else default_out(args.paths)
 
     load = load_results(args.paths, exclude=[out], include_invalid=args.include_invalid)
+    predictions, bad_predictions = load_predictions(args.paths, exclude=[out])
+    if predictions or bad_predictions:  # prediction files are not result files: not "skipped"
+        own = {p.path for p in predictions}
+        load = LoadResult(load.runs, tuple(s for s in load.skipped if s.path not in own)
+                          + tuple(bad_predictions), load.files_seen - len(own))
     _say(f"read {load.files_seen} JSON files: {len(load.runs)} runs loaded, "
          f"{len(load.skipped)} skipped")
     for s in load.skipped:
@@ -113,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
             raise AnalysisError(f"objective {o.name!r} has no value in any loaded run "
                                 f"(source: {o.metric.source}); choose other objectives")
     results = analyse(points, objectives, group_by, reference)
+    comparisons = compare(predictions, points)
     _say(f"{len(points)} configurations in {len(results)} groups; objectives "
          f"{', '.join(map(str, objectives))}")
 
@@ -123,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         written = [report.write_frontier_csv(out / "frontier.csv", results),
                    report.write_groups_csv(out / "groups.csv", results),
                    report.write_runs_csv(out / "runs.csv", points)]
+        if comparisons:
+            written.append(report.write_predicted_csv(out / "predicted.csv", comparisons))
         plots = []
         if not args.no_plots:
             from analysis.plots import draw_all
@@ -133,11 +142,14 @@ def run(args: argparse.Namespace) -> int:
                     old.unlink()
             _say("drawing plots ...")
             plots = draw_all(results, points, objectives, plot_dir)
-        written += report.write_reports(out, load, points, results, plots, args.paths, group_by)
+        written += report.write_reports(out, load, points, results, plots, args.paths, group_by,
+                                        comparisons)
     except OSError as exc:
         raise AnalysisError(f"cannot write outputs in {out}: {exc}") from exc
     _say(f"wrote {', '.join(p.name for p in written)} and {2 * len(plots)} plot files to {out}")
     sys.stdout.write(report.terminal_table(results))
+    if comparisons:
+        sys.stdout.write("\n" + terminal_summary(comparisons))
     return 0
 
 

@@ -21,9 +21,10 @@ from analysis.frontier import EXCLUDED
 from analysis.loading import LoadResult
 from analysis.metrics import METRICS
 from analysis.plots import Plot, slug
+from analysis.predicted import Comparison
 
-__all__ = ["write_frontier_csv", "write_groups_csv", "write_runs_csv", "write_reports",
-           "terminal_table"]
+__all__ = ["write_frontier_csv", "write_groups_csv", "write_runs_csv", "write_predicted_csv",
+           "write_reports", "terminal_table"]
 
 
 def _cell(value: object) -> str:
@@ -163,9 +164,34 @@ def _group_table(r: GroupResult, frontier_only: bool = False) -> _Table:
     return _Table(header, tuple(rows))
 
 
+def write_predicted_csv(path: Path, comparisons: Sequence[Comparison]) -> Path:
+    """Predicted against measured, one row per prediction file and measured split."""
+    from analysis import predicted
+
+    return _write_csv(path, predicted.CSV_HEADER, predicted.csv_rows(comparisons))
+
+
+def _predicted_blocks(comparisons: Sequence[Comparison]) -> list[_Block]:
+    from analysis import predicted
+
+    b: list[_Block] = [
+        _Heading(2, "Predicted against measured"),
+        _Para("From prediction files (paretopipe predict --out) found among the inputs. Error is "
+              "(predicted - measured) / measured; MAPE is its mean absolute value over the measured "
+              "splits. Recall is the share of the measured frontier (latency min, throughput max) "
+              "that the prediction selected for measuring; it is a fair test only when every split "
+              "was measured (full)."),
+        _Table(predicted.SUMMARY_HEADER, tuple(predicted.summary_rows(comparisons))),
+    ]
+    for c in comparisons:
+        b += [_Heading(3, f"{c.title} ({c.prediction.path.name})"),
+              _Table(predicted.ROWS_HEADER, tuple(predicted.split_rows(c)))]
+    return b
+
+
 def _blocks(load: LoadResult, points: Sequence[ConfigPoint], results: Sequence[GroupResult],
-            plots: Sequence[Plot], inputs: Sequence[Path], group_by: Sequence[str]
-            ) -> list[_Block]:
+            plots: Sequence[Plot], inputs: Sequence[Path], group_by: Sequence[str],
+            comparisons: Sequence[Comparison] = ()) -> list[_Block]:
     objectives = results[0].objectives
     b: list[_Block] = [
         _Heading(1, "ParetoPipe analysis"),
@@ -202,6 +228,8 @@ def _blocks(load: LoadResult, points: Sequence[ConfigPoint], results: Sequence[G
     if rest:
         b.append(_Heading(2, "Comparisons"))
         b += [_Image(p) for p in rest]
+    if comparisons:
+        b += _predicted_blocks(comparisons)
     if load.skipped:
         b += [_Heading(2, f"Skipped files ({len(load.skipped)})"),
               _Table(("file", "reason"), tuple((str(s.path), s.reason) for s in load.skipped))]
@@ -263,8 +291,9 @@ def _render_html(blocks: Sequence[_Block]) -> str:
 
 def write_reports(out: Path, load: LoadResult, points: Sequence[ConfigPoint],
                   results: Sequence[GroupResult], plots: Sequence[Plot], inputs: Sequence[Path],
-                  group_by: Sequence[str]) -> tuple[Path, Path]:
-    blocks = _blocks(load, points, results, plots, inputs, group_by)
+                  group_by: Sequence[str], comparisons: Sequence[Comparison] = ()
+                  ) -> tuple[Path, Path]:
+    blocks = _blocks(load, points, results, plots, inputs, group_by, comparisons)
     md, page = out / "report.md", out / "report.html"
     md.write_text(_render_md(blocks, out), encoding="utf-8")
     page.write_text(_render_html(blocks), encoding="utf-8")

@@ -186,6 +186,11 @@ def write_result(doc: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     problems = validate_result(doc)
     if problems:
         raise ValueError(f"result document breaks schema v1: {'; '.join(problems[:5])}")
+    return write_json_exclusive(doc, path, what="result file")
+
+
+def write_json_exclusive(doc: Any, path: str | os.PathLike[str], *, what: str) -> Path:
+    """Write JSON atomically (temporary file, then ``os.link``); ConfigError if the name is taken."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -197,7 +202,7 @@ def write_result(doc: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     try:
         os.link(tmp, path)  # atomic, and fails if the name exists: never overwrites
     except FileExistsError:
-        raise ConfigError(f"result file {path} already exists; not overwritten") from None
+        raise ConfigError(f"{what} {path} already exists; not overwritten") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

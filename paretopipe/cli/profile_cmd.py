@@ -1,0 +1,179 @@
+"""`paretopipe profile` and `paretopipe predict` (docs/predict.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from paretopipe.cli.runtime_cmd import _positive_int
+from paretopipe.errors import ConfigError
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (got {text})")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    prof = subparsers.add_parser(
+        "profile", help="time each block of a model on this device and write a profile file",
+        description="Build MODEL here, run its blocks one by one on a synthetic batch, and record each "
+                    "block's compute time (median and spread over --repeats passes after --warmup passes) "
+                    "and output bytes. Run it on every device of a chain; `paretopipe predict` reads the files.")
+    prof.add_argument("model", metavar="MODEL", help="model name (see `paretopipe models`)")
+    prof.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    prof.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per batch (default: 8)")
+    prof.add_argument("--input-size", type=_positive_int, metavar="PX", help="input height/width (default: the model's)")
+    prof.add_argument("--num-classes", type=_positive_int, default=10, metavar="C", help="classifier outputs (default: 10)")
+    prof.add_argument("--weights", metavar="FILE", help="state_dict checkpoint (default: seeded random weights)")
+    prof.add_argument("--seed", type=int, default=0, help="seed for random weights and the input (default: 0)")
+    prof.add_argument("--repeats", type=_positive_int, default=20, metavar="R", help="timed passes (default: 20, at least 3)")
+    prof.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed passes first (default: 3)")
+    prof.add_argument("--threads", type=_positive_int, metavar="N",
+                      help="torch intra-op threads; use what the stage runs with (default: torch's)")
+    prof.add_argument("--out", required=True, metavar="FILE", help="profile file to write (JSON; never overwritten)")
+    prof.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    prof.set_defaults(func=_cmd_profile)
+
+    pred = subparsers.add_parser(
+        "predict", help="predict latency and throughput of every split from profiles",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Predict every split's latency and throughput from device profiles and a network condition, "
+                    "mark the predicted Pareto frontier, and choose the splits worth measuring.\n\n"
+                    "  transfer   = 8 * bytes / rate + delay + per-message overhead of the backend\n"
+                    "  latency    = head compute + transfers + tail compute (the result returns to the source)\n"
+                    "  throughput = min(1 / slowest stage or link, window / latency)",
+        epilog="examples:\n"
+               "  paretopipe predict --profiles pi1.json,pi2.json --condition wan\n"
+               "  paretopipe predict --profiles pi.json --delay 20ms --rate 10mbit --window 4 --select\n"
+               "  paretopipe predict --profiles pi.json --condition wifi --select --json   # for Ansible\n"
+               "See docs/predict.md.")
+    pred.add_argument("--profiles", required=True, metavar="P1.json[,P2.json...]",
+                      help="profile files, one per device in chain order (or one used for every device)")
+    cond = pred.add_mutually_exclusive_group()
+    cond.add_argument("--condition", metavar="NAME",
+                      help="a named network condition (see --conditions); without it or --delay/--rate: unshaped")
+    cond.add_argument("--delay", metavar="T", help="one-way delay, e.g. 20ms (instead of --condition)")
+    pred.add_argument("--rate", metavar="R", help="link rate, e.g. 10mbit (with --delay; default: no cap)")
+    pred.add_argument("--network-label", metavar="LABEL",
+                      help="label of the condition, as the runs' --network-label (default: the condition's name; "
+                           "'custom' with --delay/--rate; 'none' for an unshaped link)")
+    pred.add_argument("--conditions", metavar="FILE", help="conditions YAML (default: the packaged conditions.yml)")
+    pred.add_argument("--backend", default="tcp", help="transport backend whose per-message overhead to add (default: tcp)")
+    pred.add_argument("--overhead-ms", type=_non_negative_float, metavar="MS",
+                      help="per-message overhead in ms, instead of the backend's measured value")
+    pred.add_argument("--window", type=_positive_int, default=1, metavar="W", help="max batches in flight (default: 1)")
+    pred.add_argument("--stages", type=_positive_int, metavar="S",
+                      help="devices in the chain (default: the number of profiles, at least 2)")
+    pred.add_argument("--tolerance", type=_non_negative_float, default=0.0, metavar="F",
+                      help="--select also takes splits within this relative margin of the frontier, "
+                           "e.g. 0.05 (default: 0)")
+    pred.add_argument("--select", action="store_true",
+                      help="print only the splits to measure: the predicted frontier, its neighbours and the two "
+                           "ends, as sweep's --splits list (K or K1:K2, comma-separated)")
+    pred.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pred.add_argument("--out", metavar="FILE", help="also write the prediction file (JSON) here, e.g. next to the results")
+    pred.set_defaults(func=_cmd_predict)
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from paretopipe.profiling import ProfileConfig, profile_model, write_profile
+
+    out = Path(args.out)
+    if out.exists():
+        raise ConfigError(f"profile file {out} already exists; profiles are never overwritten "
+                          "(delete it or pick another --out)")
+    cfg = ProfileConfig(model=args.model, device=args.device, batch_size=args.batch_size,
+                        input_size=args.input_size, num_classes=args.num_classes, weights=args.weights,
+                        seed=args.seed, repeats=args.repeats, warmup=args.warmup, threads=args.threads)
+    progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    doc = profile_model(cfg, progress=progress)
+    write_profile(doc, out)
+    s = doc["summary"]
+    print(f"{out}: {doc['config']['model']}, {doc['num_blocks']} blocks, batch {doc['config']['batch_size']}, "
+          f"{doc['config']['input_size']} px on {doc['config']['device']} ({doc['host']['hostname']}): "
+          f"sum of block medians {s['sum_block_median_s'] * 1e3:.2f} ms, whole model "
+          f"{s['fused_compute_s']['median'] * 1e3:.2f} ms (profiled in {s['wall_s']:.1f} s)")
+    return 0
+
+
+def link_from_args(args: argparse.Namespace) -> tuple[str, Any]:
+    """The condition's label and :class:`~paretopipe.predict.Link` from the flags."""
+    from paretopipe.netcond import load_conditions, parse_delay, parse_rate
+    from paretopipe.predict import Link, backend_overhead
+
+    overhead = args.overhead_ms / 1e3 if args.overhead_ms is not None else backend_overhead(args.backend)
+    if args.condition:
+        if args.rate:
+            raise ConfigError("--rate goes with --delay, not with --condition")
+        table = load_conditions(args.conditions)
+        if args.condition not in table:
+            raise ConfigError(f"unknown condition {args.condition!r} (known: {', '.join(table)}); "
+                              "see --conditions")
+        c = table[args.condition]
+        rate = c.rate_mbit
+        return args.network_label or c.name, Link(delay_s=c.delay_ms / 1e3, rate_bit_s=None if rate is None else rate * 1e6,
+                            overhead_s=overhead)
+    delay_ms = parse_delay(args.delay) if args.delay is not None else 0.0
+    rate = parse_rate(args.rate)
+    label = "none" if args.delay is None and args.rate is None else "custom"
+    return args.network_label or label, Link(delay_s=delay_ms / 1e3, rate_bit_s=None if rate is None else rate * 1e6,
+                       overhead_s=overhead)
+
+
+def splits_arg(selected: list[tuple[int, ...]]) -> str:
+    """The `--splits` value for `paretopipe sweep` / sweep.yml: K or K1:K2, comma-separated."""
+    return ",".join(":".join(str(k) for k in ks) for ks in selected)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from paretopipe.predict import load_profile_files, predict_all, prediction_document, select, write_prediction
+    from paretopipe.results import utc_now
+
+    paths = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    profiles = load_profile_files(paths)
+    label, link = link_from_args(args)
+    stages = args.stages or max(2, len(profiles))
+    preds = predict_all(profiles, link, window=args.window, stages=stages)
+    selected = select(preds, profiles[0].num_blocks, tolerance=args.tolerance)
+    doc = prediction_document(preds, profiles, link, window=args.window, backend=args.backend, condition=label,
+                              selected=selected, tolerance=args.tolerance, created_utc=utc_now())
+    if args.out:
+        write_prediction(doc, args.out)
+    total = len(preds)
+    if args.select:
+        if args.json:
+            print(json.dumps({"splits": splits_arg(selected), "selected": [list(s) for s in selected],
+                              "frontier": doc["frontier"], "total": total, "saved": total - len(selected)}))
+        else:
+            print(splits_arg(selected))
+        return 0
+    if args.json:
+        print(json.dumps(doc, indent=1))
+        return 0
+    print(_table(preds, selected, label, link, args.window, profiles[0]))
+    return 0
+
+
+def _table(preds: list[Any], selected: list[tuple[int, ...]], label: str, link: Any, window: int, first: Any) -> str:
+    rate = "no cap" if link.rate_bit_s is None else f"{link.rate_bit_s / 1e6:g} Mbit/s"
+    lines = [f"{first.model}, batch {first.batch_size}, {first.input_size} px, window {window}; network {label}: "
+             f"{rate}, {link.delay_s * 1e3:g} ms one-way, {link.overhead_s * 1e3:.3f} ms per message",
+             f"{'split':>8} {'latency ms':>11} {'img/s':>9} {'compute ms':>22} {'transfer ms':>20}  bottleneck  mark"]
+    chosen = set(selected)
+    for p in preds:
+        mark = ("frontier" if p.on_frontier else "") + (" *" if p.splits in chosen else "")
+        lines.append(f"{':'.join(map(str, p.splits)):>8} {p.latency_s * 1e3:11.2f} {p.throughput_img_s:9.2f} "
+                     f"{'/'.join(f'{c * 1e3:.1f}' for c in p.compute_s):>22} "
+                     f"{'/'.join(f'{t * 1e3:.1f}' for t in p.hop_transfer_s):>20}  {p.bottleneck:<10}  {mark.strip()}")
+    lines.append(f"frontier: {', '.join(':'.join(map(str, p.splits)) for p in preds if p.on_frontier)}; "
+                 f"* = measure ({len(selected)} of {len(preds)}): {splits_arg(selected)}")
+    return "\n".join(lines)

@@ -1,0 +1,319 @@
+"""Predict every split's latency and throughput from profiles, and choose the runs worth measuring.
+
+Pure: no torch, no I/O except :func:`load_profile_files`. Inputs are profiles
+(:mod:`paretopipe.profiling`, one per device in chain order) and a :class:`Link`.
+
+The model (docs/predict.md). For a chain of ``S`` stages with split indices ``k_1 <= ... <= k_{S-1}``
+(stage ``i`` runs blocks ``[k_i, k_{i+1})`` on device ``i``; ``k_0 = 0``, ``k_S = N``):
+
+* ``c_i`` = the sum of device ``i``'s block medians over its blocks (0 for an empty stage);
+* hop ``i`` (``i < S - 1``) carries the tensor crossing ``k_{i+1}`` from device ``i`` to ``i + 1``;
+  the last hop returns the logits from the last device to the source (DESIGN decision 3);
+* a hop of ``b`` bytes takes ``t(b) = 8 b / rate + delay + overhead`` (``overhead``: the backend's
+  measured per-message cost) and keeps its link busy for ``o(b) = 8 b / rate + overhead``;
+* unloaded latency ``L0 = sum(c_i) + sum(t(b_hop))``;
+* with at most ``W`` batches in flight the pipeline's period is the slowest resource,
+  ``P = max(c_i, o(b_hop))``, and throughput is ``min(1 / P, W / L0)`` batches per second
+  (``W = 1``: ``1 / L0``);
+* latency under the window follows from Little's law: ``W`` batches in flight at that throughput
+  wait ``max(L0, W * P)`` each (``W = 1``: ``L0``).
+
+The predicted frontier is the non-dominated set of (latency min, throughput max), computed with
+:func:`analysis.frontier.nondominated_ranks` (the analysis package has no torch dependency and
+ships with paretopipe). :func:`select` adds each frontier chain's neighbours (one index +-1) and
+the two ends (everything on the first device, everything on the last), plus any chain within
+``tolerance`` of the frontier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from paretopipe.errors import ConfigError
+
+SCHEMA = "paretopipe.prediction"
+SCHEMA_VERSION = 1
+
+#: The runtime's own cost per message (one hop of one batch), in seconds, per backend: framing,
+#: thread hand-offs and syscalls on both ends, beyond bytes / rate + delay. Measured with
+#: ``benchmarks/bench_predicted_sweep.py --overhead`` on loopback (docs/predict.md records the
+#: runs); override with ``paretopipe predict --overhead-ms``.
+BACKEND_OVERHEAD_S: dict[str, float] = {
+    "tcp": 0.00035,
+}
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "BACKEND_OVERHEAD_S", "Link", "DeviceProfile", "Prediction",
+           "backend_overhead", "device_profile", "load_profile_files", "chains", "predict_chain",
+           "predict_all", "select", "prediction_document", "write_prediction"]
+
+
+@dataclass(frozen=True)
+class Link:
+    """One network link between consecutive devices (every hop of a chain gets the same one)."""
+
+    delay_s: float = 0.0  # one-way
+    rate_bit_s: float | None = None  # None: no cap
+    overhead_s: float = 0.0  # the backend's per-message cost
+
+    def __post_init__(self) -> None:
+        if not (self.delay_s >= 0 and self.overhead_s >= 0):
+            raise ConfigError("link delay and per-message overhead must be >= 0")
+        if self.rate_bit_s is not None and not self.rate_bit_s > 0:
+            raise ConfigError("link rate must be > 0 (leave it out for no cap)")
+
+    def serialisation_s(self, nbytes: int) -> float:
+        return 0.0 if self.rate_bit_s is None else 8.0 * nbytes / self.rate_bit_s
+
+    def transfer_s(self, nbytes: int) -> float:
+        """Time from the send's start to the last byte's arrival: 8 b / rate + delay + overhead."""
+        return self.serialisation_s(nbytes) + self.delay_s + self.overhead_s
+
+    def busy_s(self, nbytes: int) -> float:
+        """Time the link cannot take the next message: 8 b / rate + overhead (delay pipelines)."""
+        return self.serialisation_s(nbytes) + self.overhead_s
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {"delay_s": self.delay_s, "rate_bit_s": self.rate_bit_s, "overhead_s": self.overhead_s}
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """What :func:`predict_chain` needs from one profile file."""
+
+    model: str
+    num_classes: int
+    input_size: int
+    batch_size: int
+    device: str
+    host: str
+    block_s: tuple[float, ...]  # median compute per block
+    crossing_bytes: tuple[int, ...]  # bytes crossing split k = 0..N (input, then each block's output)
+    source: str = ""  # file it came from
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.block_s)
+
+    def compute_s(self, start: int, stop: int) -> float:
+        return math.fsum(self.block_s[start:stop])
+
+
+def backend_overhead(backend: str) -> float:
+    try:
+        return BACKEND_OVERHEAD_S[backend]
+    except KeyError:
+        raise ConfigError(f"no measured per-message overhead for backend {backend!r} "
+                          f"(known: {', '.join(BACKEND_OVERHEAD_S)}); pass --overhead-ms") from None
+
+
+def device_profile(doc: Mapping[str, Any], source: str = "") -> DeviceProfile:
+    """A :class:`DeviceProfile` from a profile document (``paretopipe.profiling``'s schema)."""
+    cfg = doc["config"]
+    blocks = doc["blocks"]
+    return DeviceProfile(
+        model=cfg["model"], num_classes=int(cfg["num_classes"]), input_size=int(cfg["input_size"]),
+        batch_size=int(cfg["batch_size"]), device=str(cfg["device"]),
+        host=str(doc.get("host", {}).get("hostname", "?")),
+        block_s=tuple(float(b["compute_s"]["median"]) for b in blocks),
+        crossing_bytes=(int(doc["input_bytes"]), *(int(b["output_bytes"]) for b in blocks)),
+        source=source,
+    )
+
+
+def load_profile_files(paths: Sequence[str | os.PathLike[str]]) -> list[DeviceProfile]:
+    """Read profiles (one per device, in chain order) and check that they describe one setup."""
+    from paretopipe.profiling import read_profile
+
+    if not paths:
+        raise ConfigError("give at least one profile (--profiles P1.json[,P2.json...])")
+    profiles = [device_profile(read_profile(p), str(p)) for p in paths]
+    first = profiles[0]
+    for p in profiles[1:]:
+        for what in ("model", "num_classes", "input_size", "batch_size"):
+            if getattr(p, what) != getattr(first, what):
+                raise ConfigError(f"profiles disagree on {what}: {first.source} has {getattr(first, what)}, "
+                                  f"{p.source} has {getattr(p, what)}; profile every device with the same settings")
+        if p.crossing_bytes != first.crossing_bytes:
+            raise ConfigError(f"profiles {first.source} and {p.source} disagree on block output bytes")
+    return profiles
+
+
+def chains(num_blocks: int, stages: int) -> list[tuple[int, ...]]:
+    """Every split tuple of a ``stages``-device chain: non-decreasing indices in ``0..num_blocks``."""
+    if stages < 2:
+        raise ConfigError(f"a chain needs at least 2 devices (got {stages})")
+    return list(itertools.combinations_with_replacement(range(num_blocks + 1), stages - 1))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    splits: tuple[int, ...]
+    compute_s: tuple[float, ...]  # per stage
+    hop_bytes: tuple[int, ...]  # per hop; the last returns the logits to the source
+    hop_transfer_s: tuple[float, ...]
+    latency_unloaded_s: float
+    latency_s: float  # under the window (Little's law)
+    throughput_batch_s: float
+    batch_size: int
+    bottleneck: str  # "stage I", "hop I" or "window"
+    rank: int = -1  # non-dominated rank; 0 = on the predicted frontier
+
+    @property
+    def throughput_img_s(self) -> float:
+        return self.throughput_batch_s * self.batch_size
+
+    @property
+    def on_frontier(self) -> bool:
+        return self.rank == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "splits": list(self.splits),
+            "latency_s": self.latency_s,
+            "latency_unloaded_s": self.latency_unloaded_s,
+            "throughput_img_s": self.throughput_img_s,
+            "throughput_batch_s": self.throughput_batch_s,
+            "compute_s": list(self.compute_s),
+            "hops": [{"bytes": b, "transfer_s": t} for b, t in zip(self.hop_bytes, self.hop_transfer_s)],
+            "bottleneck": self.bottleneck,
+            "rank": self.rank,
+            "on_frontier": self.on_frontier,
+        }
+
+
+def _profiles_for(profiles: Sequence[DeviceProfile], stages: int) -> list[DeviceProfile]:
+    if len(profiles) == 1:
+        return list(profiles) * stages
+    if len(profiles) != stages:
+        raise ConfigError(f"{len(profiles)} profiles for a {stages}-device chain: give one per device "
+                          "in chain order, or one for all")
+    return list(profiles)
+
+
+def predict_chain(profiles: Sequence[DeviceProfile], splits: Sequence[int], link: Link,
+                  window: int = 1) -> Prediction:
+    """Latency and throughput of one chain (``len(splits) + 1`` devices)."""
+    if window < 1:
+        raise ConfigError(f"--window must be at least 1 (got {window})")
+    stages = len(splits) + 1
+    devs = _profiles_for(profiles, stages)
+    n = devs[0].num_blocks
+    ks = [0, *splits, n]
+    if any(b < a for a, b in zip(ks, ks[1:])) or not all(0 <= k <= n for k in splits):
+        raise ConfigError(f"splits {list(splits)} must be non-decreasing within 0..{n}")
+    compute = tuple(devs[i].compute_s(ks[i], ks[i + 1]) for i in range(stages))
+    crossing = devs[0].crossing_bytes
+    hop_bytes = tuple(crossing[k] for k in [*splits, n])
+    transfer = tuple(link.transfer_s(b) for b in hop_bytes)
+    latency0 = math.fsum(compute) + math.fsum(transfer)
+    busy = [(c, f"stage {i}") for i, c in enumerate(compute)]
+    busy += [(link.busy_s(b), f"hop {i}") for i, b in enumerate(hop_bytes)]
+    period, bottleneck = max(busy, key=lambda cb: cb[0])
+    if period <= 0 and latency0 <= 0:
+        raise ConfigError("every stage and hop takes zero time: the profiles hold no timings")
+    if window * period >= latency0:
+        throughput = 1.0 / period
+        latency = window * period
+    else:
+        throughput = window / latency0
+        latency = latency0
+        bottleneck = "window"
+    return Prediction(splits=tuple(splits), compute_s=compute, hop_bytes=hop_bytes, hop_transfer_s=transfer,
+                      latency_unloaded_s=latency0, latency_s=latency, throughput_batch_s=throughput,
+                      batch_size=devs[0].batch_size, bottleneck=bottleneck)
+
+
+def _ranked(preds: list[Prediction]) -> list[Prediction]:
+    import numpy as np
+
+    from analysis.frontier import nondominated_ranks
+
+    values = np.array([[p.latency_s, p.throughput_batch_s] for p in preds], dtype=float)
+    ranks = nondominated_ranks(values, ["min", "max"])
+    return [dataclasses.replace(p, rank=int(r)) for p, r in zip(preds, ranks)]
+
+
+def predict_all(profiles: Sequence[DeviceProfile], link: Link, *, window: int = 1, stages: int | None = None,
+                candidates: Iterable[Sequence[int]] | None = None) -> list[Prediction]:
+    """Every chain (or the given candidates), ranked: ``rank == 0`` is the predicted frontier."""
+    if stages is None:
+        stages = max(2, len(profiles))
+    _profiles_for(profiles, stages)
+    todo = list(candidates) if candidates is not None else chains(profiles[0].num_blocks, stages)
+    return _ranked([predict_chain(profiles, ks, link, window) for ks in todo])
+
+
+def _near_frontier(p: Prediction, frontier: Sequence[Prediction], tolerance: float) -> bool:
+    """No frontier point beats ``p`` by more than ``tolerance`` (relative) in both objectives."""
+    return not any(f.latency_s * (1 + tolerance) < p.latency_s
+                   and f.throughput_batch_s > p.throughput_batch_s * (1 + tolerance) for f in frontier)
+
+
+def select(preds: Sequence[Prediction], num_blocks: int, *, tolerance: float = 0.0) -> list[tuple[int, ...]]:
+    """The chains to measure: the predicted frontier, chains within ``tolerance`` of it, each of
+    those chains' neighbours (one split index moved by one) and the two ends. Sorted."""
+    if tolerance < 0:
+        raise ConfigError(f"--tolerance must be >= 0 (got {tolerance})")
+    if not preds:
+        return []
+    known = {p.splits for p in preds}
+    frontier = [p for p in preds if p.on_frontier]
+    core = {p.splits for p in preds if p.on_frontier or (tolerance > 0 and _near_frontier(p, frontier, tolerance))}
+    chosen = set(core)
+    for ks in core:
+        for i in range(len(ks)):
+            for step in (-1, 1):
+                moved = list(ks)
+                moved[i] += step
+                nb = tuple(moved)
+                if nb in known:
+                    chosen.add(nb)
+    width = len(preds[0].splits)
+    for end in ((num_blocks,) * width, (0,) * width):
+        if end in known:
+            chosen.add(end)
+    return sorted(chosen)
+
+
+def prediction_document(preds: Sequence[Prediction], profiles: Sequence[DeviceProfile], link: Link, *,
+                        window: int, backend: str, condition: str, selected: Sequence[Sequence[int]],
+                        tolerance: float, created_utc: str) -> dict[str, Any]:
+    """The prediction file (schema ``paretopipe.prediction`` v1; docs/predict.md)."""
+    first = profiles[0]
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created_utc": created_utc,
+        "config": {
+            "model": first.model, "num_classes": first.num_classes, "input_size": first.input_size,
+            "batch_size": first.batch_size, "window": window, "backend": backend,
+            "network": {"label": condition, **link.as_dict()},
+            "num_blocks": first.num_blocks, "stages": len(preds[0].splits) + 1 if preds else None,
+            "profiles": [{"path": p.source, "host": p.host, "device": p.device} for p in profiles],
+            "tolerance": tolerance,
+        },
+        "predictions": [p.as_dict() for p in preds],
+        "frontier": [list(p.splits) for p in preds if p.on_frontier],
+        "selected": [list(s) for s in selected],
+    }
+
+
+def write_prediction(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write atomically (replaces an older prediction of the same name)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write prediction {path}: {exc.strerror or exc}") from None
+    return path

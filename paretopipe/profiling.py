@@ -1,0 +1,246 @@
+"""Per-block compute time and output bytes on the device this runs on (``paretopipe profile``).
+
+A profile is what :mod:`paretopipe.predict` needs to predict every split without running it:
+for each block ``b`` of the model's decomposition (:func:`paretopipe.splitting.block_graph`),
+the time the block takes at the chosen batch size on this device, and the bytes of the tensor it
+hands to the next block (the bytes that cross split ``b + 1``).
+
+How a block is timed: the model is built once (seeded random weights, or a checkpoint), each
+block becomes its own stage module (``BlockGraph.stage_module(root, b, b + 1)``), and one
+*pass* runs the blocks in order on a synthetic batch, timing each block separately (on CUDA the
+stream is synchronised around every block). ``warmup`` passes are thrown away; over the next
+``repeats`` passes each block gets a median and its spread (IQR, p10, p90, min, max). The whole
+unsplit model is timed the same way, so that the sum of block medians can be checked against it
+(``fused_compute_s``).
+
+Profile files are JSON with their own schema (``paretopipe.profile``, version 1; docs/predict.md),
+written atomically and never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from paretopipe.errors import ConfigError
+
+SCHEMA = "paretopipe.profile"
+SCHEMA_VERSION = 1
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "ProfileConfig", "spread", "profile_model",
+           "write_profile", "read_profile"]
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    model: str
+    device: str = "cpu"
+    batch_size: int = 8
+    input_size: int | None = None
+    num_classes: int = 10
+    weights: str | None = None
+    seed: int = 0
+    repeats: int = 20
+    warmup: int = 3
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if self.repeats < 3:
+            raise ConfigError(f"--repeats must be at least 3 for a median and a spread (got {self.repeats})")
+        if self.warmup < 0:
+            raise ConfigError(f"--warmup must be >= 0 (got {self.warmup})")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be at least 1 (got {self.threads})")
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise ConfigError(f"--device must be cpu or cuda[:N] (got {self.device!r})")
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default) of already sorted values."""
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def spread(samples: Sequence[float]) -> dict[str, float]:
+    """Median and spread of timing samples: median, IQR, p10, p90, mean, min, max (seconds)."""
+    if not samples:
+        raise ValueError("no samples")
+    s = sorted(samples)
+    return {
+        "median": statistics.median(s),
+        "iqr": _quantile(s, 0.75) - _quantile(s, 0.25),
+        "p10": _quantile(s, 0.10),
+        "p90": _quantile(s, 0.90),
+        "mean": statistics.fmean(s),
+        "min": s[0],
+        "max": s[-1],
+    }
+
+
+def _sync(device: str) -> Callable[[], None]:
+    import torch
+
+    if device.startswith("cuda"):
+        dev = torch.device(device)
+        return lambda: torch.cuda.synchronize(dev)
+    return lambda: None
+
+
+def profile_model(cfg: ProfileConfig, *, progress: Progress | None = None) -> dict[str, Any]:
+    """Profile ``cfg.model`` here; returns the profile document (schema ``paretopipe.profile`` v1)."""
+    import torch
+
+    from paretopipe.models import build_model, weights_spec
+    from paretopipe.results import environment_info, utc_now
+    from paretopipe.splitting import block_graph, split_points
+
+    cfg.validate()
+    say = progress or (lambda _msg: None)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine (use --device cpu)")
+    points = split_points(cfg.model, num_classes=cfg.num_classes, input_size=cfg.input_size,
+                          batch_size=cfg.batch_size)  # validates model, input size and batch size
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    graph = block_graph(cfg.model, cfg.num_classes)
+    input_size = points[0].shape[-1]
+    t_start = time.monotonic()
+    say(f"profiling {cfg.model} ({graph.num_blocks} blocks) at batch {cfg.batch_size}, "
+        f"{input_size} px on {cfg.device}, {torch.get_num_threads()} thread(s): "
+        f"{cfg.warmup} warm-up + {cfg.repeats} timed passes")
+    root = build_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights, seed=cfg.seed)
+    device = torch.device(cfg.device)
+    root = root.to(device)
+    blocks = [graph.stage_module(root, b, b + 1) for b in range(graph.num_blocks)]
+    sync = _sync(cfg.device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x0 = torch.randn(*points[0].shape, generator=gen).to(device)
+
+    samples: list[list[float]] = [[] for _ in blocks]
+    fused: list[float] = []
+    out_bytes: list[int] = [0] * len(blocks)
+    out_shapes: list[list[int]] = [[] for _ in blocks]
+    with torch.inference_mode():
+        for p in range(cfg.warmup + cfg.repeats):
+            timed = p >= cfg.warmup
+            x = x0
+            for b, block in enumerate(blocks):
+                sync()
+                t0 = time.perf_counter()
+                y = block(x).contiguous()
+                sync()
+                dt = time.perf_counter() - t0
+                if timed:
+                    samples[b].append(dt)
+                if p == 0:
+                    out_bytes[b] = y.numel() * y.element_size()
+                    out_shapes[b] = list(y.shape)
+                x = y
+            sync()
+            t0 = time.perf_counter()
+            root(x0)
+            sync()
+            if timed:
+                fused.append(time.perf_counter() - t0)
+            if timed and (p - cfg.warmup + 1) % max(1, cfg.repeats // 4) == 0:
+                say(f"  pass {p - cfg.warmup + 1}/{cfg.repeats}")
+
+    for b, point in enumerate(points[1:]):
+        if out_bytes[b] != point.bytes:  # would mean the decomposition and the model disagree
+            raise ConfigError(f"{cfg.model}: block {b} produced {out_bytes[b]} bytes, the split table says "
+                              f"{point.bytes}; cannot profile this model")
+    block_docs = []
+    for b, blk in enumerate(graph.blocks):
+        block_docs.append({
+            "index": b,
+            "name": blk.name,
+            "compute_s": spread(samples[b]),
+            "output_bytes": out_bytes[b],
+            "output_shape": out_shapes[b],
+        })
+    total_median = sum(d["compute_s"]["median"] for d in block_docs)
+    env = environment_info(cfg.device)
+    env.pop("index", None)
+    env["threads"] = torch.get_num_threads()
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created_utc": utc_now(),
+        "config": {
+            "model": cfg.model,
+            "num_classes": cfg.num_classes,
+            "input_size": input_size,
+            "batch_size": cfg.batch_size,
+            "dtype": points[0].dtype,
+            "weights": weights_spec(cfg.weights, cfg.seed),
+            "device": cfg.device,
+            "threads": cfg.threads,
+            "warmup": cfg.warmup,
+            "repeats": cfg.repeats,
+        },
+        "host": env,
+        "num_blocks": graph.num_blocks,
+        "input_bytes": points[0].bytes,
+        "input_shape": list(points[0].shape),
+        "blocks": block_docs,
+        "summary": {
+            "sum_block_median_s": total_median,
+            "fused_compute_s": spread(fused),
+            "wall_s": time.monotonic() - t_start,
+        },
+    }
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def write_profile(doc: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write atomically (temporary file, then a hard link); never overwrite."""
+    from paretopipe.results import write_json_exclusive
+
+    path = Path(path)
+    if path.exists():
+        raise ConfigError(f"profile file {path} already exists; profiles are never overwritten "
+                          "(delete it or pick another --out)")
+    try:
+        return write_json_exclusive(doc, path, what="profile file")
+    except OSError as exc:
+        raise ConfigError(f"cannot write profile {path}: {exc.strerror or exc}") from None
+
+
+def read_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a profile file; a ConfigError says what is wrong with it."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read profile {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"profile {path} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise ConfigError(f"{path} is not a profile file (schema {SCHEMA!r}); make one with `paretopipe profile`")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ConfigError(f"profile {path} has schema_version {doc.get('schema_version')!r}; "
+                          f"this paretopipe reads {SCHEMA_VERSION}")
+    try:
+        blocks = doc["blocks"]
+        n = int(doc["num_blocks"])
+        ok = (isinstance(blocks, list) and len(blocks) == n and int(doc["input_bytes"]) >= 0
+              and all(float(b["compute_s"]["median"]) >= 0 and int(b["output_bytes"]) >= 0 for b in blocks)
+              and isinstance(doc["config"]["model"], str) and int(doc["config"]["batch_size"]) >= 1)
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"profile {path} is malformed (blocks, num_blocks, input_bytes or config missing or wrong)")
+    return doc
