@@ -74,9 +74,11 @@ class _Builder:
             self.actions.append(action)
             self.progress(action)
         if not SSHD_PRIVSEP_DIR.is_dir():
+            # System setup, not a testbed resource: openssh-server's own directory, which
+            # any sshd on this machine (another testbed's too) needs; `down` leaves it.
             SSHD_PRIVSEP_DIR.mkdir(mode=0o755)
-            self.record({"kind": "dir", "path": str(SSHD_PRIVSEP_DIR)},
-                        f"created {SSHD_PRIVSEP_DIR} (sshd's privilege separation directory)")
+            self.actions.append(f"created {SSHD_PRIVSEP_DIR} (sshd's privilege separation "
+                                "directory; kept)")
         self.step("bridge")
         self._bridge()
         cg = _cgroups(topo, self.state.cgroup_version)
@@ -343,10 +345,12 @@ def down(*, state_dir: str | Path | None = None, topology: Topology | str | Path
             topo = _topology(topology)
             state = State(topology=topo.to_dict(), inventory="")
             # Nothing recorded: adopt what exists under this topology's names.
+            spaces, links = _system.netns_list(), _system.links()
             state.resources = (
-                [{"kind": "link", "name": topo.bridge}]
+                [{"kind": "link", "name": topo.bridge}] * (topo.bridge in links)
                 + [{"kind": "cgroup", "path": p} for p in _safe_cgroup_dirs(topo)][::-1]
-                + [{"kind": "netns", "name": topo.netns(n)} for n in topo.names]
+                + [{"kind": "netns", "name": topo.netns(n)} for n in topo.names
+                   if topo.netns(n) in spaces]
             )
         removed_before = len(state.resources)
         errors: list[str] = []

@@ -80,6 +80,37 @@ def _message(msg_type: int, queue: int, attrs: bytes, *, seq: int, flags: int) -
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, flags, seq, 0) + body
 
 
+def packet_ids(data: bytes) -> list[int]:
+    """Packet ids in one datagram from the kernel (usually one packet per datagram)."""
+    ids = []
+    offset = 0
+    end = len(data)
+    while offset + _NLMSGHDR.size <= end:
+        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+        if length < _NLMSGHDR.size:
+            break
+        if kind == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET:
+            pos = offset + _NLMSGHDR.size + _NFGENMSG.size
+            stop = offset + length
+            while pos + _NLATTR.size <= stop:
+                alen, atype = _NLATTR.unpack_from(data, pos)
+                if alen < _NLATTR.size:
+                    break
+                if atype & 0x3FFF == NFQA_PACKET_HDR:
+                    ids.append(struct.unpack_from("!I", data, pos + _NLATTR.size)[0])
+                    break
+                pos += (alen + 3) & ~3
+        offset += (length + 3) & ~3
+    return ids
+
+
+def verdict_batch_message(queue: int, packet_id: int) -> bytes:
+    """"Accept every queued packet with an id up to ``packet_id``" for ``queue``."""
+    attrs = _attr(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT, packet_id))
+    return _message((NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT_BATCH, queue, attrs, seq=0,
+                    flags=NLM_F_REQUEST)
+
+
 class NfQueue:
     """One bound netfilter queue, in metadata-copy mode, GSO packets whole."""
 
@@ -107,7 +138,6 @@ class NfQueue:
             self.sock.close()
             raise
         self.sock.setblocking(False)
-        self._verdict_type = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT_BATCH
 
     def _request(self, msg_type: int, attrs: bytes) -> None:
         """Send a config message and wait for the kernel's ack (raises on an error reply)."""
@@ -127,32 +157,8 @@ class NfQueue:
                     return
                 offset += (length + 3) & ~3
 
-    def packet_ids(self, data: bytes) -> list[int]:
-        """Packet ids in one datagram from the kernel (usually one packet per datagram)."""
-        ids = []
-        offset = 0
-        end = len(data)
-        while offset + _NLMSGHDR.size <= end:
-            length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-            if length < _NLMSGHDR.size:
-                break
-            if kind == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET:
-                pos = offset + _NLMSGHDR.size + _NFGENMSG.size
-                stop = offset + length
-                while pos + _NLATTR.size <= stop:
-                    alen, atype = _NLATTR.unpack_from(data, pos)
-                    if alen < _NLATTR.size:
-                        break
-                    if atype & 0x3FFF == NFQA_PACKET_HDR:
-                        ids.append(struct.unpack_from("!I", data, pos + _NLATTR.size)[0])
-                        break
-                    pos += (alen + 3) & ~3
-            offset += (length + 3) & ~3
-        return ids
-
     def accept_upto(self, packet_id: int) -> None:
-        attrs = _attr(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT, packet_id))
-        self.sock.send(_message(self._verdict_type, self.queue, attrs, seq=0, flags=NLM_F_REQUEST))
+        self.sock.send(verdict_batch_message(self.queue, packet_id))
 
     def close(self) -> None:
         try:
@@ -182,6 +188,10 @@ def run(queue: int, delay_s: float, jitter_s: float, *, seed: int | None = None)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    # select() is retried after a signal (PEP 475); a wakeup pipe makes it return instead.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
     rng = random.Random(seed)
     nfq = NfQueue(queue)
     held: collections.deque[tuple[float, int]] = collections.deque()
@@ -194,10 +204,10 @@ def run(queue: int, delay_s: float, jitter_s: float, *, seed: int | None = None)
         while not stop:
             timeout = None if not held else max(0.0, held[0][0] - clock())
             try:
-                readable, _, _ = select.select([nfq.sock], [], [], timeout)
+                readable, _, _ = select.select([nfq.sock, wake_r], [], [], timeout)
             except InterruptedError:
                 continue
-            if readable:
+            if nfq.sock in readable:
                 while True:
                     try:
                         data = recv(262144)
@@ -208,7 +218,7 @@ def run(queue: int, delay_s: float, jitter_s: float, *, seed: int | None = None)
                             continue
                         raise
                     now = clock()
-                    for pid in nfq.packet_ids(data):
+                    for pid in packet_ids(data):
                         due = now + delay_s
                         if jitter_s:
                             due += rng.uniform(-jitter_s, jitter_s)
@@ -232,6 +242,9 @@ def run(queue: int, delay_s: float, jitter_s: float, *, seed: int | None = None)
             except OSError:
                 pass
         nfq.close()
+        signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(wake_w)
 
 
 def _parse_ms(text: str) -> float:
