@@ -332,16 +332,21 @@ class _Run:
 
         cfg = self.cfg
         model = build_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights, seed=cfg.seed)
-        worst = 0.0
+        worst = scale = 0.0
         with torch.inference_mode():
             for batch_id, logits in sorted(self.kept_logits.items()):
                 ref = model(self.inputs.batch(batch_id).images)
                 worst = max(worst, float((ref - logits).abs().max()))
-        ok = bool(self.kept_logits) and worst <= 1e-4
-        self.check = {"batches": len(self.kept_logits), "max_abs_diff": worst, "tolerance": 1e-4, "ok": ok}
+                scale = max(scale, float(ref.abs().max()))
+        # CPU stages run the same kernels as the reference: only summation order differs. CUDA
+        # kernels (TF32 convolutions by default) round differently: allow 1% of the logit scale.
+        cuda = self.device.startswith("cuda") or any(i.device.startswith("cuda") for i in self.stage_infos)
+        tolerance = 1e-2 * max(scale, 1.0) if cuda else 1e-4
+        ok = bool(self.kept_logits) and worst <= tolerance
+        self.check = {"batches": len(self.kept_logits), "max_abs_diff": worst, "tolerance": tolerance, "ok": ok}
         if not ok:
-            raise StageError(f"--check: split logits differ from the unsplit model by {worst:.3g} (tolerance 1e-4) "
-                             f"over {len(self.kept_logits)} batches")
+            raise StageError(f"--check: split logits differ from the unsplit model by {worst:.3g} (tolerance "
+                             f"{tolerance:.3g}) over {len(self.kept_logits)} batches")
 
     # ---------------------------------------------------------------- the file
     def document(self, run_id: str) -> dict[str, Any]:
