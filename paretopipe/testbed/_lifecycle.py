@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from paretopipe import netcond
 from paretopipe.errors import TestbedError
 from paretopipe.testbed import _ssh, _system
 from paretopipe.testbed._state import Paths, State, default_inventory_path, device_python, locked
@@ -133,6 +134,9 @@ class _Builder:
                         f"created link {host_if} <-> {ns}:{topo.nic}")
             _system.run(["ip", "link", "set", "dev", host_if, "master", topo.bridge, "up"])
             _system.run(["ip", "link", "set", "dev", "lo", "up"], ns=ns)
+            # IPv4 only: shaping filters IPv4, so no unshaped IPv6 path may exist.
+            _system.run(["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+                         "net.ipv6.conf.default.disable_ipv6=1"], ns=ns, check=False)
             _system.run(["ip", "addr", "add", f"{ip}/{topo.prefix_len}", "dev", topo.nic], ns=ns)
             _system.run(["ip", "link", "set", "dev", topo.nic, "up"], ns=ns)
         elif not self.state.has("link", name=host_if):
@@ -421,7 +425,15 @@ def status(*, state_dir: str | Path | None = None) -> dict:
                 port = True
             except TestbedError:
                 pass
+        shaped = None
+        if state.shaping and dev.name in state.shaping.get("devices", {}) \
+                and topo.netns(dev.name) in spaces:
+            qd = netcond.parse_tc_qdisc(
+                _system.run(["tc", "-s", "qdisc", "show"], ns=topo.netns(dev.name)).stdout)
+            shaped = {"kernel": netcond.configured_from_qdiscs(qd),
+                      "qdisc_drops": sum(q.get("dropped", 0) for q in qd)}
         devices[dev.name] = {
+            "shaped": shaped,
             "group": dev.group,
             "ip": dev.ip,
             "netns": topo.netns(dev.name),

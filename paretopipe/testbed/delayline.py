@@ -114,7 +114,7 @@ def verdict_batch_message(queue: int, packet_id: int) -> bytes:
 class NfQueue:
     """One bound netfilter queue, in metadata-copy mode, GSO packets whole."""
 
-    def __init__(self, queue: int, maxlen: int = 10000) -> None:
+    def __init__(self, queue: int, maxlen: int = 50000) -> None:
         self.queue = queue
         self._seq = 0
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)

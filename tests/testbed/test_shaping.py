@@ -65,6 +65,8 @@ def test_unshape_removes_every_trace(unshaped):
     rec = tb.shape("wifi", state_dir=state)
     pids = [p["pid"] for p in rec["processes"]]
     assert pids and all(map(_system.pid_alive, pids))
+    kernel = tb.status(state_dir=state)["devices"]["pi1"]["shaped"]["kernel"]
+    assert kernel["rate_mbit"] == 50.0  # what tc reports back, parsed
     assert tb.unshape(state_dir=state)["changed"] is True
     assert not any(map(_system.pid_alive, pids))
     for name in topo.names:
