@@ -50,6 +50,13 @@ BACKEND_OVERHEAD_S: dict[str, float] = {
     "tcp": 0.00035,
 }
 
+#: Bytes on the wire per payload byte beyond the payload, for TCP over Ethernet at MTU 1500:
+#: each 1448-byte segment (TCP timestamps on) travels as a 1514-byte frame, and the rate caps
+#: (tbf) count frames.
+TCP_ETHERNET_OVERHEAD = (1514 - 1448) / 1448
+
+STATISTICS = ("median", "mean")
+
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "BACKEND_OVERHEAD_S", "Link", "DeviceProfile", "Prediction",
            "backend_overhead", "device_profile", "load_profile_files", "chains", "predict_chain",
            "predict_all", "select", "prediction_document", "write_prediction"]
@@ -62,15 +69,16 @@ class Link:
     delay_s: float = 0.0  # one-way
     rate_bit_s: float | None = None  # None: no cap
     overhead_s: float = 0.0  # the backend's per-message cost
+    framing: float = 0.0  # extra wire bytes per payload byte (headers), e.g. TCP_ETHERNET_OVERHEAD
 
     def __post_init__(self) -> None:
-        if not (self.delay_s >= 0 and self.overhead_s >= 0):
-            raise ConfigError("link delay and per-message overhead must be >= 0")
+        if not (self.delay_s >= 0 and self.overhead_s >= 0 and self.framing >= 0):
+            raise ConfigError("link delay, per-message overhead and framing must be >= 0")
         if self.rate_bit_s is not None and not self.rate_bit_s > 0:
             raise ConfigError("link rate must be > 0 (leave it out for no cap)")
 
     def serialisation_s(self, nbytes: int) -> float:
-        return 0.0 if self.rate_bit_s is None else 8.0 * nbytes / self.rate_bit_s
+        return 0.0 if self.rate_bit_s is None else 8.0 * nbytes * (1.0 + self.framing) / self.rate_bit_s
 
     def transfer_s(self, nbytes: int) -> float:
         """Time from the send's start to the last byte's arrival: 8 b / rate + delay + overhead."""
@@ -81,7 +89,8 @@ class Link:
         return self.serialisation_s(nbytes) + self.overhead_s
 
     def as_dict(self) -> dict[str, float | None]:
-        return {"delay_s": self.delay_s, "rate_bit_s": self.rate_bit_s, "overhead_s": self.overhead_s}
+        return {"delay_s": self.delay_s, "rate_bit_s": self.rate_bit_s, "overhead_s": self.overhead_s,
+                "framing": self.framing}
 
 
 @dataclass(frozen=True)
@@ -114,27 +123,32 @@ def backend_overhead(backend: str) -> float:
                           f"(known: {', '.join(BACKEND_OVERHEAD_S)}); pass --overhead-ms") from None
 
 
-def device_profile(doc: Mapping[str, Any], source: str = "") -> DeviceProfile:
-    """A :class:`DeviceProfile` from a profile document (``paretopipe.profiling``'s schema)."""
+def device_profile(doc: Mapping[str, Any], source: str = "", statistic: str = "median") -> DeviceProfile:
+    """A :class:`DeviceProfile` from a profile document (``paretopipe.profiling``'s schema).
+
+    ``statistic`` picks each block's time: the median (robust to outliers; the default), or the
+    mean (what a CPU-quota'd device averages to when its throttling makes timings bimodal)."""
+    if statistic not in STATISTICS:
+        raise ConfigError(f"unknown statistic {statistic!r} (use {' or '.join(STATISTICS)})")
     cfg = doc["config"]
     blocks = doc["blocks"]
     return DeviceProfile(
         model=cfg["model"], num_classes=int(cfg["num_classes"]), input_size=int(cfg["input_size"]),
         batch_size=int(cfg["batch_size"]), device=str(cfg["device"]),
         host=str(doc.get("host", {}).get("hostname", "?")),
-        block_s=tuple(float(b["compute_s"]["median"]) for b in blocks),
+        block_s=tuple(float(b["compute_s"][statistic]) for b in blocks),
         crossing_bytes=(int(doc["input_bytes"]), *(int(b["output_bytes"]) for b in blocks)),
         source=source,
     )
 
 
-def load_profile_files(paths: Sequence[str | os.PathLike[str]]) -> list[DeviceProfile]:
+def load_profile_files(paths: Sequence[str | os.PathLike[str]], statistic: str = "median") -> list[DeviceProfile]:
     """Read profiles (one per device, in chain order) and check that they describe one setup."""
     from paretopipe.profiling import read_profile
 
     if not paths:
         raise ConfigError("give at least one profile (--profiles P1.json[,P2.json...])")
-    profiles = [device_profile(read_profile(p), str(p)) for p in paths]
+    profiles = [device_profile(read_profile(p), str(p), statistic) for p in paths]
     first = profiles[0]
     for p in profiles[1:]:
         for what in ("model", "num_classes", "input_size", "batch_size"):
@@ -161,7 +175,8 @@ class Prediction:
     hop_transfer_s: tuple[float, ...]
     latency_unloaded_s: float
     latency_s: float  # under the window (Little's law)
-    throughput_batch_s: float
+    throughput_batch_s: float  # as a run of the given length reports it (steady state without one)
+    throughput_steady_batch_s: float
     batch_size: int
     bottleneck: str  # "stage I", "hop I" or "window"
     rank: int = -1  # non-dominated rank; 0 = on the predicted frontier
@@ -181,6 +196,7 @@ class Prediction:
             "latency_unloaded_s": self.latency_unloaded_s,
             "throughput_img_s": self.throughput_img_s,
             "throughput_batch_s": self.throughput_batch_s,
+            "throughput_steady_img_s": self.throughput_steady_batch_s * self.batch_size,
             "compute_s": list(self.compute_s),
             "hops": [{"bytes": b, "transfer_s": t} for b, t in zip(self.hop_bytes, self.hop_transfer_s)],
             "bottleneck": self.bottleneck,
@@ -199,10 +215,15 @@ def _profiles_for(profiles: Sequence[DeviceProfile], stages: int) -> list[Device
 
 
 def predict_chain(profiles: Sequence[DeviceProfile], splits: Sequence[int], link: Link,
-                  window: int = 1) -> Prediction:
-    """Latency and throughput of one chain (``len(splits) + 1`` devices)."""
+                  window: int = 1, batches: int | None = None) -> Prediction:
+    """Latency and throughput of one chain (``len(splits) + 1`` devices).
+
+    Throughput is the steady state's unless ``batches`` is given: then it is what a run of that
+    many counted batches reports (first send to last completion)."""
     if window < 1:
         raise ConfigError(f"--window must be at least 1 (got {window})")
+    if batches is not None and batches < 1:
+        raise ConfigError(f"--batches must be at least 1 (got {batches})")
     stages = len(splits) + 1
     devs = _profiles_for(profiles, stages)
     n = devs[0].num_blocks
@@ -226,9 +247,14 @@ def predict_chain(profiles: Sequence[DeviceProfile], splits: Sequence[int], link
         throughput = window / latency0
         latency = latency0
         bottleneck = "window"
+    steady = throughput
+    if batches is not None:
+        # what the runtime reports: n batches over first send to last completion, i.e.
+        # (n - 1) periods plus one latency (docs/results.md); equals 1 / latency for W = 1
+        throughput = batches / ((batches - 1) / steady + latency)
     return Prediction(splits=tuple(splits), compute_s=compute, hop_bytes=hop_bytes, hop_transfer_s=transfer,
                       latency_unloaded_s=latency0, latency_s=latency, throughput_batch_s=throughput,
-                      batch_size=devs[0].batch_size, bottleneck=bottleneck)
+                      throughput_steady_batch_s=steady, batch_size=devs[0].batch_size, bottleneck=bottleneck)
 
 
 def _ranked(preds: list[Prediction]) -> list[Prediction]:
@@ -242,13 +268,13 @@ def _ranked(preds: list[Prediction]) -> list[Prediction]:
 
 
 def predict_all(profiles: Sequence[DeviceProfile], link: Link, *, window: int = 1, stages: int | None = None,
-                candidates: Iterable[Sequence[int]] | None = None) -> list[Prediction]:
+                candidates: Iterable[Sequence[int]] | None = None, batches: int | None = None) -> list[Prediction]:
     """Every chain (or the given candidates), ranked: ``rank == 0`` is the predicted frontier."""
     if stages is None:
         stages = max(2, len(profiles))
     _profiles_for(profiles, stages)
     todo = list(candidates) if candidates is not None else chains(profiles[0].num_blocks, stages)
-    return _ranked([predict_chain(profiles, ks, link, window) for ks in todo])
+    return _ranked([predict_chain(profiles, ks, link, window, batches) for ks in todo])
 
 
 def _near_frontier(p: Prediction, frontier: Sequence[Prediction], tolerance: float) -> bool:
@@ -285,7 +311,8 @@ def select(preds: Sequence[Prediction], num_blocks: int, *, tolerance: float = 0
 
 def prediction_document(preds: Sequence[Prediction], profiles: Sequence[DeviceProfile], link: Link, *,
                         window: int, backend: str, condition: str, selected: Sequence[Sequence[int]],
-                        tolerance: float, created_utc: str) -> dict[str, Any]:
+                        tolerance: float, created_utc: str, batches: int | None = None,
+                        statistic: str = "median") -> dict[str, Any]:
     """The prediction file (schema ``paretopipe.prediction`` v1; docs/predict.md)."""
     first = profiles[0]
     return {
@@ -298,7 +325,7 @@ def prediction_document(preds: Sequence[Prediction], profiles: Sequence[DevicePr
             "network": {"label": condition, **link.as_dict()},
             "num_blocks": first.num_blocks, "stages": len(preds[0].splits) + 1 if preds else None,
             "profiles": [{"path": p.source, "host": p.host, "device": p.device} for p in profiles],
-            "tolerance": tolerance,
+            "tolerance": tolerance, "batches": batches, "statistic": statistic,
         },
         "predictions": [p.as_dict() for p in preds],
         "frontier": [list(p.splits) for p in preds if p.on_frontier],

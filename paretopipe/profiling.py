@@ -19,6 +19,7 @@ written atomically and never overwritten.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time

@@ -70,7 +70,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     pred.add_argument("--backend", default="tcp", help="transport backend whose per-message overhead to add (default: tcp)")
     pred.add_argument("--overhead-ms", type=_non_negative_float, metavar="MS",
                       help="per-message overhead in ms, instead of the backend's measured value")
+    pred.add_argument("--framing", type=_non_negative_float, metavar="F",
+                      help="extra wire bytes per payload byte that the rate cap counts (default: "
+                           "TCP over Ethernet at MTU 1500, 66/1448 = 0.0456)")
+    pred.add_argument("--statistic", choices=("median", "mean"), default="median",
+                      help="each block's time from the profile: median (default) or mean (for devices "
+                           "with a CPU quota, whose throttling makes timings bimodal)")
     pred.add_argument("--window", type=_positive_int, default=1, metavar="W", help="max batches in flight (default: 1)")
+    pred.add_argument("--batches", type=_positive_int, metavar="N",
+                      help="predict the throughput a run of N counted batches reports (first send to last "
+                           "completion: (N-1) periods + one latency) instead of the steady state's")
     pred.add_argument("--stages", type=_positive_int, metavar="S",
                       help="devices in the chain (default: the number of profiles, at least 2)")
     pred.add_argument("--tolerance", type=_non_negative_float, default=0.0, metavar="F",
@@ -108,9 +117,10 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def link_from_args(args: argparse.Namespace) -> tuple[str, Any]:
     """The condition's label and :class:`~paretopipe.predict.Link` from the flags."""
     from paretopipe.netcond import load_conditions, parse_delay, parse_rate
-    from paretopipe.predict import Link, backend_overhead
+    from paretopipe.predict import TCP_ETHERNET_OVERHEAD, Link, backend_overhead
 
     overhead = args.overhead_ms / 1e3 if args.overhead_ms is not None else backend_overhead(args.backend)
+    framing = TCP_ETHERNET_OVERHEAD if args.framing is None else args.framing
     if args.condition:
         if args.rate:
             raise ConfigError("--rate goes with --delay, not with --condition")
@@ -121,12 +131,12 @@ def link_from_args(args: argparse.Namespace) -> tuple[str, Any]:
         c = table[args.condition]
         rate = c.rate_mbit
         return args.network_label or c.name, Link(delay_s=c.delay_ms / 1e3, rate_bit_s=None if rate is None else rate * 1e6,
-                            overhead_s=overhead)
+                            overhead_s=overhead, framing=framing)
     delay_ms = parse_delay(args.delay) if args.delay is not None else 0.0
     rate = parse_rate(args.rate)
     label = "none" if args.delay is None and args.rate is None else "custom"
     return args.network_label or label, Link(delay_s=delay_ms / 1e3, rate_bit_s=None if rate is None else rate * 1e6,
-                       overhead_s=overhead)
+                       overhead_s=overhead, framing=framing)
 
 
 def splits_arg(selected: list[tuple[int, ...]]) -> str:
@@ -139,13 +149,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from paretopipe.results import utc_now
 
     paths = [p.strip() for p in args.profiles.split(",") if p.strip()]
-    profiles = load_profile_files(paths)
+    profiles = load_profile_files(paths, args.statistic)
     label, link = link_from_args(args)
     stages = args.stages or max(2, len(profiles))
-    preds = predict_all(profiles, link, window=args.window, stages=stages)
+    preds = predict_all(profiles, link, window=args.window, stages=stages, batches=args.batches)
     selected = select(preds, profiles[0].num_blocks, tolerance=args.tolerance)
     doc = prediction_document(preds, profiles, link, window=args.window, backend=args.backend, condition=label,
-                              selected=selected, tolerance=args.tolerance, created_utc=utc_now())
+                              selected=selected, tolerance=args.tolerance, created_utc=utc_now(),
+                              batches=args.batches, statistic=args.statistic)
     if args.out:
         write_prediction(doc, args.out)
     total = len(preds)
