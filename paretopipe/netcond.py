@@ -392,7 +392,8 @@ def iptables_clear_commands(peers: Sequence[str], *, chain: str = DEFAULT_CHAIN,
 # --- parsers -----------------------------------------------------------------------------------
 
 _QDISC_HEAD = re.compile(
-    r"^qdisc (?P<kind>\S+) (?P<handle>\S+) dev (?P<dev>\S+) (?P<where>root|parent \S+)(?P<rest>.*)$"
+    r"^qdisc (?P<kind>\S+) (?P<handle>\S+) (?:dev (?P<dev>\S+) )?(?P<where>root|parent \S+)"
+    r"(?P<rest>.*)$"
 )
 _SENT = re.compile(
     r"Sent (?P<bytes>\d+) bytes (?P<pkts>\d+) pkt \(dropped (?P<dropped>\d+), "
@@ -401,8 +402,9 @@ _SENT = re.compile(
 _BACKLOG = re.compile(r"backlog (?P<bytes>\S+?)b? (?P<pkts>\d+)p")
 
 
-def parse_tc_qdisc(text: str) -> list[dict]:
-    """``tc -s qdisc show`` output -> one dict per qdisc (kind, handle, dev, parent, options, counters)."""
+def parse_tc_qdisc(text: str, dev: str | None = None) -> list[dict]:
+    """``tc -s qdisc show`` output -> one dict per qdisc (kind, handle, dev, parent, options,
+    counters). ``tc ... show dev X`` leaves the device out of each line: pass it as ``dev``."""
     out: list[dict] = []
     for line in text.splitlines():
         head = _QDISC_HEAD.match(line.strip())
@@ -411,7 +413,7 @@ def parse_tc_qdisc(text: str) -> list[dict]:
             out.append({
                 "kind": head.group("kind"),
                 "handle": head.group("handle"),
-                "dev": head.group("dev"),
+                "dev": head.group("dev") or dev,
                 "parent": "root" if where == "root" else where.split()[1],
                 "options": head.group("rest").strip(),
             })
@@ -526,12 +528,19 @@ def _condition_from_args(args: argparse.Namespace) -> Condition:
 
 def _execute(cmds: list[list[str]], *, tolerate_failure: bool) -> int:
     for cmd in cmds:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{cmd[0]} is not installed (iproute2 / iptables)") from exc
         if proc.returncode != 0:
             msg = proc.stderr.strip() or proc.stdout.strip()
             if tolerate_failure:
                 continue
-            raise ConfigError(f"`{' '.join(cmd)}` failed: {msg}")
+            hint = ""
+            if "netem" in cmd and "unknown" in msg.lower():
+                hint = ("; this kernel has no sch_netem: use --no-netem (rate only), or on the "
+                        "emulated testbed `paretopipe testbed shape`")
+            raise ConfigError(f"`{' '.join(cmd)}` failed: {msg}{hint}")
     return 0
 
 
@@ -575,7 +584,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             # Start from a clean NIC so that apply can be run again with another condition.
             _execute(clear_commands(args.dev, args.ingress_ifb), tolerate_failure=True)
-            _execute(cmds, tolerate_failure=False)
+            try:
+                _execute(cmds, tolerate_failure=False)
+            except ConfigError:
+                _execute(clear_commands(args.dev, args.ingress_ifb), tolerate_failure=True)
+                raise
             print(json.dumps({"applied": cond.to_dict(), "dev": args.dev, "peers": peers}))
             return 0
         if args.action == "clear":
@@ -588,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise ConfigError(f"tc -s qdisc show dev {args.dev} failed: {proc.stderr.strip()}")
-        qdiscs = parse_tc_qdisc(proc.stdout)
+        qdiscs = parse_tc_qdisc(proc.stdout, dev=args.dev)
         print(json.dumps({"dev": args.dev, "qdiscs": qdiscs,
                           "configured": configured_from_qdiscs(qdiscs)}, indent=1))
         return 0

@@ -182,6 +182,16 @@ def test_parse_tc_qdisc_reads_kinds_parents_and_counters():
         "delay_ms": 20.0, "jitter_ms": 2.0, "loss_pct": 0.5, "rate_mbit": 10.0}
 
 
+def test_parse_tc_qdisc_for_one_device_omits_dev():
+    qd = netcond.parse_tc_qdisc(
+        "qdisc htb 1: root refcnt 3 r2q 10 default 0x1 direct_packets_stat 0 direct_qlen 1000\n"
+        " Sent 0 bytes 0 pkt (dropped 0, overlimits 0 requeues 0) \n"
+        "qdisc tbf 20: parent 1:10 rate 10Mbit burst 16Kb lat 50ms \n", dev="eth1")
+    assert [(q["kind"], q["dev"], q["parent"]) for q in qd] == [
+        ("htb", "eth1", "root"), ("tbf", "eth1", "1:10")]
+    assert netcond.configured_from_qdiscs(qd)["rate_mbit"] == 10.0
+
+
 def test_configured_from_qdiscs_without_netem():
     qd = netcond.parse_tc_qdisc(
         "qdisc tbf 20: dev ifb0 root refcnt 2 rate 100Mbit burst 50000b lat 50ms \n"
