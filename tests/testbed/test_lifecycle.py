@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -192,3 +193,20 @@ def test_sshd_that_died_is_restarted_by_up(testbed):
     while not tb.status(state_dir=testbed.state_dir)["healthy"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert tb.status(state_dir=testbed.state_dir)["healthy"]
+
+
+def test_work_started_over_ssh_is_held_to_the_profile(testbed):
+    """rpi4: one pinned core and half a core of CPU time, whatever the process asks for."""
+    paths = Paths.at(testbed.state_dir)
+    script = ("import os, time; t = time.monotonic()\n"
+              "while time.monotonic() - t < 1.0: pass\n"
+              "c = os.times(); print(c.user + c.system, time.monotonic() - t)\n")
+    # The device runs the controller's interpreter: namespaces share the file system.
+    cmd = f"grep Cpus_allowed_list /proc/self/status; {sys.executable} -c '{script}'"
+    out = subprocess.run(ssh_argv(paths, testbed.topology.device("pi1").ip, cmd),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].split()[-1] == "0"  # pinned to core 0
+    cpu, wall = map(float, lines[1].split())
+    assert cpu < 0.65 * wall, (cpu, wall)  # quota 0.5 (+ slack for the period boundary)
