@@ -38,10 +38,13 @@ class HostBuffers:
             self._free.put(slot)
 
 
-def compute(module: Any, x: Any, device: str, buffers: HostBuffers) -> tuple[Any, int, float, float]:
-    """Run `module` on host tensor `x`. Returns (host output, buffer slot or -1, t_start, t_ready)."""
+def compute(module: Any, x: Any, device: str, buffers: HostBuffers) -> tuple[Any, int, float, float, float]:
+    """Run `module` on host tensor `x`.
+
+    Returns (host output, buffer slot or -1, t_start, t_ready, CPU seconds of this thread)."""
     import torch
 
+    cpu0 = time.thread_time()
     t_start = time.monotonic()
     if device.startswith("cuda"):
         y = module(x.to(device, non_blocking=True))
@@ -53,4 +56,5 @@ def compute(module: Any, x: Any, device: str, buffers: HostBuffers) -> tuple[Any
         out, slot = module(x).contiguous(), -1
         if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
             out = out.clone()  # an empty (identity) stage: the input buffer goes back to the pool
-    return out, slot, t_start, time.monotonic()
+    t_ready = time.monotonic()
+    return out, slot, t_start, t_ready, time.thread_time() - cpu0

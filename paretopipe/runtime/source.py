@@ -124,6 +124,7 @@ class _Run:
         self.prefetch_stalls = 0
         self.prefetch_stall_s = 0.0
         self.labelled_images = 0
+        self.compute_cpu_s = 0.0
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -213,6 +214,7 @@ class _Run:
             own = sampler.stop()
             own["index"] = 0
             own["threads"] = torch.get_num_threads()
+            own["compute_cpu_s"] = self.compute_cpu_s
             self.stage_stats = [own, *link.finish()]
         finally:
             if prefetch is not None:
@@ -288,7 +290,8 @@ class _Run:
                     send_s = time.monotonic()
                     if counted and not t_first:
                         t_first.append(send_s)
-                    out, slot, t_start, t_ready = compute(self.head, batch.images, self.device, buffers)
+                    out, slot, t_start, t_ready, cpu = compute(self.head, batch.images, self.device, buffers)
+                    self.compute_cpu_s += cpu
                     with lock:
                         pending[batch_id] = _Pending(batch_id, send_s, t_ready - t_start, t_ready, window_wait, batch.labels)
                         issued[0] += 1

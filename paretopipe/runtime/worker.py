@@ -191,13 +191,14 @@ class StageService:
                    threading.Thread(target=sender, name="stage-send", daemon=True)]
         for t in threads:
             t.start()
-        count = 0
+        count, compute_cpu = 0, 0.0
         try:
             with torch.inference_mode():
                 while (item := in_q.get()) is not None:
                     if isinstance(item, BaseException):
                         raise item
-                    out, slot, t_start, t_ready = compute(module, item.tensor, device, buffers)
+                    out, slot, t_start, t_ready, cpu = compute(module, item.tensor, device, buffers)
+                    compute_cpu += cpu
                     link.release(item)
                     record = StageRecord(compute_s=t_ready - t_start, queue_s=t_start - item.t_arrived,
                                          transfer_in_s=item.transfer_in_s, bytes_in=item.bytes_in)
@@ -215,7 +216,8 @@ class StageService:
             raise
         finally:
             stats = sampler.stop()
-        stats.update(index=link.spec.stage_index, batches=count, threads=torch.get_num_threads())
+        stats.update(index=link.spec.stage_index, batches=count, threads=torch.get_num_threads(),
+                     compute_cpu_s=compute_cpu)
         return stats
 
 
