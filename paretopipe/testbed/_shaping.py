@@ -97,6 +97,35 @@ def _start_delayline(paths: Paths, topo: Topology, device: str, cond: Condition)
     raise TestbedError(f"the delay line for {device} did not start: {log.read_text().strip()}")
 
 
+def plan(topo: Topology, cond: Condition, names: Sequence[str], *, netem: bool) -> dict:
+    """What shaping ``names`` with ``cond`` runs in each device's namespace (pure).
+
+    Per device: ``peers`` (IPs), ``tc`` (argv lists: egress tbf under the htb peer class;
+    ingress through the ifb, with netem there when the kernel has it), ``delayline`` (whether
+    a delay line serves the NFQUEUE) and ``iptables`` (loss and NFQUEUE rules; only without
+    netem).
+    """
+    ips = {n: topo.device(n).ip for n in names}
+    out = {}
+    for name in names:
+        peers = [ips[p] for p in names if p != name]
+        tc: list[list[str]] = []
+        if cond.rate_mbit is not None:
+            tc += netcond.egress_commands(topo.nic, peers, cond, netem=False)
+        if cond.rate_mbit is not None or (netem and not cond.is_null):
+            tc += netcond.ingress_commands(topo.nic, IFB, peers, cond, netem=netem)
+        user_space = not netem and (cond.has_delay or cond.loss_pct > 0)
+        out[name] = {
+            "peers": peers,
+            "tc": tc,
+            "delayline": not netem and cond.has_delay,
+            "iptables": netcond.iptables_commands(
+                peers, loss_pct=cond.loss_pct, queue=QUEUE if cond.has_delay else None,
+                chain=CHAIN) if user_space else [],
+        }
+    return out
+
+
 def shape(condition: Condition | str, between: Sequence[str] | None = None, *,
           conditions_file: str | Path | None = None, state_dir: str | Path | None = None,
           progress: Progress | None = None) -> dict:
@@ -119,35 +148,25 @@ def shape(condition: Condition | str, between: Sequence[str] | None = None, *,
             progress("condition imposes nothing: links left unshaped")
             return {"condition": cond.to_dict(), "between": names, "method": None}
         netem = has_netem(topo.netns(names[0]))
-        ips = {n: topo.device(n).ip for n in names}
         shaping: dict = {"condition": cond.to_dict(), "between": names,
                          "method": "netem" if netem else "delayline", "devices": {},
                          "processes": []}
         state.shaping = shaping
         state.save(paths)
         try:
-            for name in names:
+            for name, step in plan(topo, cond, names, netem=netem).items():
                 ns = topo.netns(name)
-                peers = [ips[p] for p in names if p != name]
-                shaping["devices"][name] = {"peers": peers, "iptables": False}
+                shaping["devices"][name] = {"peers": step["peers"], "iptables": False}
                 state.save(paths)
-                cmds: list[list[str]] = []
-                if cond.rate_mbit is not None:
-                    cmds += netcond.egress_commands(topo.nic, peers, cond, netem=False)
-                if cond.rate_mbit is not None or (netem and not cond.is_null):
-                    cmds += netcond.ingress_commands(topo.nic, IFB, peers, cond, netem=netem)
-                for cmd in cmds:
+                for cmd in step["tc"]:
                     _system.run(cmd, ns=ns)
-                if not netem and (cond.has_delay or cond.loss_pct):
-                    if cond.has_delay:
-                        rec = _start_delayline(paths, topo, name, cond)
-                        shaping["processes"].append(rec)
-                        state.save(paths)
+                if step["delayline"]:
+                    shaping["processes"].append(_start_delayline(paths, topo, name, cond))
+                    state.save(paths)
+                if step["iptables"]:
                     shaping["devices"][name]["iptables"] = True
                     state.save(paths)
-                    for cmd in netcond.iptables_commands(
-                            peers, loss_pct=cond.loss_pct,
-                            queue=QUEUE if cond.has_delay else None, chain=CHAIN):
+                    for cmd in step["iptables"]:
                         _system.run(cmd, ns=ns)
                 progress(f"shaped {name} towards {', '.join(p for p in names if p != name)}: "
                          f"{cond.describe()}")

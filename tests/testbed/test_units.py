@@ -181,3 +181,30 @@ def test_probe_transfer_on_loopback_is_bit_exact_and_timed():
     assert out["recv"]["bytes"] == sent["bytes"] == 3_000_001
     assert out["recv"]["sha256"] == sent["sha256"]
     assert out["recv"]["rate_mbit"] is None or out["recv"]["rate_mbit"] > 0
+
+
+def test_shaping_plan_with_and_without_netem():
+    from paretopipe.netcond import Condition
+    from paretopipe.testbed._shaping import plan
+
+    topo = load_topology()
+    cond = Condition("x", delay_ms=20, jitter_ms=2, loss_pct=1, rate_mbit=10)
+    user = plan(topo, cond, ["pi1", "pi2"], netem=False)
+    assert set(user) == {"pi1", "pi2"} and user["pi1"]["peers"] == ["10.77.0.12"]
+    assert user["pi1"]["delayline"] is True
+    assert not any("netem" in c for c in user["pi1"]["tc"])
+    assert ["iptables", "-t", "mangle", "-A", "PREROUTING", "-s", "10.77.0.12/32", "-j",
+            "PP-SHAPE"] in user["pi1"]["iptables"]
+    kernel = plan(topo, cond, ["pi1", "pi2", "gpu"], netem=True)
+    assert kernel["gpu"]["peers"] == ["10.77.0.11", "10.77.0.12"]
+    assert kernel["gpu"]["delayline"] is False and kernel["gpu"]["iptables"] == []
+    netem_cmds = [c for c in kernel["gpu"]["tc"] if "netem" in c]
+    assert netem_cmds == [["tc", "qdisc", "add", "dev", "ifb0", "root", "handle", "10:", "netem",
+                           "delay", "20ms", "2ms", "loss", "1%", "limit", "1000"]]
+    # Delay only, with netem: no tbf anywhere, netem on the ifb.
+    only_delay = plan(topo, Condition("d", delay_ms=5), ["pi1", "pi2"], netem=True)["pi1"]["tc"]
+    assert not any("tbf" in c for c in only_delay) and any("netem" in c for c in only_delay)
+    # Loss only, without netem: iptables drops, no delay line, no NFQUEUE.
+    lossy = plan(topo, Condition("l", loss_pct=2), ["pi1", "pi2"], netem=False)["pi1"]
+    assert lossy["delayline"] is False and lossy["tc"] == []
+    assert not any("NFQUEUE" in c for c in lossy["iptables"])
