@@ -198,12 +198,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--topology", metavar="FILE",
                    help="without a state file: remove what exists of this topology")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_down)
 
     p = sub.add_parser("status", help="what exists now (exit 1 if unhealthy)")
     _common(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_status)
 
     p = sub.add_parser(
@@ -222,7 +222,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", help="random loss, e.g. 0.5%%")
     p.add_argument("--rate", help="rate cap per direction, e.g. 10mbit")
     p.add_argument("--between", metavar="A,B[,...]", help="devices to shape between")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_shape)
 
     p = sub.add_parser("unshape", help="remove the network condition in force")
@@ -238,7 +238,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="devices to measure between (default: the first two shaped)")
     p.add_argument("--duration", type=float, metavar="S",
                    help="transfer length in seconds (default: 2 s, longer on slow long paths)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_check)
 
 
