@@ -5,7 +5,7 @@ applies every named condition from the conditions file (plus 100 Mbit/s at 5 ms,
 the promised range), runs `testbed check` between pi1 and pi2 and prints configured against
 achieved, with each error as a fraction of its bound (<= 1.0 passes). Always tears down.
 
-    sudo .venv/bin/python benchmarks/testbed_conditions.py [--conditions FILE] [--repeat N]
+    sudo .venv/bin/python benchmarks/bench_testbed_conditions.py [--conditions FILE] [--repeat N]
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ from paretopipe.testbed.topology import Topology, load_topology
 
 Progress = Callable[[str], None]
 SSHD_PRIVSEP_DIR = Path("/run/sshd")
+_FOREIGN_HINT = (" (left by a testbed that crashed? `paretopipe testbed down [--topology FILE]` "
+                 "removes what exists under the topology's names)")
 
 
 def _quiet(_msg: str) -> None:
@@ -108,7 +110,7 @@ class _Builder:
             return
         if _system.link_exists(topo.bridge):
             raise TestbedError(f"a link named {topo.bridge} exists and is not this testbed's; "
-                               "pick another `bridge:` in the topology")
+                               "pick another `bridge:` in the topology" + _FOREIGN_HINT)
         _system.run(["ip", "link", "add", topo.bridge, "type", "bridge"])
         self.record({"kind": "link", "name": topo.bridge}, f"created bridge {topo.bridge}")
         _system.run(["ip", "link", "set", "dev", topo.bridge, "mtu", str(topo.mtu)])
@@ -122,7 +124,7 @@ class _Builder:
         if not self.state.has("netns", name=ns):
             if ns in _system.netns_list():
                 raise TestbedError(f"network namespace {ns} exists and is not this testbed's; "
-                                   "pick another `prefix:` or remove it")
+                                   "pick another `prefix:`" + _FOREIGN_HINT)
             _system.run(["ip", "netns", "add", ns])
             self.record({"kind": "netns", "name": ns}, f"created namespace {ns}")
         elif ns not in _system.netns_list():
@@ -140,7 +142,8 @@ class _Builder:
             _system.run(["ip", "addr", "add", f"{ip}/{topo.prefix_len}", "dev", topo.nic], ns=ns)
             _system.run(["ip", "link", "set", "dev", topo.nic, "up"], ns=ns)
         elif not self.state.has("link", name=host_if):
-            raise TestbedError(f"a link named {host_if} exists and is not this testbed's")
+            raise TestbedError(f"a link named {host_if} exists and is not this testbed's"
+                               + _FOREIGN_HINT)
 
     def _cgroup(self, cg: Cgroups, name: str, profile: str, cpus: list[int]) -> None:
         prof = self.topo.profile(profile)
