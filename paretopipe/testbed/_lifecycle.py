@@ -235,7 +235,7 @@ def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path |
             if errors:
                 raise TestbedError(f"testbed up failed: {exc}; cleanup also failed: "
                                    f"{'; '.join(errors)}") from exc
-            if isinstance(exc, TestbedError):
+            if isinstance(exc, (TestbedError, OSError)):
                 raise TestbedError(f"testbed up failed and was rolled back: {exc}") from exc
             raise
         return {
