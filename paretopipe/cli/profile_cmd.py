@@ -132,8 +132,11 @@ def link_from_args(args: argparse.Namespace) -> tuple[str, Any]:
         rate = c.rate_mbit
         return args.network_label or c.name, Link(delay_s=c.delay_ms / 1e3, rate_bit_s=None if rate is None else rate * 1e6,
                             overhead_s=overhead, framing=framing)
-    delay_ms = parse_delay(args.delay) if args.delay is not None else 0.0
-    rate = parse_rate(args.rate)
+    try:
+        delay_ms = parse_delay(args.delay) if args.delay is not None else 0.0
+        rate = parse_rate(args.rate)
+    except ConfigError as exc:
+        raise ConfigError(f"--delay/--rate: {exc}") from None
     label = "none" if args.delay is None and args.rate is None else "custom"
     return args.network_label or label, Link(delay_s=delay_ms / 1e3, rate_bit_s=None if rate is None else rate * 1e6,
                        overhead_s=overhead, framing=framing)
