@@ -9,6 +9,7 @@ import pytest
 from paretopipe.errors import ConfigError
 from paretopipe.profiling import ProfileConfig, profile_model, read_profile, spread, write_profile
 from paretopipe.splitting import block_names, split_points
+from tests.cli.test_models_cli import _one_line_error
 from tests.conftest import run_cli
 
 
@@ -68,15 +69,6 @@ def test_config_validation():
 
 
 # --- the commands ---------------------------------------------------------------------------------
-
-
-def _one_line_error(proc) -> str:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("paretopipe: error: ")
-    return lines[0]
 
 
 def test_profile_then_predict_select(tmp_path, resnet_profile):
