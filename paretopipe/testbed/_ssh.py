@@ -66,7 +66,7 @@ def sshd_config(paths: Paths, device: str, ip: str) -> str:
         "MaxStartups 64:30:128",
         "MaxSessions 64",
         "Subsystem sftp internal-sftp",
-        f"SetEnv PARETOPIPE_DEVICE={device} PARETOPIPE_WORKDIR={paths.workdir(device)} "
+        f'SetEnv PARETOPIPE_DEVICE={device} "PARETOPIPE_WORKDIR={paths.workdir(device)}" '
         "PARETOPIPE_EMULATED=1",
         "",
     ])
