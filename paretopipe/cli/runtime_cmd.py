@@ -157,22 +157,30 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config(args: argparse.Namespace, **over: Any) -> Any:
+    from paretopipe.runtime.source import RunConfig
+
+    fields: dict[str, Any] = dict(
+        model=args.model, backend=args.backend, batch_size=args.batch_size, window=args.window,
+        warmup=args.warmup, min_batches=args.min_batches, min_duration_s=args.min_duration, input=args.input,
+        num_classes=args.num_classes, input_size=args.input_size, weights=args.weights, seed=args.seed,
+        threads=args.threads, token_file=args.token_file, connect_timeout_s=args.connect_timeout,
+        timeout_s=args.timeout, network_label=args.network_label, sweep_id=args.sweep_id,
+    )
+    fields.update(over)
+    return RunConfig(**fields)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from paretopipe.runtime.source import RunConfig, RunFailed, run
+    from paretopipe.runtime.source import RunFailed, run
 
     _setup_logging(args.verbose)
     _check_backend(args.backend)
-    cfg = RunConfig(
-        model=args.model, splits=tuple(args.split), stages=tuple(s for s in args.stages.split(",") if s),
-        out=Path(args.out), batch_size=args.batch_size, window=args.window,
+    cfg = _run_config(
+        args, splits=tuple(args.split), stages=tuple(s for s in args.stages.split(",") if s), out=Path(args.out),
         batches=args.batches if args.batches is not None else (None if args.duration is not None else 50),
-        duration_s=args.duration, warmup=args.warmup, min_batches=args.min_batches,
-        min_duration_s=args.min_duration, input=args.input, num_classes=args.num_classes,
-        input_size=args.input_size, weights=args.weights, seed=args.seed, device=args.device,
-        threads=args.threads, token_file=args.token_file, connect_timeout_s=args.connect_timeout,
-        timeout_s=args.timeout, backend=args.backend, network_label=args.network_label,
-        network=_network(args.network_json), sweep_id=args.sweep_id, repeat=args.repeat,
-        run_id=args.run_id, check=args.check,
+        duration_s=args.duration, device=args.device, network=_network(args.network_json),
+        repeat=args.repeat, run_id=args.run_id, check=args.check,
     )
     try:
         doc = run(cfg)
@@ -211,15 +219,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose)
     _check_backend(args.backend)
-    cfg = SweepConfig(
-        model=args.model, splits=args.splits, backend=args.backend, repeats=args.repeats, out=Path(args.out),
-        sweep_id=args.sweep_id, batch_size=args.batch_size, window=args.window, batches=args.batches,
-        warmup=args.warmup, min_batches=args.min_batches, min_duration_s=args.min_duration,
-        input=args.input, num_classes=args.num_classes, input_size=args.input_size, weights=args.weights,
-        seed=args.seed, threads=args.threads, token_file=args.token_file, device=args.device,
-        connect_timeout_s=args.connect_timeout, timeout_s=args.timeout, network_label=args.network_label,
-        verbose=args.verbose,
-    )
+    template = _run_config(args, splits=(), stages=(), out=Path(), batches=args.batches)
+    cfg = SweepConfig(run=template, out=Path(args.out), splits=args.splits, repeats=args.repeats,
+                      sweep_id=args.sweep_id, device=args.device)
     return sweep(cfg)
 
 

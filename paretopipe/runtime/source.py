@@ -67,6 +67,8 @@ class RunConfig:
     check: bool = False
 
     def validate(self) -> None:
+        """Check a complete run configuration."""
+        self.validate_settings()
         if not self.splits:
             raise ConfigError("give at least one --split (k: blocks [0, k) run on the source)")
         if list(self.splits) != sorted(self.splits):
@@ -74,6 +76,9 @@ class RunConfig:
         if len(self.stages) != len(self.splits):
             raise ConfigError(f"{len(self.splits)} split(s) make {len(self.splits) + 1} stages: --stages needs "
                               f"{len(self.splits)} HOST:PORT address(es) (stage 0 is this source), got {len(self.stages)}")
+
+    def validate_settings(self) -> None:
+        """Check the settings that do not depend on the chain (also used for sweep templates)."""
         if (self.batches is None) == (self.duration_s is None):
             raise ConfigError("give exactly one of --batches N or --duration S")
         for name, value, low in (("--batch-size", self.batch_size, 1), ("--window", self.window, 1),

@@ -9,43 +9,34 @@ goes on, restarting any worker that died. Workers are stopped by PID at the end,
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
 from paretopipe.errors import ConfigError, StageError
+from paretopipe.runtime.source import RunConfig, default_run_id, failed_document
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    model: str
+    """A sweep: `run` is the template every run starts from (its splits, stages, out and repeat
+    are filled in per run); `device` is the workers' device."""
+
+    run: RunConfig
     out: Path
     splits: str = "all"
-    backend: str = "tcp"
     repeats: int = 1
     sweep_id: str | None = None
-    batch_size: int = 8
-    window: int = 1
-    batches: int = 50
-    warmup: int = 5
-    min_batches: int = 20
-    min_duration_s: float = 0.0
-    input: str = "synthetic"
-    num_classes: int = 10
-    input_size: int | None = None
-    weights: str | None = None
-    seed: int = 0
-    threads: int | None = None
-    token_file: str | None = None
     device: str = "cpu"
-    connect_timeout_s: float = 60.0
-    timeout_s: float = 60.0
-    network_label: str = "none"
-    verbose: bool = False
+
+    @property
+    def model(self) -> str:
+        return self.run.model
 
 
 def parse_splits(text: str, model: str, *, num_classes: int) -> list[tuple[int, ...]]:
@@ -100,11 +91,12 @@ class LocalWorker:
         cfg = self.cfg
         for _ in range(5):  # the free port can be taken between probe and bind
             self.address = f"127.0.0.1:{free_port()}"
-            cmd = [*_python(), "stage", "serve", "--listen", self.address, "--device", cfg.device, "--backend", cfg.backend]
-            if cfg.threads:
-                cmd += ["--threads", str(cfg.threads)]
-            if cfg.token_file:
-                cmd += ["--token-file", cfg.token_file]
+            cmd = [*_python(), "stage", "serve", "--listen", self.address, "--device", cfg.device,
+                   "--backend", cfg.run.backend]
+            if cfg.run.threads:
+                cmd += ["--threads", str(cfg.run.threads)]
+            if cfg.run.token_file:
+                cmd += ["--token-file", cfg.run.token_file]
             self._log = open(self.log_path, "ab")
             self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             deadline = time.monotonic() + 30
@@ -133,52 +125,39 @@ class LocalWorker:
             self._log.close()
 
 
-def _run_args(cfg: SweepConfig, splits: tuple[int, ...], repeat: int, addresses: list[str], out: Path,
-              sweep_id: str) -> list[str]:
-    cmd = [*_python(), "run", "--model", cfg.model, "--backend", cfg.backend,
-           "--stages", ",".join(addresses[: len(splits)]), "--batch-size", str(cfg.batch_size),
-           "--window", str(cfg.window), "--batches", str(cfg.batches), "--warmup", str(cfg.warmup),
-           "--min-batches", str(cfg.min_batches), "--min-duration", str(cfg.min_duration_s),
-           "--input", cfg.input, "--num-classes", str(cfg.num_classes), "--seed", str(cfg.seed),
-           "--connect-timeout", str(cfg.connect_timeout_s), "--timeout", str(cfg.timeout_s),
-           "--network-label", cfg.network_label, "--sweep-id", sweep_id, "--repeat", str(repeat),
-           "--out", str(out)]
-    for k in splits:
+def _run_args(rc: RunConfig) -> list[str]:
+    """The `paretopipe run` command line for one run."""
+    cmd = [*_python(), "run", "--model", rc.model, "--backend", rc.backend, "--stages", ",".join(rc.stages),
+           "--batch-size", str(rc.batch_size), "--window", str(rc.window), "--batches", str(rc.batches),
+           "--warmup", str(rc.warmup), "--min-batches", str(rc.min_batches),
+           "--min-duration", str(rc.min_duration_s), "--input", rc.input, "--num-classes", str(rc.num_classes),
+           "--seed", str(rc.seed), "--connect-timeout", str(rc.connect_timeout_s), "--timeout", str(rc.timeout_s),
+           "--network-label", rc.network_label, "--repeat", str(rc.repeat), "--out", str(rc.out)]
+    for k in rc.splits:
         cmd += ["--split", str(k)]
-    for flag, value in (("--input-size", cfg.input_size), ("--weights", cfg.weights),
-                        ("--threads", cfg.threads), ("--token-file", cfg.token_file)):
+    for flag, value in (("--input-size", rc.input_size), ("--weights", rc.weights), ("--threads", rc.threads),
+                        ("--token-file", rc.token_file), ("--sweep-id", rc.sweep_id)):
         if value is not None:
             cmd += [flag, str(value)]
+    if rc.network:
+        cmd += ["--network-json", json.dumps(rc.network)]
     return cmd
-
-
-def _write_failed(cfg: SweepConfig, splits: tuple[int, ...], repeat: int, addresses: list[str], out: Path,
-                  sweep_id: str, error: str) -> None:
-    """The source died without writing its file: record the failure ourselves."""
-    from paretopipe.results import write_result
-    from paretopipe.runtime.source import RunConfig, failed_document
-
-    rc = RunConfig(model=cfg.model, splits=splits, stages=tuple(addresses[: len(splits)]), out=out,
-                   batch_size=cfg.batch_size, window=cfg.window, batches=cfg.batches, warmup=cfg.warmup,
-                   min_batches=cfg.min_batches, min_duration_s=cfg.min_duration_s, input=cfg.input,
-                   num_classes=cfg.num_classes, input_size=cfg.input_size, weights=cfg.weights, seed=cfg.seed,
-                   threads=cfg.threads, backend=cfg.backend, network_label=cfg.network_label,
-                   sweep_id=sweep_id, repeat=repeat)
-    write_result(failed_document(rc, error), out)
 
 
 def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
     """Run the sweep; 0 when every run is ok (or was already done), 1 when any failed."""
-    from paretopipe.results import read_result, run_id
+    from paretopipe.results import read_result, write_result
 
     stream = stream or sys.stdout
-    chains = parse_splits(cfg.splits, cfg.model, num_classes=cfg.num_classes)
+    cfg.run.validate_settings()
+    chains = parse_splits(cfg.splits, cfg.model, num_classes=cfg.run.num_classes)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     sweep_id = cfg.sweep_id or out.resolve().name
     log_dir = out / "_logs"
     log_dir.mkdir(exist_ok=True)
     runs = [(splits, r) for splits in chains for r in range(cfg.repeats)]
+    template = replace(cfg.run, sweep_id=sweep_id, run_id=None)
     workers = [LocalWorker(i + 1, cfg, log_dir) for i in range(max(len(s) for s in chains))]
     counts = {"ok": 0, "skipped": 0, "failed": 0}
     t_sweep = time.monotonic()
@@ -186,8 +165,8 @@ def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
           f"= {len(runs)} runs -> {out}", file=stream, flush=True)
     try:
         for n, (splits, repeat) in enumerate(runs, start=1):
-            rid = run_id(model=cfg.model, splits=splits, backend=cfg.backend, network=cfg.network_label,
-                         batch_size=cfg.batch_size, window=cfg.window, repeat=repeat)
+            rc = replace(template, splits=splits, repeat=repeat)
+            rid = default_run_id(rc)
             path = out / f"{rid}.json"
             tag = f"[{n}/{len(runs)}] split {':'.join(map(str, splits))} repeat {repeat}"
             if path.exists():
@@ -201,8 +180,8 @@ def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
                     w.stop()
                     w.start()
             t0 = time.monotonic()
-            cmd = _run_args(cfg, splits, repeat, [w.address for w in workers], path, sweep_id)
-            proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+            rc = replace(rc, out=path, stages=tuple(w.address for w in workers[: len(splits)]))
+            proc = subprocess.run(_run_args(rc), capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
             took = time.monotonic() - t0
             (log_dir / f"{rid}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
             if proc.returncode == 0:
@@ -215,8 +194,8 @@ def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
             counts["failed"] += 1
             lines = [ln for ln in (proc.stderr or "").splitlines() if "error" in ln.lower()]
             reason = lines[-1] if lines else f"source exited with status {proc.returncode}"
-            if not path.exists():
-                _write_failed(cfg, splits, repeat, [w.address for w in workers], path, sweep_id, reason)
+            if not path.exists():  # the source died without describing the run: record it ourselves
+                write_result(failed_document(rc, reason), path)
             print(f"{tag}: FAILED ({took:.1f} s): {reason}", file=stream, flush=True)
     finally:
         for w in workers:

@@ -44,6 +44,8 @@ PREAMBLE_TIMEOUT_S = 10.0
 #: Concurrent not-yet-identified connections a worker entertains; more are closed at once.
 MAX_PENDING_CONNECTIONS = 32
 CLOCK_PROBES = 8
+#: How long a HELLO waits for the previous session to finish closing before it is refused as busy.
+BUSY_GRACE_S = 5.0
 
 
 # --------------------------------------------------------------------------- sockets
@@ -561,7 +563,8 @@ class TcpStageServer:
 
     def _run_session(self, ctrl: _Conn, obj: dict[str, Any]) -> None:
         spec = SessionSpec.from_json(obj)
-        if not self._busy.acquire(blocking=False):
+        # A session that just ended may still be closing its sockets: give it a moment.
+        if not self._busy.acquire(timeout=BUSY_GRACE_S):
             cur = self._session
             reason = (f"worker {self.address} is busy with session {cur.spec.session_id if cur else '?'} from "
                       f"{cur.peer if cur else '?'}; it serves one session at a time")
@@ -587,8 +590,10 @@ class TcpStageServer:
                 up = ctrl
                 up.offset = -float(obj.get("upstream_clock_offset_s") or 0.0)
             else:
-                if not session.joined.wait(spec.timeout_s):
-                    raise StageError(f"stage {spec.stage_index - 1} never connected within {spec.timeout_s:g} s")
+                # every upstream stage builds its module before it joins: give each its timeout
+                wait = spec.timeout_s * (spec.stage_index - 1) + spec.timeout_s
+                if not session.joined.wait(wait):
+                    raise StageError(f"stage {spec.stage_index - 1} never connected within {wait:g} s")
                 if session.error or session.up is None:
                     raise StageError(session.error or "upstream stage failed to join")
                 up = session.up

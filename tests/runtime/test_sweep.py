@@ -11,11 +11,16 @@ import pytest
 
 from paretopipe.errors import ConfigError
 from paretopipe.results import read_result, validate_result
+from paretopipe.runtime.source import RunConfig
 from paretopipe.runtime.sweep import SweepConfig, parse_splits, sweep
 from paretopipe.runtime.worker import FAULT_ENV
 
 SMALL = dict(batch_size=2, input_size=64, batches=2, warmup=1, min_batches=1, threads=1, timeout_s=20,
              connect_timeout_s=30)
+
+
+def _sweep_cfg(model: str, out: Path, **kw) -> SweepConfig:
+    return SweepConfig(run=RunConfig(model=model, splits=(), stages=(), out=Path(), **SMALL), out=out, **kw)
 
 
 def _children() -> set[int]:
@@ -29,7 +34,7 @@ def test_sweep_records_a_failure_goes_on_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, f"2,{marker}")
     before = _children()
     log = io.StringIO()
-    rc = sweep(SweepConfig(model="resnet18", out=out, splits="5,7", repeats=1, **SMALL), stream=log)
+    rc = sweep(_sweep_cfg("resnet18", out, splits="5,7", repeats=1), stream=log)
     text = log.getvalue()
     assert rc == 1, text
     assert _children() == before  # every worker stopped
@@ -44,7 +49,7 @@ def test_sweep_records_a_failure_goes_on_and_resumes(tmp_path, monkeypatch):
     # resume: both files exist, nothing runs again; a new repeat does run
     monkeypatch.delenv(FAULT_ENV)
     log = io.StringIO()
-    rc = sweep(SweepConfig(model="resnet18", out=out, splits="5,7", repeats=2, **SMALL), stream=log)
+    rc = sweep(_sweep_cfg("resnet18", out, splits="5,7", repeats=2), stream=log)
     text = log.getvalue()
     assert rc == 0, text
     assert text.count("skipped (result file exists)") == 2
@@ -55,7 +60,7 @@ def test_sweep_records_a_failure_goes_on_and_resumes(tmp_path, monkeypatch):
 
 def test_sweep_three_stage_chain(tmp_path):
     out = tmp_path / "chain"
-    rc = sweep(SweepConfig(model="mobilenet_v2", out=out, splits="4:12", **SMALL), stream=io.StringIO())
+    rc = sweep(_sweep_cfg("mobilenet_v2", out, splits="4:12"), stream=io.StringIO())
     assert rc == 0
     doc = read_result(out / "mobilenet_v2-s4_12-tcp-none-b2-w1-r0.json")
     assert doc["config"]["splits"] == [4, 12] and len(doc["config"]["stages"]) == 3
