@@ -21,7 +21,7 @@ def local_worker(*args: str, threads: int | None = 1) -> Iterator[str]:
     from paretopipe.runtime.sweep import free_port
 
     address = f"127.0.0.1:{free_port()}"
-    log = tempfile.NamedTemporaryFile(prefix="pp-worker-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(prefix="pp-worker-", suffix=".log", delete=False)  # noqa: SIM115 - closed below
     cmd = [sys.executable, "-m", "paretopipe", "stage", "serve", "--listen", address, *args]
     if threads:
         cmd += ["--threads", str(threads)]

@@ -165,7 +165,7 @@ class ResourceSampler:
             except pynvml.NVMLError:
                 energy = None
             return _Gpu(handle, pynvml, energy)
-        except Exception as exc:  # NVML raises its own error types; report, never hide
+        except Exception as exc:  # noqa: BLE001 - NVML/CUDA raise assorted types; reported, never hidden
             self._gpu_error = f"NVML failed: {exc}"
             log.warning("GPU figures unavailable: %s", self._gpu_error)
             return None
@@ -173,7 +173,7 @@ class ResourceSampler:
     def _sample(self) -> None:
         try:
             self._peak_rss = max(self._peak_rss, self._proc.memory_info().rss)
-        except Exception:  # process info can vanish at exit; the last peak stands
+        except Exception:  # noqa: BLE001, S110 - process info can vanish at exit; the last peak stands
             pass
         gpu = self._gpu
         if gpu is not None:

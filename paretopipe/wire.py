@@ -221,7 +221,7 @@ def recv_exactly_into(sock: socket.socket, view: memoryview, *, what: str = "fra
     while got < total:
         try:
             n = sock.recv_into(view[got:], total - got)
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             raise ReceiveTimeout(f"timed out receiving {what} ({got}/{total} bytes)", got=got) from exc
         except OSError as exc:
             raise PeerClosed(f"connection lost while receiving {what}: {exc}", mid_frame=got > 0) from exc
@@ -372,7 +372,7 @@ def server_auth(sock: socket.socket, reader: FrameReader, token: bytes | None) -
     """Server side of the handshake. Raises AuthError (after telling the peer) or ProtocolError."""
     nonce = os.urandom(NONCE_BYTES)
     send_control(sock, MsgType.CHALLENGE, nonce, flags=1 if token else 0)
-    hdr, payload = reader.control([MsgType.AUTH])
+    _, payload = reader.control([MsgType.AUTH])
     if token is None:
         send_control(sock, MsgType.AUTH_OK)
         return

@@ -9,9 +9,24 @@ import threading
 import pytest
 
 from paretopipe.wire import (
-    HEADER_SIZE, MAX_CONTROL_BYTES, MAGIC, AuthError, FrameReader, MsgType, PeerClosed, ProtocolError,
-    StageRecord, client_auth, nbytes, pack_header, read_token_file, recv_payload_into, send_data,
-    send_json, server_auth, unpack_header,
+    HEADER_SIZE,
+    MAGIC,
+    MAX_CONTROL_BYTES,
+    AuthError,
+    FrameReader,
+    MsgType,
+    PeerClosed,
+    ProtocolError,
+    StageRecord,
+    client_auth,
+    nbytes,
+    pack_header,
+    read_token_file,
+    recv_payload_into,
+    send_data,
+    send_json,
+    server_auth,
+    unpack_header,
 )
 
 
@@ -121,7 +136,7 @@ def _auth(server_token, client_token):
     def server():
         try:
             server_auth(a, FrameReader(a), server_token)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the test inspects whatever was raised
             errors["server"] = exc
         finally:
             a.close()
@@ -130,7 +145,7 @@ def _auth(server_token, client_token):
     t.start()
     try:
         client_auth(b, FrameReader(b), client_token, peer="worker")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the test inspects whatever was raised
         errors["client"] = exc
     t.join()
     b.close()

@@ -160,13 +160,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _run_config(args: argparse.Namespace, **over: Any) -> Any:
     from paretopipe.runtime.source import RunConfig
 
-    fields: dict[str, Any] = dict(
-        model=args.model, backend=args.backend, batch_size=args.batch_size, window=args.window,
-        warmup=args.warmup, min_batches=args.min_batches, min_duration_s=args.min_duration, input=args.input,
-        num_classes=args.num_classes, input_size=args.input_size, weights=args.weights, seed=args.seed,
-        threads=args.threads, token_file=args.token_file, connect_timeout_s=args.connect_timeout,
-        timeout_s=args.timeout, network_label=args.network_label, sweep_id=args.sweep_id,
-    )
+    fields: dict[str, Any] = {
+        "model": args.model, "backend": args.backend, "batch_size": args.batch_size, "window": args.window,
+        "warmup": args.warmup, "min_batches": args.min_batches, "min_duration_s": args.min_duration,
+        "input": args.input, "num_classes": args.num_classes, "input_size": args.input_size,
+        "weights": args.weights, "seed": args.seed, "threads": args.threads, "token_file": args.token_file,
+        "connect_timeout_s": args.connect_timeout, "timeout_s": args.timeout,
+        "network_label": args.network_label, "sweep_id": args.sweep_id,
+    }
     fields.update(over)
     return RunConfig(**fields)
 

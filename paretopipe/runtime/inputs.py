@@ -90,11 +90,11 @@ class _ArrayInput(InputSource):
 class _CifarUnpickler(pickle.Unpickler):
     """Only what a CIFAR-10 python batch contains: dicts, lists, bytes and numpy arrays."""
 
-    _ALLOWED = {
+    _ALLOWED: frozenset[tuple[str, str]] = frozenset({
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    }
+    })
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
@@ -158,7 +158,7 @@ class FolderInput(_ArrayInput):
         classes = sorted(p.name for p in root.iterdir() if p.is_dir())
         if not classes:
             raise ConfigError(f"{root} has no class sub-folders (expected PATH/<class>/<image>)")
-        resize = int(round(input_size * 256 / 224))
+        resize = round(input_size * 256 / 224)
         arrays, labels = [], []
         for label, cls in enumerate(classes):
             for f in sorted((root / cls).iterdir()):
@@ -214,7 +214,7 @@ class Prefetcher:
                     except queue.Full:
                         continue
                 batch_id += 1
-        except BaseException as exc:  # handed to the consumer, which raises it
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             self._queue.put(exc)
 
     def next(self, *, count_stall: bool = True) -> Batch:

@@ -251,7 +251,7 @@ class _Run:
                     with lock:
                         if batch_id in pending:
                             pending[batch_id].wire_send = t_wire
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - the main loop raises it
                 failure.append(exc)
                 window.release()
 
@@ -271,7 +271,7 @@ class _Run:
                     got += 1
                     self._record(p, res)
                     window.release()
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - the main loop raises it
                 failure.append(exc)
                 window.release()
 

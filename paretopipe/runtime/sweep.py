@@ -97,7 +97,7 @@ class LocalWorker:
                 cmd += ["--threads", str(cfg.run.threads)]
             if cfg.run.token_file:
                 cmd += ["--token-file", cfg.run.token_file]
-            self._log = open(self.log_path, "ab")
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - held for the worker's lifetime, closed in stop()
             self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and self.proc.poll() is None:

@@ -173,7 +173,7 @@ class StageService:
                 while (batch := link.recv()) is not None:
                     in_q.put(batch)
                 in_q.put(None)
-            except BaseException as exc:  # handed to the compute loop
+            except BaseException as exc:  # noqa: BLE001 - handed to the compute loop, which raises it
                 in_q.put(exc)
 
         def sender() -> None:
@@ -182,7 +182,7 @@ class StageService:
                     batch_id, tensor, records, t_ready, slot = item
                     link.send(batch_id, tensor, records, t_ready)
                     buffers.give_back(slot)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the compute loop, which raises it
                 failed.append(exc)
                 in_q.put(exc)  # wake the compute loop
 

@@ -6,7 +6,12 @@ that builds a :class:`~paretopipe.transport.base.Backend` and register a loader 
 
 from __future__ import annotations
 
-from paretopipe.transport.base import Backend, backend_names, get_backend, register_backend
+from paretopipe.transport.base import (
+    Backend,
+    backend_names,
+    get_backend,
+    register_backend,
+)
 
 
 def _load_tcp() -> Backend:
@@ -21,5 +26,19 @@ def _load_tcp() -> Backend:
 
 
 register_backend("tcp", _load_tcp)
+
+
+def _load_rpc() -> Backend:
+    from paretopipe.transport import rpc
+
+    return Backend(
+        name="rpc",
+        description="PyTorch RPC (torch.distributed.rpc over TensorPipe); pickles, trusted networks only",
+        source_link=rpc.RpcSourceLink,
+        serve=rpc.serve,
+    )
+
+
+register_backend("rpc", _load_rpc)
 
 __all__ = ["Backend", "backend_names", "get_backend", "register_backend"]

@@ -46,9 +46,19 @@ from paretopipe.errors import ConfigError
 from paretopipe.wire import StageRecord
 
 __all__ = [
-    "SessionSpec", "StageInfo", "InBatch", "ResultBatch", "StageRecord", "SessionPlan",
-    "SourceLink", "StageLink", "StageHandler", "Backend", "register_backend", "get_backend",
+    "Backend",
+    "InBatch",
+    "ResultBatch",
+    "SessionPlan",
+    "SessionSpec",
+    "SourceLink",
+    "StageHandler",
+    "StageInfo",
+    "StageLink",
+    "StageRecord",
     "backend_names",
+    "get_backend",
+    "register_backend",
 ]
 
 

@@ -29,12 +29,34 @@ from typing import Any
 
 from paretopipe.errors import ConfigError, ParetoPipeError, StageError, TransportError
 from paretopipe.transport.base import (
-    InBatch, ResultBatch, SessionPlan, SessionSpec, SourceLink, StageHandler, StageInfo, StageLink,
+    InBatch,
+    ResultBatch,
+    SessionPlan,
+    SessionSpec,
+    SourceLink,
+    StageHandler,
+    StageInfo,
+    StageLink,
 )
+from paretopipe.transport.events import StageEvents
 from paretopipe.wire import (
-    DEFAULT_MAX_FRAME_BYTES, AuthError, FrameReader, MsgType, PeerClosed, ProtocolError,
-    ReceiveTimeout, StageRecord, client_auth, nbytes, parse_json, recv_payload_into, send_control,
-    send_data, send_json, server_auth, shape_str,
+    DEFAULT_MAX_FRAME_BYTES,
+    AuthError,
+    FrameReader,
+    MsgType,
+    PeerClosed,
+    ProtocolError,
+    ReceiveTimeout,
+    StageRecord,
+    client_auth,
+    nbytes,
+    parse_json,
+    recv_payload_into,
+    send_control,
+    send_data,
+    send_json,
+    server_auth,
+    shape_str,
 )
 
 log = logging.getLogger("paretopipe.worker")
@@ -153,9 +175,7 @@ class TcpSourceLink(SourceLink):
         self._max = max_frame_bytes
         self._conns: dict[int, _Conn] = {}
         self._infos: dict[int, StageInfo] = {}
-        self._events: queue.Queue[tuple[str, int, Any]] = queue.Queue()
-        self._finishing = False
-        self._closed = False
+        self._events = StageEvents()
         self._spec: SessionSpec | None = None
         self._logits_shape: tuple[int, ...] = ()
         self._send_lock = threading.Lock()
@@ -227,39 +247,18 @@ class TcpSourceLink(SourceLink):
                     logits = torch.empty(self._logits_shape, dtype=dtype)
                     recv_payload_into(conn.reader, hdr, _tensor_bytes(logits))
                     t_done = time.monotonic()
-                    self._events.put(("result", idx, ResultBatch(
-                        hdr.batch_id, logits, records, t_done - (hdr.t_send - conn.offset), hdr.length, t_done)))
-                elif hdr.msg_type == MsgType.STATS:
-                    self._events.put(("stats", idx, parse_json(conn.reader.small_payload(hdr), hdr.msg_type)))
-                elif hdr.msg_type == MsgType.ERROR:
-                    obj = parse_json(conn.reader.small_payload(hdr), hdr.msg_type)
-                    self._events.put(("error", idx, str(obj.get("message", obj))))
-                else:
+                    self._events.put("result", idx, ResultBatch(
+                        hdr.batch_id, logits, records, t_done - (hdr.t_send - conn.offset), hdr.length, t_done))
+                elif not self._events.on_control(idx, hdr, conn.reader):
                     raise ProtocolError(f"unexpected {hdr.msg_type.name} frame")
-        except PeerClosed as exc:
-            if not self._closed:
-                self._events.put(("eof", idx, f"connection closed ({exc}); did the worker die?"))
         except (TransportError, OSError) as exc:
-            if not self._closed:
-                self._events.put(("error", idx, f"{exc}"))
+            self._events.on_reader_exit(idx, exc)
+
+    def _address(self, idx: int) -> str | None:
+        return self._infos[idx].address if idx in self._infos else None
 
     def _failure(self, first: tuple[str, int, Any]) -> StageError:
-        """Pick the root cause among the failure events that arrive within a short grace period."""
-        events = [first]
-        grace_end = time.monotonic() + 0.5
-        while (left := grace_end - time.monotonic()) > 0:
-            try:
-                events.append(self._events.get(timeout=left))
-            except queue.Empty:
-                break
-        reported = {idx for kind, idx, _ in events if kind == "error"}
-        dead = sorted(idx for kind, idx, _ in events if kind == "eof" and idx not in reported)
-        if dead:
-            idx = dead[0]
-            msg = next(m for kind, i, m in events if kind == "eof" and i == idx)
-        else:
-            kind, idx, msg = next(e for e in events if e[0] in ("error", "eof"))
-        return StageError(f"stage {idx} ({self._infos[idx].address if idx in self._infos else '?'}) failed: {msg}")
+        return self._events.failure(first, self._address)
 
     # -- data path
     def send(self, batch_id: int, tensor: Any) -> float:
@@ -277,7 +276,7 @@ class TcpSourceLink(SourceLink):
 
     def recv(self, timeout: float) -> ResultBatch:
         try:
-            kind, idx, item = self._events.get(timeout=timeout)
+            kind, idx, item = self._events.get(timeout)
         except queue.Empty:
             raise StageError(
                 f"no result from the chain within {timeout:g} s (receive timeout); stages: "
@@ -289,7 +288,6 @@ class TcpSourceLink(SourceLink):
 
     def finish(self) -> list[dict[str, Any]]:
         assert self._spec is not None
-        self._finishing = True
         stats: dict[int, dict[str, Any]] = {}
         for idx in sorted(self._conns, reverse=True):
             conn = self._conns[idx]
@@ -297,22 +295,12 @@ class TcpSourceLink(SourceLink):
                 send_control(conn.sock, MsgType.END, session_id=self._spec.session_id)
             except OSError as exc:
                 raise StageError(f"{conn.name}: could not end the session: {exc}") from None
-            while idx not in stats:
-                try:
-                    kind, i, item = self._events.get(timeout=self._spec.timeout_s)
-                except queue.Empty:
-                    raise StageError(f"{conn.name} did not report its stats within {self._spec.timeout_s:g} s") from None
-                if kind == "stats":
-                    stats[i] = item
-                elif kind == "eof" and i in stats:
-                    continue  # a stage that reported its stats has closed its end: expected
-                elif kind != "result":
-                    raise self._failure((kind, i, item))
+            self._events.wait_stats(idx, stats, timeout=self._spec.timeout_s, name=conn.name, address=self._address)
         self.close()
         return [stats[i] for i in sorted(stats)]
 
     def close(self) -> None:
-        self._closed = True
+        self._events.closed = True
         for conn in self._conns.values():
             _shutdown(conn.sock)
 
@@ -369,7 +357,7 @@ class TcpStageLink(StageLink):
         """Ctrl is a separate connection: END ends the session, EOF aborts it."""
         self._ctrl.sock.settimeout(None)
         try:
-            hdr, _ = self._ctrl.reader.control([MsgType.END])
+            self._ctrl.reader.control([MsgType.END])
             self._ended = True
         except (TransportError, OSError) as exc:
             self._abort = f"the source's control connection failed: {exc}"
@@ -465,7 +453,7 @@ class TcpStageServer:
             while not stop.is_set():
                 try:
                     conn, peer_addr = self._sock.accept()
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 peer = f"{peer_addr[0]}:{peer_addr[1]}"
                 if not self._pending.acquire(blocking=False):

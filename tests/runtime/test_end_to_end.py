@@ -16,7 +16,8 @@ from paretopipe.errors import ConfigError, StageError
 from paretopipe.results import read_result, validate_result
 from paretopipe.runtime.source import RunConfig, run
 
-SMALL = dict(batch_size=2, input_size=64, warmup=1, min_batches=1, threads=1, connect_timeout_s=30, timeout_s=30)
+SMALL = {"batch_size": 2, "input_size": 64, "warmup": 1, "min_batches": 1, "threads": 1, "connect_timeout_s": 30,
+         "timeout_s": 30}
 
 
 def _cfg(tmp_path: Path, name: str, **kw) -> RunConfig:

@@ -6,7 +6,13 @@ import pytest
 
 from paretopipe.errors import ConfigError
 from paretopipe.metrics import BatchRecord, summarize
-from paretopipe.results import build_result, run_id, validate_result, validity, write_result
+from paretopipe.results import (
+    build_result,
+    run_id,
+    validate_result,
+    validity,
+    write_result,
+)
 
 
 def _doc(**over):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import psutil
@@ -15,8 +14,8 @@ from paretopipe.runtime.source import RunConfig
 from paretopipe.runtime.sweep import SweepConfig, parse_splits, sweep
 from paretopipe.runtime.worker import FAULT_ENV
 
-SMALL = dict(batch_size=2, input_size=64, batches=2, warmup=1, min_batches=1, threads=1, timeout_s=20,
-             connect_timeout_s=30)
+SMALL = {"batch_size": 2, "input_size": 64, "batches": 2, "warmup": 1, "min_batches": 1, "threads": 1,
+         "timeout_s": 20, "connect_timeout_s": 30}
 
 
 def _sweep_cfg(model: str, out: Path, **kw) -> SweepConfig:
@@ -34,36 +33,29 @@ def test_sweep_records_a_failure_goes_on_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, f"2,{marker}")
     before = _children()
     log = io.StringIO()
-    rc = sweep(_sweep_cfg("resnet18", out, splits="5,7", repeats=1), stream=log)
+    rc = sweep(_sweep_cfg("resnet18", out, splits="5,3:7", repeats=1), stream=log)
     text = log.getvalue()
     assert rc == 1, text
     assert _children() == before  # every worker stopped
     first = read_result(out / "resnet18-s5-tcp-none-b2-w1-r0.json")
-    second = read_result(out / "resnet18-s7-tcp-none-b2-w1-r0.json")
+    second = read_result(out / "resnet18-s3_7-tcp-none-b2-w1-r0.json")  # a three-stage chain
     assert first["status"] == "failed" and "stage 1" in first["error"]
     assert second["status"] == "ok" and second["sweep_id"] == "sw-resnet18"
+    assert second["config"]["splits"] == [3, 7] and len(second["config"]["stages"]) == 3
     assert validate_result(first) == [] and validate_result(second) == []
     assert "[1/2] split 5 repeat 0: FAILED" in text and "restarting it" in text
-    assert "[2/2] split 7 repeat 0: ok" in text and "1 ok, 0 skipped, 1 failed" in text
+    assert "[2/2] split 3:7 repeat 0: ok" in text and "1 ok, 0 skipped, 1 failed" in text
 
     # resume: both files exist, nothing runs again; a new repeat does run
     monkeypatch.delenv(FAULT_ENV)
     log = io.StringIO()
-    rc = sweep(_sweep_cfg("resnet18", out, splits="5,7", repeats=2), stream=log)
+    rc = sweep(_sweep_cfg("resnet18", out, splits="5,3:7", repeats=2), stream=log)
     text = log.getvalue()
     assert rc == 0, text
     assert text.count("skipped (result file exists)") == 2
-    assert "1 ok, 3 skipped, 0 failed" in text or "2 ok, 2 skipped, 0 failed" in text
-    assert read_result(out / "resnet18-s7-tcp-none-b2-w1-r1.json")["config"]["repeat"] == 1
+    assert "2 ok, 2 skipped, 0 failed" in text
+    assert read_result(out / "resnet18-s3_7-tcp-none-b2-w1-r1.json")["config"]["repeat"] == 1
     assert _children() == before
-
-
-def test_sweep_three_stage_chain(tmp_path):
-    out = tmp_path / "chain"
-    rc = sweep(_sweep_cfg("mobilenet_v2", out, splits="4:12"), stream=io.StringIO())
-    assert rc == 0
-    doc = read_result(out / "mobilenet_v2-s4_12-tcp-none-b2-w1-r0.json")
-    assert doc["config"]["splits"] == [4, 12] and len(doc["config"]["stages"]) == 3
 
 
 def test_parse_splits():
