@@ -99,9 +99,11 @@ class Devices:
     def argv(self, device: str, cmd: list[str]) -> list[str]:
         # Raised priority (nice -10): this host is shared (other jobs, tests), and an emulated
         # device should get its CPU slice as a real one would, not what is left over.
+        # Join the cgroups first, then enter the namespace (`ip netns exec` remounts /sys, where
+        # the cgroup hierarchy is not mounted), as the testbed starts each device's sshd.
         join = "; ".join(f"echo $$ > {shlex.quote(str(f))}" for f in self.cg.procs_files(device))
-        return ["ip", "netns", "exec", self.topo.netns(device), "sh", "-c",
-                f"{join}; exec nice -n {NICE} {' '.join(shlex.quote(c) for c in cmd)}"]
+        return ["sh", "-c", f"set -e; {join}; exec \"$@\"", "sh", "ip", "netns", "exec", self.topo.netns(device),
+                "nice", "-n", str(NICE), *cmd]
 
     def popen(self, device: str, cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
         fh = open(log, "ab")
@@ -165,16 +167,24 @@ def run_splits(dev: Devices, args: argparse.Namespace, cond: str, splits: list[i
 
 
 def profile_devices(dev: Devices, args: argparse.Namespace, out: Path, logs: Path) -> list[Path]:
+    """Profile pi1 and pi2: one after the other unless --parallel-profiles.
+
+    Emulated devices are slices of one machine: they share its memory bus and last-level cache,
+    and VGG16's classifier (400 MB of weights read per batch) is memory-bound, so two devices
+    profiling at once each measure about twice the time either takes alone. Real devices do not
+    share a memory bus, and Ansible profiles them in parallel."""
     out.mkdir(parents=True, exist_ok=True)
     paths, procs = [], []
-    for name in ("pi1", "pi2"):
-        path = out / f"profile-{name}.json"
-        cmd = [PY, "-m", "paretopipe", "profile", args.model, "--input-size", str(args.input_size),
-               "--batch-size", str(args.batch_size), "--threads", "1", "--repeats", str(args.profile_repeats),
-               "--warmup", "3", "--out", str(path)]
-        procs.append(dev.popen(name, cmd, logs / f"profile-{name}.log"))
-        paths.append(path)
     try:
+        for name in ("pi1", "pi2"):
+            path = out / f"profile-{name}.json"
+            cmd = [PY, "-m", "paretopipe", "profile", args.model, "--input-size", str(args.input_size),
+                   "--batch-size", str(args.batch_size), "--threads", "1", "--repeats", str(args.profile_repeats),
+                   "--warmup", "3", "--out", str(path)]
+            procs.append(dev.popen(name, cmd, logs / f"profile-{name}.log"))
+            paths.append(path)
+            if not args.parallel_profiles and procs[-1].wait(timeout=1800) != 0:
+                raise SystemExit(f"profiling failed; see {logs}")
         for p in procs:
             if p.wait(timeout=1800) != 0:
                 raise SystemExit(f"profiling failed; see {logs}")
@@ -242,6 +252,11 @@ def main() -> int:
     parser.add_argument("--conditions", default="wifi,wan,congested")
     parser.add_argument("--tolerance", type=float, default=0.05, help="predict --tolerance")
     parser.add_argument("--statistic", default=None, help="predict --statistic (default: predict's)")
+    parser.add_argument("--parallel-profiles", action="store_true",
+                        help="profile pi1 and pi2 at the same time (see profile_devices)")
+    parser.add_argument("--full-from", type=Path, metavar="DIR",
+                        help="reuse the full sweep (results and wall time) of an earlier run's --out DIR "
+                             "instead of measuring it again; the report says so")
     parser.add_argument("--splits", default="all", help="restrict both sweeps to these splits (debugging)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-predicted-sweep"))
     args = parser.parse_args()
@@ -300,13 +315,24 @@ def main() -> int:
         t_pred = time.monotonic() - t_pred0
 
         # full sweep
-        t_full0 = time.monotonic()
-        for cond in conds:
-            c = table[cond]
-            tb.shape(c, ["pi1", "pi2"], state_dir=state)
-            say(f"full sweep, {cond}: {len(every)} splits")
-            run_splits(dev, args, cond, every, out / "full" / cond, selections[cond][1], logs)
-        t_full = time.monotonic() - t_full0
+        if args.full_from is not None:
+            earlier = json.loads((args.full_from / "summary.json").read_text())
+            t_full = float(earlier["wall_full_s"])
+            for cond in conds:
+                dst = out / "full" / cond
+                dst.mkdir(parents=True, exist_ok=True)
+                for f in (args.full_from / "full" / cond).glob(f"{args.model}-s*.json"):
+                    (dst / f.name).write_text(f.read_text())
+            say(f"full sweep: reused from {args.full_from} (measured there in {t_full:.0f} s)")
+            summary["full_from"] = str(args.full_from)
+        else:
+            t_full0 = time.monotonic()
+            for cond in conds:
+                c = table[cond]
+                tb.shape(c, ["pi1", "pi2"], state_dir=state)
+                say(f"full sweep, {cond}: {len(every)} splits")
+                run_splits(dev, args, cond, every, out / "full" / cond, selections[cond][1], logs)
+            t_full = time.monotonic() - t_full0
     finally:
         try:
             tb.unshape(state_dir=state)
