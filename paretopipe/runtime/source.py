@@ -33,6 +33,8 @@ log = logging.getLogger("paretopipe.source")
 
 #: Logits of at most this many counted batches are kept for --check.
 CHECK_BATCHES = 16
+#: Seconds between progress lines during a run.
+PROGRESS_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class _Run:
         self.prefetch_stall_s = 0.0
         self.labelled_images = 0
         self.compute_cpu_s = 0.0
+        self._last_progress = time.monotonic()
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -271,6 +274,7 @@ class _Run:
                     got += 1
                     self._record(p, res)
                     window.release()
+                    self._progress(got, total)
             except BaseException as exc:  # noqa: BLE001 - the main loop raises it
                 failure.append(exc)
                 window.release()
@@ -311,6 +315,19 @@ class _Run:
         threads[0].join(timeout=cfg.timeout_s)
         if failure:
             raise failure[0]
+
+    def _progress(self, done: int, total: int | None) -> None:
+        """A log line every PROGRESS_S seconds, so long runs show they are alive."""
+        now = time.monotonic()
+        if now - self._last_progress < PROGRESS_S:
+            return
+        self._last_progress = now
+        recs = self.records
+        rate = ""
+        if len(recs) >= 2:
+            span = recs[-1].done_s - recs[0].send_s
+            rate = f", {len(recs) * self.cfg.batch_size / span:.2f} img/s so far" if span > 0 else ""
+        log.info("%d%s batches done (%d warm-up)%s", done, f"/{total}" if total else "", self.cfg.warmup, rate)
 
     def _record(self, p: _Pending, res: Any) -> None:
         cfg = self.cfg
