@@ -47,6 +47,8 @@ def test_two_stages_match_unsplit_model_and_file_follows_schema(shared_workers, 
         assert len(b["compute_s"]) == 2 and all(c > 0 for c in b["compute_s"])
         # hop 0 carries resnet18's activation after block 5 (64px input), hop 1 the logits back
         assert [h["bytes"] for h in b["hops"]] == [2 * 64 * 16 * 16 * 4, 2 * 10 * 4]
+        # one machine, one clock: the offset-corrected transfer times must come out positive
+        assert all(0 < h["transfer_s"] < b["latency_s"] for h in b["hops"])
         parts = sum(b["compute_s"]) + sum(h["transfer_s"] for h in b["hops"]) + b["queue_wait_s"]
         assert parts <= b["latency_s"] * 1.05  # the parts cannot add up to more than the whole
     summary = on_disk["summary"]
@@ -69,6 +71,16 @@ def test_three_stages_pipelined_match_unsplit_model(shared_workers, tmp_path):
     assert validate_result(doc) == []
     assert len(doc["batches"]) == 6 and all(len(b["hops"]) == 3 for b in doc["batches"])
     assert doc["config"]["stages"][2]["blocks"] == [12, 23]
+
+
+def test_duration_mode(shared_workers, tmp_path):
+    w1, _ = shared_workers
+    doc = run(_cfg(tmp_path, "dur", model="resnet18", splits=(5,), stages=(w1.address,), batches=None,
+                   duration_s=1.0, window=2, min_duration_s=0.5))
+    assert doc["config"]["batches"] is None and doc["config"]["duration_s"] == 1.0
+    v = doc["validity"]
+    assert v["counted_batches"] == len(doc["batches"]) >= 1
+    assert v["duration_s"] >= 0.5 and v["min_duration_met"]
 
 
 def test_stage_is_cached_between_sessions(shared_workers, tmp_path):
