@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO))
 @contextlib.contextmanager
 def local_worker(*args: str, threads: int | None = 1) -> Iterator[str]:
     """Start `paretopipe stage serve` on a free loopback port; yield its address."""
-    from paretopipe.runtime.sweep import free_port
+    from paretopipe.runtime.sweep import free_port, stop_process
 
     address = f"127.0.0.1:{free_port()}"
     log = tempfile.NamedTemporaryFile(prefix="pp-worker-", suffix=".log", delete=False)  # noqa: SIM115 - closed below
@@ -34,13 +34,7 @@ def local_worker(*args: str, threads: int | None = 1) -> Iterator[str]:
             time.sleep(0.05)
         yield address
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         log.close()
         os.unlink(log.name)
 

@@ -22,6 +22,8 @@ import statistics
 import struct
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from _runtime_common import machine
 
@@ -38,6 +40,25 @@ def _pair() -> tuple[socket.socket, socket.socket]:
     return client, server
 
 
+def _round(send: Callable[[], None], receive: Callable[[], Any]) -> tuple[float, Any]:
+    """Start `send` on a thread and run `receive` here; seconds from send start to received."""
+    t0 = [0.0]
+    go = threading.Event()
+
+    def sender() -> None:
+        go.wait()
+        t0[0] = time.perf_counter()
+        send()
+
+    th = threading.Thread(target=sender)
+    th.start()
+    go.set()
+    got = receive()
+    elapsed = time.perf_counter() - t0[0]
+    th.join()
+    return elapsed, got
+
+
 def ours(tensor, repeats: int) -> list[float]:
     import torch
 
@@ -48,25 +69,17 @@ def ours(tensor, repeats: int) -> list[float]:
     reader = FrameReader(rx)
     out = torch.empty_like(tensor)  # preallocated once, from the shape the session declared
     view = _tensor_bytes(out)
-    times = []
-    for i in range(repeats):
-        start = threading.Event()
-        t0 = [0.0]
 
-        def send(start: threading.Event = start, t0: list[float] = t0, i: int = i) -> None:
-            start.wait()
-            t0[0] = time.perf_counter()
-            send_data(tx, _tensor_bytes(tensor), dtype="float32", shape=tuple(tensor.shape), records=(),
-                      session_id=1, batch_id=i, t_send=0.0)
+    def send() -> None:
+        send_data(tx, _tensor_bytes(tensor), dtype="float32", shape=tuple(tensor.shape), records=(),
+                  session_id=1, batch_id=0, t_send=0.0)
 
-        th = threading.Thread(target=send)
-        th.start()
-        start.set()
+    def receive() -> None:
         hdr = reader.header()
         reader.records(hdr)
         recv_payload_into(reader, hdr, view)
-        times.append(time.perf_counter() - t0[0])
-        th.join()
+
+    times = [_round(send, receive)[0] for _ in range(repeats)]
     assert torch.equal(out, tensor)
     tx.close()
     rx.close()
@@ -77,20 +90,12 @@ def baseline(tensor, repeats: int) -> list[float]:
     import torch
 
     tx, rx = _pair()
-    times = []
-    for i in range(repeats):
-        start = threading.Event()
-        t0 = [0.0]
 
-        def send(start: threading.Event = start, t0: list[float] = t0, i: int = i) -> None:
-            start.wait()
-            t0[0] = time.perf_counter()
-            data = pickle.dumps({"batch_id": i, "tensor": tensor})
-            tx.sendall(struct.pack(">Q", len(data)) + data)
+    def send() -> None:
+        data = pickle.dumps({"batch_id": 0, "tensor": tensor})
+        tx.sendall(struct.pack(">Q", len(data)) + data)
 
-        th = threading.Thread(target=send)
-        th.start()
-        start.set()
+    def receive() -> Any:
         (length,) = struct.unpack(">Q", rx.recv(8, socket.MSG_WAITALL))
         data = b""
         while len(data) < length:
@@ -98,10 +103,13 @@ def baseline(tensor, repeats: int) -> list[float]:
             if not packet:
                 raise ConnectionError("closed")
             data += packet
-        msg = pickle.loads(data)
-        times.append(time.perf_counter() - t0[0])
-        th.join()
-    assert torch.equal(msg["tensor"], tensor)
+        return pickle.loads(data)  # the baseline being measured; local data only
+
+    times, msg = [], None
+    for _ in range(repeats):
+        elapsed, msg = _round(send, receive)
+        times.append(elapsed)
+    assert msg is not None and torch.equal(msg["tensor"], tensor)
     tx.close()
     rx.close()
     return times

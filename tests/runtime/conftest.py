@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from paretopipe.runtime.sweep import free_port
+from paretopipe.runtime.sweep import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,13 +37,7 @@ class Worker:
         raise AssertionError(f"worker log never said {text!r}:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 class WorkerFactory:
