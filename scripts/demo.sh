@@ -1,11 +1,34 @@
 #!/usr/bin/env bash
-# Set everything up, then run the main job and its analysis.
-# Until the sweep lands this verifies every split point of every model.
+# Set everything up, then run the main job and its analysis: a sweep on the emulated testbed
+# (ansible-playbook playbooks/sweep.yml), which ends with `python -m analysis.pareto`.
+# A modest default that finishes in a few minutes on 2 cores; override with the variables
+# below, e.g. MODEL=resnet18 SPLITS=all CONDITIONS=lan,wan ./scripts/demo.sh. Running it again
+# resumes the same sweep (finished runs are skipped).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
-PP="$ROOT/.venv/bin/paretopipe"
-for model in mobilenet_v2 resnet18 resnet50 vgg16 alexnet inception_v3; do
-    "$PP" verify "$model" --input-size "${INPUT_SIZE:-96}"
-done
+export PATH="$ROOT/.venv/bin:$PATH"
+
+MODEL="${MODEL:-mobilenet_v2}"
+INPUT_SIZE="${INPUT_SIZE:-96}"
+SPLITS="${SPLITS:-0,4,8,12,16,20,23}"
+CONDITIONS="${CONDITIONS:-lan,wifi}"
+BACKENDS="${BACKENDS:-tcp}"
+CHAIN="${CHAIN:-pi1,gpu}"
+BATCHES="${BATCHES:-20}"
+
+# The emulated testbed: network namespaces pi1, pi2 (edge) and gpu (server), each with its
+# own sshd; writes inventory/emulated/hosts.yml (the sweep would also do this itself).
+paretopipe testbed up
+
+ansible-playbook playbooks/sweep.yml \
+    -e model="$MODEL" -e input_size="$INPUT_SIZE" -e splits="$SPLITS" \
+    -e conditions="$CONDITIONS" -e backends="$BACKENDS" -e chain="$CHAIN" \
+    -e batches="$BATCHES" -e warmup=3 -e min_batches=10
+
+SWEEP="results/${MODEL}-${INPUT_SIZE}px-${CHAIN//,/-}"
+echo
+echo "results:  $SWEEP/*.json (one file per run), $SWEEP/sweep-summary.yml"
+echo "analysis: $SWEEP/analysis/report.html (python -m analysis.pareto $SWEEP)"
+echo "stop the testbed with: paretopipe testbed down (or ansible-playbook playbooks/teardown.yml)"

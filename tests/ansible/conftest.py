@@ -1,0 +1,120 @@
+"""Fixtures for the Ansible tests: ansible-playbook against a private emulated testbed.
+
+The testbed gets its own topology (prefix ``pz-``, subnet 10.81.0.0/24), state folder and
+inventory folder under a temporary directory, so it never meets the default testbed or another
+test's. The inventory folder shares the repository's inventory/emulated/group_vars, so the
+playbooks see exactly what they see on the default inventory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+TOPOLOGY = """\
+prefix: pz-
+bridge: br-pz
+subnet: 10.81.0.0/24
+controller_ip: 10.81.0.1
+nic: eth0
+mtu: 1500
+devices:
+  - {name: pi1, group: edge, profile: rpi4, ip: 10.81.0.11}
+  - {name: pi2, group: edge, profile: rpi4, ip: 10.81.0.12}
+  - {name: gpu, group: servers, profile: gpu-server, ip: 10.81.0.21}
+"""
+
+
+def tool(name: str) -> str:
+    """An executable of this environment (ansible-playbook, ansible-lint, ...)."""
+    return str(BIN / name)
+
+
+def ansible_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
+    env["ANSIBLE_NOCOLOR"] = "1"
+    env["ANSIBLE_FORCE_COLOR"] = "0"
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+class EmulatedTestbed:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.topology = root / "topology.yml"
+        self.state = root / "state"
+        self.inventory = root / "inventory"
+        self.results = root / "results"
+
+    def playbook(self, playbook: str, *extra: str, timeout: float = 400) -> subprocess.CompletedProcess:
+        argv = [tool("ansible-playbook"), "-i", str(self.inventory), f"playbooks/{playbook}",
+                "-e", f"testbed_topology={self.topology}", "-e", f"testbed_state_dir={self.state}",
+                "-e", f"results_dir={self.results}", *extra]
+        proc = subprocess.run(argv, cwd=REPO, env=ansible_env(), capture_output=True, text=True,
+                              timeout=timeout)
+        (self.root / f"{playbook}.log").open("a").write(proc.stdout + proc.stderr)
+        return proc
+
+    def paretopipe(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "paretopipe", *args, "--state-dir", str(self.state)],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    def workdir(self, device: str) -> Path:
+        return self.state / "devices" / device
+
+
+@pytest.fixture(scope="session")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedTestbed]:
+    tb = EmulatedTestbed(tmp_path_factory.mktemp("ansible-testbed"))
+    tb.topology.write_text(TOPOLOGY)
+    tb.inventory.mkdir()
+    (tb.inventory / "group_vars").symlink_to(REPO / "inventory" / "emulated" / "group_vars")
+    try:
+        yield tb
+    finally:
+        # Whatever a test left running: workers (by PID, through the playbook), then the testbed.
+        if (tb.inventory / "hosts.yml").exists():
+            tb.playbook("teardown.yml", timeout=180)
+        tb.paretopipe("testbed", "down", "--topology", str(tb.topology))
+
+
+def stage_processes(testbed: EmulatedTestbed) -> list[str]:
+    """Command lines of live processes that belong to this testbed's stage workers or runs."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(testbed.state) in cmdline and ("stagectl" in cmdline or "run_plan" in cmdline
+                                               or "stage serve" in cmdline):
+            found.append(f"{proc.name}: {cmdline}")
+        elif "stage serve" in cmdline and "10.81.0." in cmdline:
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def shaped_devices(testbed: EmulatedTestbed) -> dict[str, object]:
+    import json
+
+    proc = testbed.paretopipe("testbed", "status", "--json")
+    status = json.loads(proc.stdout[proc.stdout.find("{"):])
+    qdiscs = {}
+    for name, dev in status["devices"].items():
+        out = subprocess.run(["ip", "netns", "exec", dev["netns"], "tc", "qdisc", "show"],
+                             capture_output=True, text=True, check=True).stdout
+        shaping = [line for line in out.splitlines() if any(k in line for k in ("tbf", "netem", "htb"))]
+        if dev["shaped"] or shaping:
+            qdiscs[name] = {"shaped": dev["shaped"], "qdiscs": shaping}
+    return qdiscs
