@@ -1,6 +1,6 @@
 """Predicted sweep against full sweep on the emulated testbed (issue 8's goal; needs root).
 
-Brings up a private two-device testbed (prefix ``pb-``, 10.83.0.0/24, state under ``--out``), then,
+Brings up a private two-device testbed (prefix ``i8x-``, 10.88.0.0/24, state under ``--out``), then,
 for every condition:
 
 * **predicted** sweep: ``paretopipe profile`` on each device (once, for all conditions), then
@@ -41,17 +41,18 @@ sys.path.insert(0, str(REPO))
 
 PY = sys.executable
 TOPOLOGY = """\
-prefix: pb-
-bridge: br-pb
-subnet: 10.83.0.0/24
-controller_ip: 10.83.0.1
+prefix: i8x-
+bridge: br-i8x
+subnet: 10.88.0.0/24
+controller_ip: 10.88.0.1
 devices:
-  - {{name: pi1, group: edge, profile: {profile}, ip: 10.83.0.11}}
-  - {{name: pi2, group: edge, profile: {profile}, ip: 10.83.0.12}}
+  - {{name: pi1, group: edge, profile: {profile}, ip: 10.88.0.11}}
+  - {{name: pi2, group: edge, profile: {profile}, ip: 10.88.0.12}}
 """
-WORKER_IP = "10.83.0.12"
+WORKER_IP = "10.88.0.12"
 WORKER_PORT = 29581
 NICE = -10
+CPU_SHARES = 32768  # 32x the default weight
 GOALS = {"recall": 0.9, "mape_pct": 15.0, "speedup": 3.0}
 
 
@@ -95,6 +96,18 @@ class Devices:
 
         self.topo = load_topology(topo_path)
         self.cg = Cgroups(cgroup_parent(self.topo))
+
+    def raise_cpu_weight(self) -> None:
+        """Give the devices' parent cgroup a high CFS weight (cgroup v1 ``cpu.shares``).
+
+        Nice values only order tasks within one cgroup: the testbed's group competes with every
+        task of the root group at the default weight (1024 each), so on this shared host a busy
+        neighbour took two thirds of a device's core. A real device has its cores to itself; the
+        quota still caps each device at its profile's share."""
+        if self.cg.version != "v1":
+            return
+        shares = Path(self.cg.root) / "cpu" / self.cg.parent / "cpu.shares"
+        shares.write_text(str(CPU_SHARES))
 
     def argv(self, device: str, cmd: list[str]) -> list[str]:
         # Raised priority (nice -10): this host is shared (other jobs, tests), and an emulated
@@ -293,6 +306,7 @@ def main() -> int:
     try:
         tb.up(topo, state_dir=state, inventory=out / "hosts.yml")
         dev = Devices(topo)
+        dev.raise_cpu_weight()
 
         # predicted sweep: profile once, then predict and measure the selection per condition
         t_pred0 = time.monotonic()
