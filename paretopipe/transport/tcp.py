@@ -363,13 +363,21 @@ class TcpStageLink(StageLink):
             threading.Thread(target=self._watch_ctrl, name="stage-ctrl", daemon=True).start()
 
     def _watch_ctrl(self) -> None:
-        """Ctrl is a separate connection: END ends the session, EOF aborts it."""
-        self._ctrl.sock.settimeout(None)
-        try:
-            self._ctrl.reader.control([MsgType.END])
-            self._ended = True
-        except (TransportError, OSError) as exc:
-            self._abort = f"the source's control connection failed: {exc}"
+        """Ctrl is a separate connection: END ends the session, EOF aborts it.
+
+        The socket keeps its timeout (for the last stage it also carries the results back, and a
+        send must not block forever); an idle receive timeout just means "no END yet"."""
+        while True:
+            try:
+                self._ctrl.reader.control([MsgType.END])
+                self._ended = True
+            except ReceiveTimeout as exc:
+                if exc.got == 0:
+                    continue
+                self._abort = f"the source's control connection failed: {exc}"
+            except (TransportError, OSError) as exc:
+                self._abort = f"the source's control connection failed: {exc}"
+            break
         try:
             self._up.sock.shutdown(socket.SHUT_RD)  # wake the reader
         except OSError:
