@@ -611,7 +611,7 @@ class TcpStageServer:
             _try_send(ctrl.sock, MsgType.ERROR, {"stage": spec.stage_index, "message": str(exc)})
         except OSError as exc:
             log.warning("session %d aborted: %s", spec.session_id, exc)
-        except Exception as exc:  # noqa: BLE001 - e.g. out of memory in the model: tell the source, keep serving
+        except Exception as exc:  # e.g. out of memory in the model: tell the source, keep serving
             log.exception("session %d aborted by an unexpected error", spec.session_id)
             _try_send(ctrl.sock, MsgType.ERROR, {"stage": spec.stage_index, "message": f"{type(exc).__name__}: {exc}"})
         finally:
