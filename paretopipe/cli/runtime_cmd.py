@@ -77,7 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     run.add_argument("--repeat", type=int, default=0, metavar="R", help="repeat index within a sweep (default: 0)")
     run.add_argument("--run-id", metavar="ID", help="run id (default: made from model, splits, backend, network, batch, window, repeat)")
     run.add_argument("--check", action="store_true",
-                     help="compare the returned logits with the unsplit model on the same inputs (fails the run if they differ)")
+                     help="compare the returned logits of up to 16 counted batches with the unsplit model on the "
+                          "same inputs, after the run (fails the run if they differ)")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(func=_cmd_run)
 
