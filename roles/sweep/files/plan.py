@@ -7,6 +7,10 @@ runs to do. A run is done when ``<results_dir>/<run_id>.json`` exists on the con
 status "ok"; a finished sweep therefore plans no rounds, and a half-done one plans only what is
 missing (resume).
 
+With ``splits_by_condition`` (``{condition: "0,31,32"}``, from ``paretopipe predict --select``
+when ``strategy=predicted``) a condition runs only those of its split points; ``full_total`` says
+how many runs every split would have taken.
+
 Split points: ``all`` is every point 0..N of the model; ``0,4,9`` names points. A chain of D
 devices runs D-1 split points per run: for three devices, every non-decreasing pair of the named
 points (``3:9`` names one pair directly). Run ids are paretopipe's own
@@ -90,11 +94,18 @@ def plan(s: dict[str, Any]) -> dict[str, Any]:
         raise PlanError("give at least one backend and one condition")
     results = Path(s["results_dir"])
     device_dir = s["device_results_dir"]
+    # strategy=predicted: per condition, only the splits `paretopipe predict --select` chose
+    # (within the ones asked for); other conditions keep every split.
+    by_condition = s.get("splits_by_condition") or {}
     total = done = 0
     rounds = []
     for cond in conditions:
         runs = []
-        for combo, backend, repeat in itertools.product(combos, backends, range(int(s["repeats"]))):
+        cond_combos = combos
+        if cond in by_condition:
+            chosen = set(parse_splits(by_condition[cond], n_blocks, hops))
+            cond_combos = [c for c in combos if c in chosen]
+        for combo, backend, repeat in itertools.product(cond_combos, backends, range(int(s["repeats"]))):
             total += 1
             rid = make_run_id(model=s["model"], splits=combo, backend=backend, network=cond,
                               batch_size=int(s["batch_size"]), window=int(s["window"]), repeat=repeat)
@@ -123,6 +134,7 @@ def plan(s: dict[str, Any]) -> dict[str, Any]:
         "sweep_id": s["sweep_id"], "model": s["model"], "num_blocks": n_blocks,
         "splits": [list(c) for c in combos], "chain": [d["name"] for d in chain],
         "total": total, "done": done, "pending": total - done, "rounds": rounds,
+        "full_total": len(combos) * len(backends) * len(conditions) * int(s["repeats"]),
     }
 
 
