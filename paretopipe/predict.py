@@ -16,7 +16,9 @@ The model (docs/predict.md). For a chain of ``S`` stages with split indices ``k_
   ``P = max(c_i, o(b_hop))``, and throughput is ``min(1 / P, W / L0)`` batches per second
   (``W = 1``: ``1 / L0``);
 * latency under the window follows from Little's law: ``W`` batches in flight at that throughput
-  wait ``max(L0, W * P)`` each (``W = 1``: ``L0``).
+  wait ``max(L0, W * P)`` each (``W = 1``: ``L0``), except when the slowest stage is the
+  source's own head: the source stamps a batch when it starts its head, so the queue forms
+  before the stamp and the latency stays ``L0``.
 
 The predicted frontier is the non-dominated set of (latency min, throughput max), computed with
 :func:`analysis.frontier.nondominated_ranks` (the analysis package has no torch dependency and
@@ -242,7 +244,11 @@ def predict_chain(profiles: Sequence[DeviceProfile], splits: Sequence[int], link
         raise ConfigError("every stage and hop takes zero time: the profiles hold no timings")
     if window * period >= latency0:
         throughput = 1.0 / period
-        latency = window * period
+        # Batches queue in front of the slowest stage. Downstream of the source that queue is in
+        # flight, so W batches share it (Little's law). The source stamps a batch's send time
+        # when it starts the batch's head, so when the head is the slowest stage the queue
+        # forms before the stamp and each batch still takes L0.
+        latency = latency0 if bottleneck == "stage 0" else window * period
     else:
         throughput = window / latency0
         latency = latency0

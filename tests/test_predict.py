@@ -77,7 +77,13 @@ def test_window_pipelines_up_to_the_slowest_stage_or_link():
     fast = Link(delay_s=0.0, overhead_s=0.0)
     r = predict_chain([PI, SERVER], [2], fast, window=8)
     assert r.bottleneck == "stage 0" and r.throughput_batch_s == pytest.approx(1 / 0.030)
-    assert r.latency_s == pytest.approx(8 * 0.030)
+    # the source's head is the slowest: batches wait before the source stamps them, so no queue
+    # counts in their latency
+    assert r.latency_s == pytest.approx(0.037)
+    # the tail the slowest: W batches queue in flight in front of it
+    t = predict_chain([SERVER, PI], [2], fast, window=8)
+    assert t.bottleneck == "stage 1" and t.throughput_batch_s == pytest.approx(1 / 0.070)
+    assert t.latency_s == pytest.approx(8 * 0.070)
 
 
 def test_window_bound_with_a_long_delay():
