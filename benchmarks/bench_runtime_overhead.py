@@ -6,7 +6,7 @@ Runs two-stage sessions on loopback with --threads 1 per stage and reports, per 
 runtime spends receiving, sending, queueing, sampling and bookkeeping. With one intra-op thread
 torch computes on the calling thread, whose CPU time (time.thread_time) each stage reports as
 `compute_cpu_s`; CPU time, unlike wall time, is not inflated when other processes compete for
-the cores. The source's figure also includes making inputs (synthetic: 8 batches made once).
+the cores. Synthetic inputs are made before the session, so they are not in the figures.
 
 Cases: a small activation (ResNet18 split 13: 16 KB at batch 8) and a large one (split 7:
 3.2 MB at batch 8), both at 224 px.
