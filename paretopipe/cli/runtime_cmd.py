@@ -11,7 +11,7 @@ from typing import Any
 
 from paretopipe.errors import ConfigError
 
-_BACKEND_HELP = "transport backend"
+_BACKEND_HELP = "transport backend: tcp (ours, no pickle) or rpc (PyTorch RPC: pickles, trusted networks only; docs/rpc.md)"
 
 
 def _backends() -> list[str]:
