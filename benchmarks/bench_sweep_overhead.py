@@ -34,16 +34,16 @@ BIN = Path(sys.executable).parent
 BOUND = 0.25
 
 TOPOLOGY = """\
-prefix: pb-
-bridge: br-pb
-subnet: 10.82.0.0/24
-controller_ip: 10.82.0.1
+prefix: p7b-
+bridge: br-p7b
+subnet: 10.187.0.0/24
+controller_ip: 10.187.0.1
 nic: eth0
 mtu: 1500
 devices:
-  - {name: pi1, group: edge, profile: rpi4, ip: 10.82.0.11}
-  - {name: pi2, group: edge, profile: rpi4, ip: 10.82.0.12}
-  - {name: gpu, group: servers, profile: gpu-server, ip: 10.82.0.21}
+  - {name: pi1, group: edge, profile: rpi4, ip: 10.187.0.11}
+  - {name: pi2, group: edge, profile: rpi4, ip: 10.187.0.12}
+  - {name: gpu, group: servers, profile: gpu-server, ip: 10.187.0.21}
 """
 
 

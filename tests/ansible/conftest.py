@@ -1,6 +1,6 @@
 """Fixtures for the Ansible tests: ansible-playbook against a private emulated testbed.
 
-The testbed gets its own topology (prefix ``pz-``, subnet 10.81.0.0/24), state folder and
+The testbed gets its own topology (prefix ``p7t-``, subnet 10.186.0.0/24), state folder and
 inventory folder under a temporary directory, so it never meets the default testbed or another
 test's. The inventory folder shares the repository's inventory/emulated/group_vars, so the
 playbooks see exactly what they see on the default inventory.
@@ -20,16 +20,16 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 TOPOLOGY = """\
-prefix: pz-
-bridge: br-pz
-subnet: 10.81.0.0/24
-controller_ip: 10.81.0.1
+prefix: p7t-
+bridge: br-p7t
+subnet: 10.186.0.0/24
+controller_ip: 10.186.0.1
 nic: eth0
 mtu: 1500
 devices:
-  - {name: pi1, group: edge, profile: rpi4, ip: 10.81.0.11}
-  - {name: pi2, group: edge, profile: rpi4, ip: 10.81.0.12}
-  - {name: gpu, group: servers, profile: gpu-server, ip: 10.81.0.21}
+  - {name: pi1, group: edge, profile: rpi4, ip: 10.186.0.11}
+  - {name: pi2, group: edge, profile: rpi4, ip: 10.186.0.12}
+  - {name: gpu, group: servers, profile: gpu-server, ip: 10.186.0.21}
 """
 
 
@@ -100,7 +100,7 @@ def stage_processes(testbed: EmulatedTestbed) -> list[str]:
         if str(testbed.state) in cmdline and ("stagectl" in cmdline or "run_plan" in cmdline
                                                or "stage serve" in cmdline):
             found.append(f"{proc.name}: {cmdline}")
-        elif "stage serve" in cmdline and "10.81.0." in cmdline:
+        elif "stage serve" in cmdline and "10.186.0." in cmdline:
             found.append(f"{proc.name}: {cmdline}")
     return found
 

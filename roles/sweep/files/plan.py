@@ -86,7 +86,9 @@ def plan(s: dict[str, Any]) -> dict[str, Any]:
         raise PlanError(f"the chain needs at least two devices (a source and a worker), got {len(chain)}; "
                         "check the inventory or -e chain=...")
     hops = len(chain) - 1
-    n_blocks = _split_points(s["model"], int(s["num_classes"]))
+    # The shards' manifest already says how many blocks the model has; without it, ask paretopipe
+    # (which imports torch and traces the model: seconds on a small controller).
+    n_blocks = int(s.get("num_blocks") or 0) or _split_points(s["model"], int(s["num_classes"]))
     combos = parse_splits(s["splits"], n_blocks, hops)
     backends = list(s["backends"])
     conditions = list(s["conditions"])
