@@ -256,3 +256,22 @@ def test_master_port_in_use_is_an_error_naming_it(workers, tmp_path, monkeypatch
                         batches=2, backend="rpc", **SMALL))
     assert doc["status"] == "ok"
 
+
+
+def test_source_killed_mid_run_worker_leaves_the_group_and_serves_the_next_session(start_worker, tmp_path):
+    worker = start_worker("--backend", "rpc")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "paretopipe", "run", "--backend", "rpc", "--model", "resnet18", "--split", "5",
+         "--stages", worker.address, "--duration", "600", "--warmup", "0", "--input-size", "64", "--batch-size", "2",
+         "--threads", "1", "--out", str(tmp_path / "killed.json")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    try:
+        worker.wait_log("joined the RPC group")
+        time.sleep(1.0)  # batches are flowing
+    finally:
+        proc.kill()
+        proc.wait()
+    worker.wait_log("aborted")
+    doc = run(RunConfig(model="resnet18", splits=(5,), stages=(worker.address,), out=tmp_path / "after.json",
+                        batches=2, backend="rpc", **SMALL))
+    assert doc["status"] == "ok"
