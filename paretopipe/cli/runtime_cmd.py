@@ -51,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     serve.add_argument("--token-file", metavar="F", help="require peers to prove they hold the secret in F (HMAC-SHA256)")
     serve.add_argument("--threads", type=_positive_int, metavar="N", help="torch intra-op threads (default: torch's)")
     serve.add_argument("--backend", default="tcp", help=f"{_BACKEND_HELP} (default: tcp)")
+    _add_rpc_args(serve, master=False)
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.set_defaults(func=_cmd_serve)
 
@@ -111,6 +112,23 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="tcp", help=f"{_BACKEND_HELP} (default: tcp)")
 
 
+def _add_rpc_args(p: argparse.ArgumentParser, *, master: bool = True) -> None:
+    group = p.add_argument_group("rpc backend", "only with --backend rpc; see docs/rpc.md")
+    if master:
+        group.add_argument("--rpc-master", metavar="HOST[:PORT]",
+                           help="where the workers reach this source's RPC store (sets MASTER_ADDR/MASTER_PORT; "
+                                "default: this host's address towards stage 1 and a free port)")
+    group.add_argument("--rpc-ifname", metavar="IFACE",
+                       help="interface for TensorPipe and Gloo (sets TP_SOCKET_IFNAME/GLOO_SOCKET_IFNAME; "
+                            "default: the interface holding this host's address)")
+
+
+def _apply_rpc_args(args: argparse.Namespace) -> None:
+    from paretopipe.transport.rpc import apply_cli_options
+
+    apply_cli_options(backend=args.backend, master=getattr(args, "rpc_master", None), ifname=args.rpc_ifname)
+
+
 def _add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per batch (default: 8)")
     p.add_argument("--window", type=_positive_int, default=1, metavar="W", help="max batches in flight; 1 = sequential (default: 1)")
@@ -123,6 +141,7 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect-timeout", type=float, default=60.0, metavar="S",
                    help="keep retrying to connect to the workers for S seconds (default: 60)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="receive timeout (default: 60)")
+    _add_rpc_args(p)
 
 
 def _check_backend(name: str) -> None:
@@ -153,6 +172,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose)
     _check_backend(args.backend)
+    _apply_rpc_args(args)
     serve(listen=args.listen, device=args.device, shards=args.shards, token_file=args.token_file,
           threads=args.threads, backend=args.backend)
     return 0
@@ -178,6 +198,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose)
     _check_backend(args.backend)
+    _apply_rpc_args(args)
     cfg = _run_config(
         args, splits=tuple(args.split), stages=tuple(s for s in args.stages.split(",") if s), out=Path(args.out),
         batches=args.batches if args.batches is not None else (None if args.duration is not None else 50),
@@ -221,6 +242,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose)
     _check_backend(args.backend)
+    _apply_rpc_args(args)
     template = _run_config(args, splits=(), stages=(), out=Path(), batches=args.batches)
     cfg = SweepConfig(run=template, out=Path(args.out), splits=args.splits, repeats=args.repeats,
                       sweep_id=args.sweep_id, device=args.device)

@@ -104,6 +104,33 @@ class RpcOptions:
                    tp_ifname=env.get(ENV_TP_IFNAME) or None, gloo_ifname=env.get(ENV_GLOO_IFNAME) or None)
 
 
+def apply_cli_options(*, backend: str, master: str | None = None, ifname: str | None = None) -> None:
+    """`--rpc-master HOST[:PORT]` / `--rpc-ifname IFACE`: set the environment this backend reads
+    (MASTER_ADDR/MASTER_PORT, TP_SOCKET_IFNAME/GLOO_SOCKET_IFNAME), which processes the command
+    starts (a sweep's workers and sources) inherit."""
+    if backend != "rpc":
+        given = [flag for flag, value in (("--rpc-master", master), ("--rpc-ifname", ifname)) if value]
+        if given:
+            verb = "apply" if len(given) > 1 else "applies"
+            raise ConfigError(f"{' and '.join(given)} only {verb} to --backend rpc (got --backend {backend})")
+        return
+    if master:
+        if master.startswith("["):  # [IPv6] or [IPv6]:PORT
+            host, _, rest = master[1:].partition("]")
+            port = rest.removeprefix(":") if rest.startswith(":") else ("x" if rest else "")
+        elif master.count(":") == 1:
+            host, _, port = master.partition(":")
+        else:  # a name, IPv4, or a bare IPv6 address
+            host, port = master, ""
+        if not host or (port and (not port.isdigit() or int(port) > 65535)):
+            raise ConfigError(f"--rpc-master {master!r}: expected HOST or HOST:PORT, e.g. 10.0.0.1:29400")
+        os.environ[ENV_MASTER_ADDR] = host
+        if port:
+            os.environ[ENV_MASTER_PORT] = port
+    if ifname:
+        os.environ[ENV_TP_IFNAME] = os.environ[ENV_GLOO_IFNAME] = ifname
+
+
 def interface_for_address(address: str) -> str:
     """The network interface holding `address` (exact match first, then the subnet holding it)."""
     import psutil

@@ -26,7 +26,7 @@ from paretopipe.runtime.worker import FAULT_ENV
 from paretopipe.splitting import build_stages, stage_io_shapes
 from paretopipe.transport import get_backend
 from paretopipe.transport.base import SessionPlan, SessionSpec
-from paretopipe.transport.rpc import RpcOptions, RpcSourceLink, interface_for_address
+from paretopipe.transport.rpc import RpcOptions, RpcSourceLink, apply_cli_options, interface_for_address
 from paretopipe.wire import FrameReader, MsgType, send_control, send_json, server_auth
 
 from .conftest import REPO, WorkerFactory
@@ -140,15 +140,17 @@ def test_two_sessions_in_a_row_on_one_master_port(workers, tmp_path, monkeypatch
         doc = run(RunConfig(model="resnet18", splits=(7,), stages=(workers["rpc"].address,),
                             out=tmp_path / f"in-process-{i}.json", batches=2, backend="rpc", **SMALL))
         assert doc["status"] == "ok"
-    # fresh source processes, as `paretopipe run` and the sweep start them, one after the other
+    # fresh source processes, as `paretopipe run` and the sweep start them, one after the other;
+    # the port given as an argument this time
     port = free_port()
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
     for i in range(2):
         out = tmp_path / f"process-{i}.json"
         proc = subprocess.run(
             [sys.executable, "-m", "paretopipe", "run", "--backend", "rpc", "--model", "resnet18", "--split", "7",
              "--stages", workers["rpc"].address, "--input-size", "64", "--batch-size", "2", "--batches", "2",
-             "--warmup", "1", "--min-batches", "1", "--threads", "1", "--timeout", "30", "--out", str(out)],
+             "--warmup", "1", "--min-batches", "1", "--threads", "1", "--timeout", "30", "--out", str(out),
+             "--rpc-master", f"127.0.0.1:{port}", "--rpc-ifname", "lo"],
             check=False, capture_output=True, text=True, timeout=180, cwd=REPO, env=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert read_result(out)["status"] == "ok"
@@ -275,3 +277,17 @@ def test_source_killed_mid_run_worker_leaves_the_group_and_serves_the_next_sessi
     doc = run(RunConfig(model="resnet18", splits=(5,), stages=(worker.address,), out=tmp_path / "after.json",
                         batches=2, backend="rpc", **SMALL))
     assert doc["status"] == "ok"
+
+
+def test_cli_options_set_the_environment_the_backend_reads(monkeypatch):
+    for var in ("MASTER_ADDR", "MASTER_PORT", "TP_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):
+        monkeypatch.delenv(var, raising=False)  # restored after the test
+    apply_cli_options(backend="rpc", master="10.0.0.1:29400", ifname="eth1")
+    assert RpcOptions.from_env() == RpcOptions("10.0.0.1", 29400, "eth1", "eth1")
+    apply_cli_options(backend="rpc", master="[fd00::1]")
+    assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("fd00::1", "29400")
+    with pytest.raises(ConfigError, match="HOST or HOST:PORT"):
+        apply_cli_options(backend="rpc", master="10.0.0.1:http")
+    with pytest.raises(ConfigError, match="--rpc-master only applies to --backend rpc"):
+        apply_cli_options(backend="tcp", master="10.0.0.1")
+    apply_cli_options(backend="tcp")  # nothing given: nothing to say
