@@ -392,7 +392,7 @@ class RpcSourceLink(TcpSourceLink, _Endpoint):
         host = options.master_addr or first.getsockname()[0]
         tp_ifname = options.tp_ifname or interface_for_address(host)
         gloo_ifname = options.gloo_ifname or tp_ifname
-        init_timeout = max(1.0, deadline - time.monotonic())
+        init_timeout = plan.connect_timeout_s  # for the group to form, after the stages were built
         if not _RPC_LOCK.acquire(timeout=init_timeout):
             raise TransportError("another RPC session is still active in this process")
         self._in_rpc = True
@@ -406,7 +406,7 @@ class RpcSourceLink(TcpSourceLink, _Endpoint):
                 send_json(conn.sock, MsgType.JOIN, join, session_id=spec.session_id)
             except OSError as exc:
                 raise StageError(f"{conn.name}: could not send JOIN: {exc}") from None
-        self._wait_arrivals(store, time.monotonic() + init_timeout)
+        self._wait_arrivals(store, init_timeout)
         _ACTIVE = self
         try:
             _init_rpc(SOURCE_NAME, 0, n, store, session_id=spec.session_id, timeout_s=spec.timeout_s,
@@ -437,8 +437,9 @@ class RpcSourceLink(TcpSourceLink, _Endpoint):
                 f"shape mismatch between stage {n - 1} ({last.address}, returns {shape_str(last.dtype, last.out_shape)}) "
                 f"and the source (expects logits {shape_str(spec.dtype, plan.logits_shape)}; num_classes={spec.num_classes})")
 
-    def _wait_arrivals(self, store: Any, deadline: float) -> None:
+    def _wait_arrivals(self, store: Any, timeout_s: float) -> None:
         """Wait until every stage has reached the master store, or report who did not (or why)."""
+        deadline = time.monotonic() + timeout_s
         missing = set(self._conns)
         while missing:
             try:
@@ -450,8 +451,9 @@ class RpcSourceLink(TcpSourceLink, _Endpoint):
             missing = {i for i in missing if not store.check([f"arrived/{i}"])}
             if missing and time.monotonic() > deadline:
                 names = ", ".join(f"stage {i} ({self._infos[i].address})" for i in sorted(missing))
-                raise StageError(f"{names} did not reach the RPC master at {self.master} in time; is {ENV_MASTER_ADDR} "
-                                 f"an address of this host that the workers can reach (and the port open)?")
+                raise StageError(f"{names} did not reach the RPC master at {self.master} within {timeout_s:g} s; is it "
+                                 f"an address of this host that the workers can reach, with the port open? (set it "
+                                 f"with --rpc-master or {ENV_MASTER_ADDR}/{ENV_MASTER_PORT})")
 
     # -- data path
     def deliver(self, batch_id: int, tensor: Any, records: list[StageRecord], t_send: float, t_arrived: float) -> None:
@@ -646,8 +648,8 @@ class RpcStageServer(TcpStageServer):
             client = dist.TCPStore(host, port, None, False, timedelta(seconds=init_timeout))
         except (RuntimeError, ValueError) as exc:
             raise TransportError(f"stage {rank} could not reach the RPC master at {master} within {init_timeout:.0f} s "
-                                 f"({_first_line(exc)}); set {ENV_MASTER_ADDR} on the source to an address this "
-                                 f"worker can reach") from None
+                                 f"({_first_line(exc)}); give the source an address this worker can reach "
+                                 f"(--rpc-master or {ENV_MASTER_ADDR})") from None
         store = _session_store(client, spec.session_id)
         del client
         _ACTIVE = link
