@@ -291,3 +291,16 @@ def test_cli_options_set_the_environment_the_backend_reads(monkeypatch):
     with pytest.raises(ConfigError, match="--rpc-master only applies to --backend rpc"):
         apply_cli_options(backend="tcp", master="10.0.0.1")
     apply_cli_options(backend="tcp")  # nothing given: nothing to say
+
+
+def test_token_guards_the_control_connection(start_worker, tmp_path):
+    token, wrong = tmp_path / "token", tmp_path / "wrong"
+    token.write_text("s3cret-token\n")
+    wrong.write_text("not-the-token\n")
+    worker = start_worker("--backend", "rpc", "--token-file", str(token))
+    with pytest.raises(StageError, match="refused our token"):
+        run(RunConfig(model="resnet18", splits=(5,), stages=(worker.address,), out=tmp_path / "bad.json", batches=2,
+                      backend="rpc", token_file=str(wrong), **SMALL))
+    doc = run(RunConfig(model="resnet18", splits=(5,), stages=(worker.address,), out=tmp_path / "ok.json", batches=2,
+                        backend="rpc", token_file=str(token), **SMALL))
+    assert doc["status"] == "ok"
