@@ -335,14 +335,23 @@ def send_data(
     batch_id: int,
     t_send: float,
 ) -> None:
-    """Send one DATA frame: header and records in one write, then the raw tensor bytes."""
+    """Send one DATA frame: header, records and the raw tensor bytes in one gathered write.
+
+    One ``sendmsg`` hands all three to the kernel without joining them into one buffer (the
+    tensor bytes are never copied in user space); only what the kernel did not take at once,
+    e.g. the rest of a large tensor, needs further calls."""
     head = pack_header(
         MsgType.DATA, length=len(payload), session_id=session_id, batch_id=batch_id,
         t_send=t_send, dtype=dtype, shape=shape, nrec=len(records),
     )
-    head += b"".join(_RECORD.pack(r.compute_s, r.queue_s, r.transfer_in_s, r.bytes_in) for r in records)
-    sock.sendall(head)
-    sock.sendall(payload)
+    if records:
+        head += b"".join(_RECORD.pack(r.compute_s, r.queue_s, r.transfer_in_s, r.bytes_in) for r in records)
+    sent = sock.sendmsg((head, payload))
+    if sent < len(head):
+        sock.sendall(memoryview(head)[sent:])
+        sent = len(head)
+    if sent - len(head) < len(payload):
+        sock.sendall(payload[sent - len(head):])
 
 
 # --------------------------------------------------------------------------- authentication
