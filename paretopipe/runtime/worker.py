@@ -2,10 +2,12 @@
 
 :class:`StageService` builds a session's stage (from the model name and weights spec in the
 handshake, or from shard files with ``--shards``), caches it for the next session, and runs the
-session's loop over whatever :class:`~paretopipe.transport.base.StageLink` the backend provides:
-a receive thread, the compute loop, and a send thread, so receiving batch n+1, computing batch n
-and sending batch n-1 overlap. CUDA stages copy from pinned host buffers with non-blocking copies
-and synchronise before stamping the compute time (which then includes the two copies).
+session's loop over whatever :class:`~paretopipe.transport.base.StageLink` the backend provides.
+Pipelined sessions (window > 1) run a receive thread, the compute loop, and a send thread, so
+receiving batch n+1, computing batch n and sending batch n-1 overlap; sequential ones (window 1)
+do all three in one thread, as nothing could overlap. CUDA stages copy from pinned host buffers
+with non-blocking copies and synchronise before stamping the compute time (which then includes
+the two copies).
 """
 
 from __future__ import annotations
@@ -161,6 +163,45 @@ class StageService:
         import torch
 
         assert self._module is not None and self._info is not None
+        sampler = ResourceSampler(device=self.device).start()
+        try:
+            with torch.inference_mode():
+                if link.spec.window == 1:
+                    count, compute_cpu = self._run_sequential(link)
+                else:
+                    count, compute_cpu = self._run_pipelined(link)
+        finally:
+            stats = sampler.stop()
+        stats.update(index=link.spec.stage_index, batches=count, threads=torch.get_num_threads(),
+                     compute_cpu_s=compute_cpu)
+        return stats
+
+    def _run_sequential(self, link: StageLink) -> tuple[int, float]:
+        """Window 1: one batch in the chain at a time, so nothing can overlap. This thread
+        receives, computes and sends each batch itself: no hand-offs between threads."""
+        module, device = self._module, self.device
+        buffers = HostBuffers()
+        fault = _fault_after()
+        count, compute_cpu = 0, 0.0
+        while (item := link.recv()) is not None:
+            try:
+                out, slot, t_start, t_ready, cpu = compute(module, item.tensor, device, buffers)
+            finally:
+                link.release(item)
+            compute_cpu += cpu
+            record = StageRecord(compute_s=t_ready - t_start, queue_s=t_start - item.t_arrived,
+                                 transfer_in_s=item.transfer_in_s, bytes_in=item.bytes_in)
+            link.send(item.batch_id, out, [*item.records, record], t_ready)
+            buffers.give_back(slot)
+            count += 1
+            if fault is not None and count >= fault:
+                log.error("fault injection (%s): exiting abruptly after %d batches", FAULT_ENV, count)
+                os._exit(17)
+        return count, compute_cpu
+
+    def _run_pipelined(self, link: StageLink) -> tuple[int, float]:
+        """Window > 1: a receive thread, this compute loop and a send thread, so receiving batch
+        n+1, computing batch n and sending batch n-1 overlap."""
         module, device = self._module, self.device
         in_q: queue.Queue[InBatch | BaseException | None] = queue.Queue()
         out_q: queue.Queue[tuple[int, Any, list[StageRecord], float, int] | None] = queue.Queue()
@@ -186,27 +227,25 @@ class StageService:
                 failed.append(exc)
                 in_q.put(exc)  # wake the compute loop
 
-        sampler = ResourceSampler(device=device).start()
         threads = [threading.Thread(target=reader, name="stage-recv", daemon=True),
                    threading.Thread(target=sender, name="stage-send", daemon=True)]
         for t in threads:
             t.start()
         count, compute_cpu = 0, 0.0
         try:
-            with torch.inference_mode():
-                while (item := in_q.get()) is not None:
-                    if isinstance(item, BaseException):
-                        raise item
-                    out, slot, t_start, t_ready, cpu = compute(module, item.tensor, device, buffers)
-                    compute_cpu += cpu
-                    link.release(item)
-                    record = StageRecord(compute_s=t_ready - t_start, queue_s=t_start - item.t_arrived,
-                                         transfer_in_s=item.transfer_in_s, bytes_in=item.bytes_in)
-                    out_q.put((item.batch_id, out, [*item.records, record], t_ready, slot))
-                    count += 1
-                    if fault is not None and count >= fault:
-                        log.error("fault injection (%s): exiting abruptly after %d batches", FAULT_ENV, count)
-                        os._exit(17)
+            while (item := in_q.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                out, slot, t_start, t_ready, cpu = compute(module, item.tensor, device, buffers)
+                compute_cpu += cpu
+                link.release(item)
+                record = StageRecord(compute_s=t_ready - t_start, queue_s=t_start - item.t_arrived,
+                                     transfer_in_s=item.transfer_in_s, bytes_in=item.bytes_in)
+                out_q.put((item.batch_id, out, [*item.records, record], t_ready, slot))
+                count += 1
+                if fault is not None and count >= fault:
+                    log.error("fault injection (%s): exiting abruptly after %d batches", FAULT_ENV, count)
+                    os._exit(17)
             out_q.put(None)
             threads[1].join()
             if failed:
@@ -214,11 +253,7 @@ class StageService:
         except BaseException:
             out_q.put(None)
             raise
-        finally:
-            stats = sampler.stop()
-        stats.update(index=link.spec.stage_index, batches=count, threads=torch.get_num_threads(),
-                     compute_cpu_s=compute_cpu)
-        return stats
+        return count, compute_cpu
 
 
 def serve(*, listen: str, device: str = "cpu", shards: str | None = None, token_file: str | None = None,
