@@ -1,7 +1,8 @@
 """The source (``paretopipe run``): inputs, the head stage, the in-flight window, the result file.
 
 The source runs stage 0 (blocks ``[0, splits[0])``) on its own device and streams batches through
-the chain with at most ``window`` batches in flight (1 = sequential). Three threads:
+the chain with at most ``window`` batches in flight (1 = sequential). Sequential runs do
+everything in the main thread (head, send, receive). Pipelined runs use three threads:
 
 - main: waits for a free window slot, takes the next prefetched batch, stamps ``send_s`` (the batch
   enters the pipeline), runs the head, and queues the output for sending;
@@ -231,6 +232,51 @@ class _Run:
             link.close()
 
     def _loop(self, link: Any, prefetch: Any) -> None:
+        if self.cfg.window == 1:
+            self._loop_sequential(link, prefetch)
+        else:
+            self._loop_pipelined(link, prefetch)
+
+    def _loop_sequential(self, link: Any, prefetch: Any) -> None:
+        """Window 1: the main thread runs the head, sends, and receives the result itself; with
+        one batch in flight there is nothing for other threads to overlap. The window wait is
+        the same span as in the pipelined loop: from the batch before being handed on to its
+        result being recorded."""
+        import torch
+
+        cfg = self.cfg
+        total = cfg.warmup + cfg.batches if cfg.batches is not None else None
+        buffers = HostBuffers()
+        t_first: float | None = None
+        t_issued: float | None = None
+        with torch.inference_mode():
+            batch_id = 0
+            while total is None or batch_id < total:
+                counted = batch_id >= cfg.warmup
+                if total is None and counted and t_first is not None and time.monotonic() - t_first >= cfg.duration_s:
+                    break
+                window_wait = time.monotonic() - t_issued if t_issued is not None else 0.0
+                batch = prefetch.next(count_stall=counted)
+                send_s = time.monotonic()
+                if counted and t_first is None:
+                    t_first = send_s
+                out, slot, t_start, t_ready, cpu = compute(self.head, batch.images, self.device, buffers)
+                self.compute_cpu_s += cpu
+                p = _Pending(batch_id, send_s, t_ready - t_start, t_ready, window_wait, batch.labels)
+                p.wire_send = link.send(batch_id, out)
+                buffers.give_back(slot)
+                t_sent = time.monotonic()
+                res = link.recv(cfg.timeout_s)
+                if res.batch_id != batch_id:
+                    raise StageError(f"the chain returned batch {res.batch_id} while batch {batch_id} was the only one in flight")
+                self._record(p, res)
+                batch_id += 1
+                self._progress(batch_id, total)
+                t_issued = t_sent
+
+    def _loop_pipelined(self, link: Any, prefetch: Any) -> None:
+        """Window > 1: the main thread issues batches, a sender thread hands them to the
+        transport and a collector thread receives the results and frees window slots."""
         import torch
 
         cfg = self.cfg
