@@ -188,6 +188,10 @@ class TcpSourceLink(SourceLink):
         self._spec: SessionSpec | None = None
         self._logits_shape: tuple[int, ...] = ()
         self._send_lock = threading.Lock()
+        # The last stage's connection while the session runs: recv() reads the results from it
+        # itself (no reader thread, no hand-off). None: every connection has a reader thread
+        # feeding self._events, and recv() takes results from there (the RPC link's way).
+        self._direct: _Conn | None = None
 
     # -- open
     def open(self, plan: SessionPlan) -> list[StageInfo]:
@@ -231,7 +235,10 @@ class TcpSourceLink(SourceLink):
                 f"and the source (expects logits {shape_str(spec.dtype, plan.logits_shape)}; num_classes={spec.num_classes})"
             )
         for idx, conn in self._conns.items():
-            threading.Thread(target=self._read_loop, args=(idx, conn), name=f"src-recv-{idx}", daemon=True).start()
+            if idx == n - 1:
+                self._direct = conn  # recv() reads the results; finish() gives it a reader thread
+            else:
+                threading.Thread(target=self._read_loop, args=(idx, conn), name=f"src-recv-{idx}", daemon=True).start()
         return [self._infos[i] for i in range(1, n)]
 
     # -- per-connection reader: results from the last stage, STATS, ERROR, EOF from any
@@ -250,18 +257,24 @@ class TcpSourceLink(SourceLink):
                         continue  # idle; recv() enforces the result timeout
                     raise
                 if hdr.msg_type == MsgType.DATA and last:
-                    if hdr.shape != self._logits_shape or hdr.dtype != self._spec.dtype:
-                        raise ProtocolError(f"result {shape_str(hdr.dtype or '?', hdr.shape)} is not the expected {shape_str(self._spec.dtype, self._logits_shape)}")
-                    records = conn.reader.records(hdr)
-                    logits = torch.empty(self._logits_shape, dtype=dtype)
-                    recv_payload_into(conn.reader, hdr, _tensor_bytes(logits))
-                    t_done = time.monotonic()
-                    self._events.put("result", idx, ResultBatch(
-                        hdr.batch_id, logits, records, t_done - (hdr.t_send - conn.offset), hdr.length, t_done))
+                    self._events.put("result", idx, self._read_result(conn, hdr, dtype))
                 elif not self._events.on_control(idx, hdr, conn.reader):
                     raise ProtocolError(f"unexpected {hdr.msg_type.name} frame")
         except (TransportError, OSError) as exc:
             self._events.on_reader_exit(idx, exc)
+
+    def _read_result(self, conn: _Conn, hdr: Any, dtype: Any) -> ResultBatch:
+        """The rest of a result frame whose header `hdr` was just read."""
+        import torch
+
+        assert self._spec is not None
+        if hdr.shape != self._logits_shape or hdr.dtype != self._spec.dtype:
+            raise ProtocolError(f"result {shape_str(hdr.dtype or '?', hdr.shape)} is not the expected {shape_str(self._spec.dtype, self._logits_shape)}")
+        records = conn.reader.records(hdr)
+        logits = torch.empty(self._logits_shape, dtype=dtype)
+        recv_payload_into(conn.reader, hdr, _tensor_bytes(logits))
+        t_done = time.monotonic()
+        return ResultBatch(hdr.batch_id, logits, records, t_done - (hdr.t_send - conn.offset), hdr.length, t_done)
 
     def _address(self, idx: int) -> str | None:
         return self._infos[idx].address if idx in self._infos else None
@@ -284,20 +297,68 @@ class TcpSourceLink(SourceLink):
         return t_send
 
     def recv(self, timeout: float) -> ResultBatch:
+        if self._direct is not None:
+            return self._recv_direct(self._direct, timeout)
         try:
             kind, idx, item = self._events.get(timeout)
         except queue.Empty:
-            raise StageError(
-                f"no result from the chain within {timeout:g} s (receive timeout); stages: "
-                + ", ".join(f"{i} at {info.address}" for i, info in sorted(self._infos.items()))
-            ) from None
+            raise self._no_result(timeout) from None
         if kind == "result":
             return item
         raise self._failure((kind, idx, item))
 
+    def _no_result(self, timeout: float) -> StageError:
+        return StageError(
+            f"no result from the chain within {timeout:g} s (receive timeout); stages: "
+            + ", ".join(f"{i} at {info.address}" for i, info in sorted(self._infos.items())))
+
+    def _recv_direct(self, conn: _Conn, timeout: float) -> ResultBatch:
+        """Read the next result from the last stage's connection in the calling thread.
+
+        The other connections' reader threads report failures through self._events; one
+        reported before this call is raised at once. A failure while waiting here shows up on
+        this connection too (the last stage reports losing its upstream, or closes)."""
+        import torch
+
+        assert self._spec is not None
+        idx = self._spec.num_stages - 1
+        try:
+            reported = self._events.get(0)
+        except queue.Empty:
+            reported = None
+        if reported is not None:
+            raise self._failure(reported)
+        if conn.sock.gettimeout() != timeout:
+            conn.sock.settimeout(timeout)
+        try:
+            try:
+                hdr = conn.reader.header()
+            except ReceiveTimeout as exc:
+                if exc.got == 0:
+                    raise self._no_result(timeout) from None
+                raise
+            if hdr.msg_type == MsgType.DATA:
+                return self._read_result(conn, hdr, getattr(torch, self._spec.dtype))
+            if not self._events.on_control(idx, hdr, conn.reader):
+                raise ProtocolError(f"unexpected {hdr.msg_type.name} frame")
+        except (TransportError, OSError) as exc:
+            self._events.on_reader_exit(idx, exc)
+            try:
+                event = self._events.get(0)
+            except queue.Empty:  # the link was closed meanwhile
+                raise StageError(f"{conn.name}: {exc}") from None
+            raise self._failure(event) from None
+        # STATS or ERROR in the middle of the session: the stage gave up
+        raise self._failure(self._events.get(0))
+
     def finish(self) -> list[dict[str, Any]]:
         assert self._spec is not None
         stats: dict[int, dict[str, Any]] = {}
+        if self._direct is not None:  # from now on a reader thread collects its STATS
+            idx = self._spec.num_stages - 1
+            threading.Thread(target=self._read_loop, args=(idx, self._direct), name=f"src-recv-{idx}",
+                             daemon=True).start()
+            self._direct = None
         for idx in sorted(self._conns, reverse=True):
             conn = self._conns[idx]
             try:
