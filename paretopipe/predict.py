@@ -50,6 +50,7 @@ SCHEMA_VERSION = 1
 #: runs); override with ``paretopipe predict --overhead-ms``.
 BACKEND_OVERHEAD_S: dict[str, float] = {
     "tcp": 0.00035,
+    "rpc": 0.00108,
 }
 
 #: Bytes on the wire per payload byte beyond the payload, for TCP over Ethernet at MTU 1500:
