@@ -47,6 +47,21 @@ devices:
 """
 
 
+def _slowest_tasks(log: Path, count: int) -> list[tuple[float, str]]:
+    """Time from each task's start to the next one's, from Ansible's time-stamped log."""
+    import datetime as dt
+    import re
+
+    marks = []
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) .*?\| (TASK|PLAY) \[(.*?)\]", line)
+        if m:
+            marks.append((dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), m.group(3)))
+    spans = [((b[0] - a[0]).total_seconds(), a[1]) for a, b in zip(marks, marks[1:])]
+    spans = [s for s in spans if "Run the list" not in s[1]]
+    return sorted(spans, reverse=True)[:count]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="mobilenet_v2")
@@ -71,8 +86,9 @@ def main() -> int:
     inventory.mkdir(exist_ok=True)
     if not (inventory / "group_vars").exists():
         (inventory / "group_vars").symlink_to(REPO / "inventory" / "emulated" / "group_vars")
+    timeline = root / "ansible-timeline.log"  # Ansible's log: a time stamp on every task line
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "ANSIBLE_LOG_PATH": str(timeline), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     sweep_id = f"bench-{int(time.time())}"
     extra = {"model": args.model, "splits": args.splits, "conditions": args.conditions,
              "backends": args.backends, "chain": args.chain, "batch_size": args.batch_size,
@@ -112,6 +128,9 @@ def main() -> int:
           f"between runs: {t['outside_runs']:.1f} s")
     print(f"outside measured runs, whole process: {outside_total:.1f} s = {outside_total / wall:.1%} "
           f"(ratio to the bound {outside_total / wall / BOUND:.2f})")
+    print("slowest tasks (outside the run lists):")
+    for seconds, task in _slowest_tasks(timeline, 8):
+        print(f"  {seconds:6.1f} s  {task}")
     if not args.keep:
         print(f"(results and log kept in {root})")
     return 0 if s["overhead"]["fraction_outside_measured"] <= BOUND else 1

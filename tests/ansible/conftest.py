@@ -1,6 +1,6 @@
 """Fixtures for the Ansible tests: ansible-playbook against a private emulated testbed.
 
-The testbed gets its own topology (prefix ``p7t-``, subnet 10.186.0.0/24), state folder and
+The testbed gets its own topology (names and subnet unique to the test session), state folder and
 inventory folder under a temporary directory, so it never meets the default testbed or another
 test's. The inventory folder shares the repository's inventory/emulated/group_vars, so the
 playbooks see exactly what they see on the default inventory.
@@ -19,17 +19,28 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-TOPOLOGY = """\
-prefix: p7t-
-bridge: br-p7t
-subnet: 10.186.0.0/24
-controller_ip: 10.186.0.1
+def _topology() -> str:
+    """A topology with names and a subnet of its own, so that concurrent test sessions (and other
+    testbeds on this machine) never meet: interface names from this process's id, the first free
+    one taken. Edge devices are rpi5 slices (a whole core each): the tests are about the
+    playbooks, and Ansible's own tasks on a half-core device are slow."""
+    base = os.getpid() % 250
+    for step in range(250):
+        idx = (base + step) % 250
+        tag = f"q{idx:02x}"
+        if not Path(f"/sys/class/net/br-{tag}").exists() and not Path(f"/run/netns/{tag}-pi1").exists():
+            break
+    return f"""\
+prefix: {tag}-
+bridge: br-{tag}
+subnet: 10.{idx}.186.0/24
+controller_ip: 10.{idx}.186.1
 nic: eth0
 mtu: 1500
 devices:
-  - {name: pi1, group: edge, profile: rpi4, ip: 10.186.0.11}
-  - {name: pi2, group: edge, profile: rpi4, ip: 10.186.0.12}
-  - {name: gpu, group: servers, profile: gpu-server, ip: 10.186.0.21}
+  - {{name: pi1, group: edge, profile: rpi5, ip: 10.{idx}.186.11}}
+  - {{name: pi2, group: edge, profile: rpi5, ip: 10.{idx}.186.12}}
+  - {{name: gpu, group: servers, profile: gpu-server, ip: 10.{idx}.186.21}}
 """
 
 
@@ -68,6 +79,13 @@ class EmulatedTestbed:
         return subprocess.run([sys.executable, "-m", "paretopipe", *args, "--state-dir", str(self.state)],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
 
+    @property
+    def subnet_prefix(self) -> str:
+        """``10.N.186.`` of this testbed's devices."""
+        import yaml
+
+        return yaml.safe_load(self.topology.read_text())["subnet"].rsplit(".", 1)[0] + "."
+
     def workdir(self, device: str) -> Path:
         return self.state / "devices" / device
 
@@ -75,7 +93,7 @@ class EmulatedTestbed:
 @pytest.fixture(scope="session")
 def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedTestbed]:
     tb = EmulatedTestbed(tmp_path_factory.mktemp("ansible-testbed"))
-    tb.topology.write_text(TOPOLOGY)
+    tb.topology.write_text(_topology())
     tb.inventory.mkdir()
     (tb.inventory / "group_vars").symlink_to(REPO / "inventory" / "emulated" / "group_vars")
     try:
@@ -100,7 +118,7 @@ def stage_processes(testbed: EmulatedTestbed) -> list[str]:
         if str(testbed.state) in cmdline and ("stagectl" in cmdline or "run_plan" in cmdline
                                                or "stage serve" in cmdline):
             found.append(f"{proc.name}: {cmdline}")
-        elif "stage serve" in cmdline and "10.186.0." in cmdline:
+        elif "stage serve" in cmdline and testbed.subnet_prefix in cmdline:
             found.append(f"{proc.name}: {cmdline}")
     return found
 
