@@ -73,6 +73,15 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def host_label() -> str:
+    """The name this device goes by in result files.
+
+    ``PARETOPIPE_DEVICE`` when set (the emulated testbed's sshd sets it to ``pi1``, ``gpu``, ...,
+    since its devices share one hostname; set it on real devices to name them), else the hostname.
+    """
+    return os.environ.get("PARETOPIPE_DEVICE") or socket.gethostname()
+
+
 def environment_info(device: str, *, index: int = 0) -> dict[str, Any]:
     """This machine and its software, for the ``environment.stages`` section."""
     import torch
@@ -84,6 +93,7 @@ def environment_info(device: str, *, index: int = 0) -> dict[str, Any]:
     return {
         "index": index,
         "hostname": socket.gethostname(),
+        "host": host_label(),
         "cpu_model": _cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),

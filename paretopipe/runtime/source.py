@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import queue
 import random
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -160,16 +159,19 @@ class _Run:
         self.logits_shape = (cfg.batch_size, cfg.num_classes)
 
     def config_section(self) -> dict[str, Any]:
+        from paretopipe.results import host_label
+
         cfg = self.cfg
         bounds = (0, *cfg.splits, getattr(self, "num_blocks", None))
         infos = {i.index: i for i in self.stage_infos}
-        stages = [{"index": 0, "host": socket.gethostname(), "device": cfg.device, "address": None,
+        stages = [{"index": 0, "host": host_label(), "device": cfg.device, "address": None,
                    "blocks": [bounds[0], bounds[1]]}]
         for i, addr in enumerate(cfg.stages, start=1):
             info = infos.get(i)
             stages.append({
                 "index": i,
-                "host": info.environment.get("hostname") if info else addr.rpartition(":")[0],
+                "host": (info.environment.get("host") or info.environment.get("hostname"))
+                if info else addr.rpartition(":")[0],
                 "device": info.device if info else None,
                 "address": addr,
                 "blocks": [bounds[i], bounds[i + 1]],
