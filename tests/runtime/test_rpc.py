@@ -281,7 +281,11 @@ def test_source_killed_mid_run_worker_leaves_the_group_and_serves_the_next_sessi
 
 def test_cli_options_set_the_environment_the_backend_reads(monkeypatch):
     for var in ("MASTER_ADDR", "MASTER_PORT", "TP_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):
-        monkeypatch.delenv(var, raising=False)  # restored after the test
+        # setenv first so that monkeypatch records the variable and removes what
+        # apply_cli_options writes into os.environ when the test ends; delenv alone on an
+        # unset variable records nothing and the values would leak into later tests.
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     apply_cli_options(backend="rpc", master="10.0.0.1:29400", ifname="eth1")
     assert RpcOptions.from_env() == RpcOptions("10.0.0.1", 29400, "eth1", "eth1")
     apply_cli_options(backend="rpc", master="[fd00::1]")
