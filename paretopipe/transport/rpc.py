@@ -619,6 +619,9 @@ class RpcStageServer(TcpStageServer):
             _try_send(ctrl.sock, MsgType.ERROR, {"stage": spec.stage_index, "message": str(exc)})
         except OSError as exc:
             log.warning("session %d aborted: %s", spec.session_id, exc)
+        except Exception as exc:  # e.g. out of memory in the model: tell the source, keep serving
+            log.exception("session %d aborted by an unexpected error", spec.session_id)
+            _try_send(ctrl.sock, MsgType.ERROR, {"stage": spec.stage_index, "message": f"{type(exc).__name__}: {exc}"})
         finally:
             if in_group:
                 _leave_rpc()  # a no-op after a clean exit
