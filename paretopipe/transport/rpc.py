@@ -57,7 +57,7 @@ from paretopipe.transport.base import (
     InBatch, ResultBatch, SessionPlan, SessionSpec, StageHandler, StageInfo, StageLink,
 )
 from paretopipe.transport.tcp import (
-    TcpSourceLink, TcpStageServer, _Conn, _measure_offset, _shutdown, _try_send, connect, parse_address,
+    TcpSourceLink, TcpStageServer, _abort_session, _Conn, _measure_offset, _shutdown, _try_send, connect, parse_address,
 )
 from paretopipe.wire import (
     DEFAULT_MAX_FRAME_BYTES, FrameReader, MsgType, ProtocolError, StageRecord, client_auth, send_json,
@@ -614,14 +614,8 @@ class RpcStageServer(TcpStageServer):
             if reason:
                 log.warning("session %d: leaving the RPC group: %s", spec.session_id, reason)
             log.info("session %d done: %d batches in %.2f s", spec.session_id, stats.get("batches", 0), time.monotonic() - t0)
-        except ParetoPipeError as exc:
-            log.warning("session %d aborted: %s", spec.session_id, exc)
-            _try_send(ctrl.sock, MsgType.ERROR, {"stage": spec.stage_index, "message": str(exc)})
-        except OSError as exc:
-            log.warning("session %d aborted: %s", spec.session_id, exc)
-        except Exception as exc:  # e.g. out of memory in the model: tell the source, keep serving
-            log.exception("session %d aborted by an unexpected error", spec.session_id)
-            _try_send(ctrl.sock, MsgType.ERROR, {"stage": spec.stage_index, "message": f"{type(exc).__name__}: {exc}"})
+        except Exception as exc:  # the worker outlives any one session
+            _abort_session(ctrl, spec, exc)
         finally:
             if in_group:
                 _leave_rpc()  # a no-op after a clean exit

@@ -667,19 +667,30 @@ class TcpStageServer:
             stats = self._handler.run(link)
             send_json(ctrl.sock, MsgType.STATS, stats, session_id=spec.session_id)
             log.info("session %d done: %d batches in %.2f s", spec.session_id, stats.get("batches", 0), time.monotonic() - t0)
-        except ParetoPipeError as exc:
-            log.warning("session %d aborted: %s", spec.session_id, exc)
-            _try_send(ctrl.sock, MsgType.ERROR, {"stage": spec.stage_index, "message": str(exc)})
-        except OSError as exc:
-            log.warning("session %d aborted: %s", spec.session_id, exc)
-        except Exception as exc:  # e.g. out of memory in the model: tell the source, keep serving
-            log.exception("session %d aborted by an unexpected error", spec.session_id)
-            _try_send(ctrl.sock, MsgType.ERROR, {"stage": spec.stage_index, "message": f"{type(exc).__name__}: {exc}"})
+        except Exception as exc:  # the worker outlives any one session
+            _abort_session(ctrl, spec, exc)
         finally:
             for conn in {id(c): c for c in (ctrl, down, session.up) if c is not None}.values():
                 _shutdown(conn.sock)
             self._session = None
             self._busy.release()
+
+
+def _abort_session(ctrl: _Conn, spec: SessionSpec, exc: Exception) -> None:
+    """Log why a session ended early and tell the source, best effort; the worker keeps serving.
+
+    A package error is expected (a failed peer, a bad frame); an OSError means the source is gone,
+    so there is no one to tell; anything else (e.g. out of memory in the model) is logged with
+    its traceback and reported by type.
+    """
+    if isinstance(exc, ParetoPipeError):
+        log.warning("session %d aborted: %s", spec.session_id, exc)
+        _try_send(ctrl.sock, MsgType.ERROR, {"stage": spec.stage_index, "message": str(exc)})
+    elif isinstance(exc, OSError):
+        log.warning("session %d aborted: %s", spec.session_id, exc)
+    else:
+        log.error("session %d aborted by an unexpected error", spec.session_id, exc_info=exc)
+        _try_send(ctrl.sock, MsgType.ERROR, {"stage": spec.stage_index, "message": f"{type(exc).__name__}: {exc}"})
 
 
 def _try_send(sock: socket.socket, msg_type: MsgType, obj: dict[str, Any]) -> None:
