@@ -133,11 +133,12 @@ class ResourceSampler:
         import psutil
 
         self._proc = psutil.Process(os.getpid())
+        if self._device.startswith("cuda"):
+            self._gpu = self._open_nvml()  # first: nvmlInit takes a while, and the energy
+            # counter's start should be read together with the clock's
         self._cpu0 = self._cpu_time()
         self._t0 = time.monotonic()
         self._peak_rss = self._proc.memory_info().rss
-        if self._device.startswith("cuda"):
-            self._gpu = self._open_nvml()
         self._thread = threading.Thread(target=self._loop, name="resource-sampler", daemon=True)
         self._thread.start()
         return self

@@ -91,6 +91,7 @@ DTYPES: dict[int, tuple[str, int]] = {
     8: ("int8", 1),
 }
 DTYPE_CODES = {name: code for code, (name, _) in DTYPES.items()}
+_MSG_TYPES = {int(m): m for m in MsgType}
 
 
 class ProtocolError(TransportError):
@@ -127,7 +128,7 @@ class StageRecord:
     bytes_in: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Header:
     msg_type: MsgType
     dtype_code: int
@@ -196,10 +197,9 @@ def unpack_header(raw: bytes | bytearray | memoryview, *, max_length: int) -> He
         raise ProtocolError(f"bad magic {bytes(magic)!r} (expected {MAGIC!r}): not a ParetoPipe peer")
     if version != WIRE_VERSION:
         raise ProtocolError(f"wire version {version}, this side speaks {WIRE_VERSION}: upgrade the older side")
-    try:
-        msg_type = MsgType(mtype)
-    except ValueError:
-        raise ProtocolError(f"unknown message type {mtype}") from None
+    msg_type = _MSG_TYPES.get(mtype)
+    if msg_type is None:
+        raise ProtocolError(f"unknown message type {mtype}")
     if code != 0 and code not in DTYPES:
         raise ProtocolError(f"unknown dtype code {code}")
     if ndim > MAX_NDIM:
@@ -234,21 +234,65 @@ def recv_exactly_into(sock: socket.socket, view: memoryview, *, what: str = "fra
 
 
 class FrameReader:
-    """Reads frames from one socket into a reused header buffer."""
+    """Reads frames from one socket, with a small read-ahead.
+
+    Each ``recv`` takes whatever has arrived, up to READ_AHEAD bytes, so a small frame (a
+    control message, the logits, a small activation) costs one receive call rather than one
+    each for its header, records and payload. Bytes past the current frame stay here for the
+    next call: once a socket has a reader, everything must read it through the reader. A
+    payload larger than what is buffered goes straight from the socket into the caller's
+    buffer after the buffered part is copied over."""
+
+    READ_AHEAD = 64 * 1024
 
     def __init__(self, sock: socket.socket, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.sock = sock
         self.max_frame_bytes = max_frame_bytes
-        self._hbuf = bytearray(HEADER_SIZE)
-        self._hview = memoryview(self._hbuf)
-        self._rbuf = bytearray(RECORD_SIZE * MAX_RECORDS)
-        self._rview = memoryview(self._rbuf)
+        self._buf = bytearray(self.READ_AHEAD)
+        self._view = memoryview(self._buf)
+        self._lo = self._hi = 0  # buffered, not yet consumed: self._buf[self._lo:self._hi]
+
+    def _ensure(self, n: int, what: str) -> memoryview:
+        """At least `n` (<= READ_AHEAD) bytes buffered; returns them and consumes them."""
+        if self._hi - self._lo < n:
+            if self._lo:
+                have = self._hi - self._lo
+                self._view[:have] = self._view[self._lo:self._hi]
+                self._lo, self._hi = 0, have
+            while self._hi < n:
+                try:
+                    got = self.sock.recv_into(self._view[self._hi:], self.READ_AHEAD - self._hi)
+                except TimeoutError as exc:
+                    raise ReceiveTimeout(f"timed out receiving {what} ({self._hi}/{n} bytes)", got=self._hi) from exc
+                except OSError as exc:
+                    raise PeerClosed(f"connection lost while receiving {what}: {exc}", mid_frame=self._hi > 0) from exc
+                if got == 0:
+                    raise PeerClosed(
+                        f"peer closed the connection {'in the middle of' if self._hi else 'before'} {what} "
+                        f"({self._hi}/{n} bytes)", mid_frame=self._hi > 0)
+                self._hi += got
+        out = self._view[self._lo:self._lo + n]
+        self._lo += n
+        return out
+
+    def read_into(self, out: memoryview, *, what: str) -> None:
+        """Fill `out`: the buffered bytes first, the rest straight from the socket."""
+        n = len(out)
+        have = min(self._hi - self._lo, n)
+        if have:
+            out[:have] = self._view[self._lo:self._lo + have]
+            self._lo += have
+        if have < n:
+            if n - have <= self.READ_AHEAD // 2:
+                out[have:] = self._ensure(n - have, what)
+            else:
+                recv_exactly_into(self.sock, out[have:], what=what)
 
     def header(self, *, control_only: bool = False) -> Header:
         """Receive one header. With control_only, any payload over MAX_CONTROL_BYTES is refused."""
-        recv_exactly_into(self.sock, self._hview, what="a frame header")
+        raw = self._ensure(HEADER_SIZE, "a frame header")
         limit = MAX_CONTROL_BYTES if control_only else self.max_frame_bytes
-        hdr = unpack_header(self._hbuf, max_length=limit)
+        hdr = unpack_header(raw, max_length=limit)
         if hdr.msg_type != MsgType.DATA and hdr.length > MAX_CONTROL_BYTES:
             raise ProtocolError(f"{hdr.msg_type.name} frame declares {hdr.length} bytes (control frames are <= {MAX_CONTROL_BYTES})")
         if hdr.msg_type != MsgType.DATA and hdr.nrec:
@@ -258,18 +302,16 @@ class FrameReader:
     def records(self, hdr: Header) -> list[StageRecord]:
         if not hdr.nrec:
             return []
-        view = self._rview[: hdr.nrec * RECORD_SIZE]
-        recv_exactly_into(self.sock, view, what="stage records")
-        return [StageRecord(*_RECORD.unpack_from(view, i * RECORD_SIZE)) for i in range(hdr.nrec)]
+        raw = self._ensure(hdr.nrec * RECORD_SIZE, "stage records")
+        return [StageRecord(*rec) for rec in _RECORD.iter_unpack(raw)]
 
     def small_payload(self, hdr: Header) -> bytes:
         """Payload of a control frame (length already bounded by header())."""
         if hdr.length > MAX_CONTROL_BYTES:
             raise ProtocolError(f"control payload of {hdr.length} bytes")
-        buf = bytearray(hdr.length)
-        if hdr.length:
-            recv_exactly_into(self.sock, memoryview(buf), what=f"{hdr.msg_type.name} payload")
-        return bytes(buf)
+        if not hdr.length:
+            return b""
+        return bytes(self._ensure(hdr.length, f"{hdr.msg_type.name} payload"))
 
     def control(self, expect: Sequence[MsgType]) -> tuple[Header, bytes]:
         hdr = self.header(control_only=True)
@@ -293,7 +335,7 @@ def recv_payload_into(reader: FrameReader, hdr: Header, out: memoryview) -> None
     must equal len(out)."""
     if hdr.length != len(out):
         raise ProtocolError(f"payload of {hdr.length} bytes does not fit the {len(out)}-byte buffer for the expected tensor")
-    recv_exactly_into(reader.sock, out, what=f"batch {hdr.batch_id} payload")
+    reader.read_into(out, what=f"batch {hdr.batch_id} payload")
 
 
 def parse_json(raw: bytes, msg_type: MsgType) -> dict[str, Any]:

@@ -159,9 +159,12 @@ def _measure_offset(sock: socket.socket, reader: FrameReader) -> float:
 
 
 def _tensor_bytes(tensor: Any) -> memoryview:
+    """The bytes of a contiguous CPU tensor, without a copy."""
     import torch
 
-    return memoryview(tensor.reshape(-1).view(torch.uint8).numpy()).cast("B")
+    if tensor.dtype is torch.bfloat16:  # numpy has no bfloat16: look at it as bytes first
+        return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+    return memoryview(tensor.numpy()).cast("B")
 
 
 def _tensor_meta(tensor: Any) -> tuple[str, tuple[int, ...]]:
@@ -192,6 +195,8 @@ class TcpSourceLink(SourceLink):
         # itself (no reader thread, no hand-off). None: every connection has a reader thread
         # feeding self._events, and recv() takes results from there (the RPC link's way).
         self._direct: _Conn | None = None
+        # the tensor the next result is received into, made after the one before arrived
+        self._result_buffer: tuple[Any, memoryview] | None = None
 
     # -- open
     def open(self, plan: SessionPlan) -> list[StageInfo]:
@@ -265,16 +270,22 @@ class TcpSourceLink(SourceLink):
 
     def _read_result(self, conn: _Conn, hdr: Any, dtype: Any) -> ResultBatch:
         """The rest of a result frame whose header `hdr` was just read."""
-        import torch
-
         assert self._spec is not None
         if hdr.shape != self._logits_shape or hdr.dtype != self._spec.dtype:
             raise ProtocolError(f"result {shape_str(hdr.dtype or '?', hdr.shape)} is not the expected {shape_str(self._spec.dtype, self._logits_shape)}")
         records = conn.reader.records(hdr)
-        logits = torch.empty(self._logits_shape, dtype=dtype)
-        recv_payload_into(conn.reader, hdr, _tensor_bytes(logits))
+        logits, view = self._result_buffer or self._new_result_buffer(dtype)
+        recv_payload_into(conn.reader, hdr, view)
         t_done = time.monotonic()
+        # the next result's tensor now, off the critical path (each result keeps its own tensor)
+        self._result_buffer = self._new_result_buffer(dtype)
         return ResultBatch(hdr.batch_id, logits, records, t_done - (hdr.t_send - conn.offset), hdr.length, t_done)
+
+    def _new_result_buffer(self, dtype: Any) -> tuple[Any, memoryview]:
+        import torch
+
+        logits = torch.empty(self._logits_shape, dtype=dtype)
+        return logits, _tensor_bytes(logits)
 
     def _address(self, idx: int) -> str | None:
         return self._infos[idx].address if idx in self._infos else None
@@ -484,7 +495,8 @@ class TcpStageLink(StageLink):
         dtype, shape = _tensor_meta(tensor)
         t_send = time.monotonic()
         mine = records[-1]
-        records = [*records[:-1], replace(mine, queue_s=mine.queue_s + (t_send - t_ready))]
+        records = [*records[:-1], StageRecord(mine.compute_s, mine.queue_s + (t_send - t_ready), mine.transfer_in_s,
+                                              mine.bytes_in)]
         try:
             send_data(self._down.sock, _tensor_bytes(tensor), dtype=dtype, shape=shape, records=records,
                       session_id=self.spec.session_id, batch_id=batch_id, t_send=t_send)
