@@ -97,6 +97,9 @@ class RunConfig:
         extra = set(self.network) - {"configured", "measured", "extra"}
         if extra:
             raise ConfigError(f"--network-json keys must be configured/measured/extra, got {sorted(extra)}")
+        from paretopipe.transport import get_backend
+
+        get_backend(self.backend)  # an unknown name, or a torch that cannot run it: ConfigError
 
 
 @dataclass

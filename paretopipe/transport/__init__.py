@@ -31,6 +31,7 @@ register_backend("tcp", _load_tcp)
 def _load_rpc() -> Backend:
     from paretopipe.transport import rpc
 
+    rpc.require_rpc_support()  # a clear ConfigError on a torch that cannot run it
     return Backend(
         name="rpc",
         description="PyTorch RPC (torch.distributed.rpc over TensorPipe); pickles, trusted networks only",

@@ -200,6 +200,35 @@ def _rendezvous_handler(url: str, timeout: Any = None, **kwargs: Any) -> Iterato
     raise TransportError("the RPC group cannot re-rendezvous; start a new session")
 
 
+#: What this backend uses of torch.distributed.rpc beyond its public API (see _init_rpc and
+#: _rpc_initialised); torch 2.11 and 2.14, which this backend has run with, have them.
+_TORCH_INTERNALS = ("rpc._init_counter_lock", "rpc._init_counter", "rpc.api._all_gather_sequence_id",
+                    "rpc.api._is_current_rpc_agent_set")
+
+
+def require_rpc_support() -> None:
+    """ConfigError, naming what is missing, unless this torch can run the rpc backend."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.rpc.is_available()):
+        raise ConfigError(f"this torch ({torch.__version__}) was built without torch.distributed.rpc; "
+                          "use --backend tcp, or a torch build with distributed support")
+    from torch.distributed import rpc
+
+    missing = []
+    for dotted in _TORCH_INTERNALS:
+        obj: Any = rpc
+        for part in dotted.split(".")[1:]:
+            obj = getattr(obj, part, None)
+            if obj is None:
+                missing.append(dotted)
+                break
+    if missing:
+        raise ConfigError(f"the rpc backend needs torch.distributed.rpc internals that this torch ({torch.__version__}) "
+                          f"lacks: {', '.join(missing)}; use --backend tcp, or a torch that has them (2.11 and 2.14 do)")
+
+
 def _register_scheme() -> None:
     global _REGISTERED
     if not _REGISTERED:

@@ -8,6 +8,7 @@ needs a fresh source process.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -26,7 +27,13 @@ from paretopipe.runtime.worker import FAULT_ENV
 from paretopipe.splitting import build_stages, stage_io_shapes
 from paretopipe.transport import get_backend
 from paretopipe.transport.base import SessionPlan, SessionSpec
-from paretopipe.transport.rpc import RpcOptions, RpcSourceLink, apply_cli_options, interface_for_address
+from paretopipe.transport.rpc import (
+    RpcOptions,
+    RpcSourceLink,
+    apply_cli_options,
+    interface_for_address,
+    require_rpc_support,
+)
 from paretopipe.wire import FrameReader, MsgType, send_control, send_json, server_auth
 
 from .conftest import REPO, WorkerFactory
@@ -308,3 +315,25 @@ def test_token_guards_the_control_connection(start_worker, tmp_path):
     doc = run(RunConfig(model="resnet18", splits=(5,), stages=(worker.address,), out=tmp_path / "ok.json", batches=2,
                         backend="rpc", token_file=str(token), **SMALL))
     assert doc["status"] == "ok"
+
+
+def test_this_torch_can_run_the_rpc_backend():
+    require_rpc_support()  # every internal the backend relies on is there
+    assert get_backend("rpc").name == "rpc"
+
+
+@pytest.mark.parametrize("missing", ["_init_counter_lock", "api._all_gather_sequence_id"])
+def test_a_torch_without_the_rpc_internals_is_a_clear_config_error(monkeypatch, tmp_path, missing):
+    """A torch upgrade that drops what the backend relies on is named at once, before anything
+    runs or is written, with the way out: the TCP backend."""
+    from torch.distributed import rpc
+
+    owner = rpc.api if missing.startswith("api.") else rpc
+    monkeypatch.delattr(owner, missing.removeprefix("api."))
+    with pytest.raises(ConfigError, match=re.escape(f"lacks: rpc.{missing}; use --backend tcp")):
+        get_backend("rpc")
+    out = tmp_path / "r.json"
+    with pytest.raises(ConfigError, match="use --backend tcp"):
+        run(RunConfig(model="resnet18", splits=(5,), stages=("127.0.0.1:9",), out=out, backend="rpc", batches=1))
+    assert not out.exists()
+    assert get_backend("tcp").name == "tcp"
