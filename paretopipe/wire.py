@@ -23,8 +23,9 @@ Every frame is::
 Nothing here unpickles anything. Receivers check the header before reading a payload: a wrong
 magic or version, an unknown type or dtype, too many dims or records, or a declared length over
 the caller's limit raise :class:`ProtocolError` *before* anything is allocated for the payload.
-Tensor payloads are received with ``recv_into`` straight into a buffer the caller preallocated
-from the shape it expects (see :func:`recv_payload_into`), never into concatenated chunks.
+Tensor payloads are received into a buffer the caller preallocated from the shape it expects (see
+:func:`recv_payload_into`): the part the reader's fixed read-ahead already holds is copied over,
+the rest goes with ``recv_into`` straight from the socket, never into concatenated chunks.
 
 Authentication (optional, HMAC-SHA256 challenge-response with a shared token) runs right after
 the connection opens, before any other frame is accepted: see :func:`server_auth` and
