@@ -29,7 +29,6 @@ def test_cuda_head_on_the_source(start_worker, tmp_path):
     assert doc["status"] == "ok" and doc["check"]["ok"], doc["check"]
 
 
-
 def test_rpc_backend_with_cuda_tail_gives_the_tcp_logits(start_worker):
     """The RPC backend carries the host copy of a CUDA stage's output as the TCP backend does:
     the same split, inputs and GPU give the same logits, bit for bit, and the unsplit CPU
