@@ -215,23 +215,28 @@ def unpack_header(raw: bytes | bytearray | memoryview, *, max_length: int) -> He
     return Header(msg_type, code, shape, nrec, flags, sid, bid, t_send, t_aux, length)
 
 
+def _recv_some(sock: socket.socket, view: memoryview, *, got: int, total: int, what: str) -> int:
+    """One ``recv_into`` into `view` (`got` of `total` bytes of `what` already in), errors named."""
+    try:
+        n = sock.recv_into(view)
+    except TimeoutError as exc:
+        raise ReceiveTimeout(f"timed out receiving {what} ({got}/{total} bytes)", got=got) from exc
+    except OSError as exc:
+        raise PeerClosed(f"connection lost while receiving {what}: {exc}", mid_frame=got > 0) from exc
+    if n == 0:
+        raise PeerClosed(
+            f"peer closed the connection {'in the middle of' if got else 'before'} {what} ({got}/{total} bytes)",
+            mid_frame=got > 0,
+        )
+    return n
+
+
 def recv_exactly_into(sock: socket.socket, view: memoryview, *, what: str = "frame") -> None:
     """Fill `view` from the socket. PeerClosed if the peer closes first."""
     got = 0
     total = len(view)
     while got < total:
-        try:
-            n = sock.recv_into(view[got:], total - got)
-        except TimeoutError as exc:
-            raise ReceiveTimeout(f"timed out receiving {what} ({got}/{total} bytes)", got=got) from exc
-        except OSError as exc:
-            raise PeerClosed(f"connection lost while receiving {what}: {exc}", mid_frame=got > 0) from exc
-        if n == 0:
-            raise PeerClosed(
-                f"peer closed the connection {'in the middle of' if got else 'before'} {what} ({got}/{total} bytes)",
-                mid_frame=got > 0,
-            )
-        got += n
+        got += _recv_some(sock, view[got:], got=got, total=total, what=what)
 
 
 class FrameReader:
@@ -261,17 +266,7 @@ class FrameReader:
                 self._view[:have] = self._view[self._lo:self._hi]
                 self._lo, self._hi = 0, have
             while self._hi < n:
-                try:
-                    got = self.sock.recv_into(self._view[self._hi:], self.READ_AHEAD - self._hi)
-                except TimeoutError as exc:
-                    raise ReceiveTimeout(f"timed out receiving {what} ({self._hi}/{n} bytes)", got=self._hi) from exc
-                except OSError as exc:
-                    raise PeerClosed(f"connection lost while receiving {what}: {exc}", mid_frame=self._hi > 0) from exc
-                if got == 0:
-                    raise PeerClosed(
-                        f"peer closed the connection {'in the middle of' if self._hi else 'before'} {what} "
-                        f"({self._hi}/{n} bytes)", mid_frame=self._hi > 0)
-                self._hi += got
+                self._hi += _recv_some(self.sock, self._view[self._hi:], got=self._hi, total=n, what=what)
         out = self._view[self._lo:self._lo + n]
         self._lo += n
         return out

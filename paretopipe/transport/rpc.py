@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import operator
 import os
 import queue
 import socket
@@ -202,8 +203,7 @@ def _rendezvous_handler(url: str, timeout: Any = None, **kwargs: Any) -> Iterato
 
 #: What this backend uses of torch.distributed.rpc beyond its public API (see _init_rpc and
 #: _rpc_initialised); torch 2.11 and 2.14, which this backend has run with, have them.
-_TORCH_INTERNALS = ("rpc._init_counter_lock", "rpc._init_counter", "rpc.api._all_gather_sequence_id",
-                    "rpc.api._is_current_rpc_agent_set")
+_TORCH_INTERNALS = ("_init_counter_lock", "_init_counter", "api._all_gather_sequence_id", "api._is_current_rpc_agent_set")
 
 
 def require_rpc_support() -> None:
@@ -217,13 +217,11 @@ def require_rpc_support() -> None:
     from torch.distributed import rpc
 
     missing = []
-    for dotted in _TORCH_INTERNALS:
-        obj: Any = rpc
-        for part in dotted.split(".")[1:]:
-            obj = getattr(obj, part, None)
-            if obj is None:
-                missing.append(dotted)
-                break
+    for name in _TORCH_INTERNALS:
+        try:
+            operator.attrgetter(name)(rpc)
+        except AttributeError:
+            missing.append(f"rpc.{name}")
     if missing:
         raise ConfigError(f"the rpc backend needs torch.distributed.rpc internals that this torch ({torch.__version__}) "
                           f"lacks: {', '.join(missing)}; use --backend tcp, or a torch that has them (2.11 and 2.14 do)")
