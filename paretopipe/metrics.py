@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from paretopipe.threads import spawn
+
 log = logging.getLogger("paretopipe.metrics")
 
 
@@ -139,8 +141,7 @@ class ResourceSampler:
         self._cpu0 = self._cpu_time()
         self._t0 = time.monotonic()
         self._peak_rss = self._proc.memory_info().rss
-        self._thread = threading.Thread(target=self._loop, name="resource-sampler", daemon=True)
-        self._thread.start()
+        self._thread = spawn(self._loop, name="resource-sampler")
         return self
 
     def _cpu_time(self) -> float:
@@ -194,6 +195,8 @@ class ResourceSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if not hasattr(self, "_proc"):  # never started
+            return {}
         self._sample()
         wall = time.monotonic() - self._t0
         out: dict[str, Any] = {

@@ -87,6 +87,8 @@ def environment_info(device: str, *, index: int = 0) -> dict[str, Any]:
     import torch
     import torchvision
 
+    from paretopipe.runtime.cores import boot_id, usable_cpus
+
     device_name = None
     if device.startswith("cuda") and torch.cuda.is_available():
         device_name = torch.cuda.get_device_name(torch.device(device))
@@ -103,6 +105,8 @@ def environment_info(device: str, *, index: int = 0) -> dict[str, Any]:
         "device": device,
         "device_name": device_name,
         "commit": _git_commit(),
+        "boot_id": boot_id(),
+        "usable_cpus": usable_cpus(),
     }
 
 
@@ -222,3 +226,57 @@ def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
 
+
+
+def _exit_text(returncode: int) -> str:
+    if returncode < 0:
+        import signal
+
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def judge_run(path: str | os.PathLike[str], returncode: int, *, reason: str | None = None,
+              failed_doc: Any = None) -> tuple[str, str | None]:
+    """The one rule for a source process's run: ``("ok", None)`` or ``("failed", why)``.
+
+    A run is ok only when its process exited with status 0 *and* its file says ok. After that
+    the file at `path` always says what was judged:
+
+    - exit 0, file ok: ok;
+    - file failed (whatever the exit): failed, the file's own error;
+    - non-zero exit and no file: failed; ``failed_doc(why)`` (a failed result document) is
+      written at `path`;
+    - non-zero exit but the file says ok (the process died after writing it): failed. The file
+      is kept beside it as ``<name>.died`` (not read as a result) and a failed document naming
+      the exit takes its place, so that no count, resume or analysis can take it for ok.
+
+    `reason` is the process's own last error line, when it printed one."""
+    path = Path(path)
+    doc: dict[str, Any] | None = None
+    if path.exists():
+        try:
+            doc = read_result(path)
+        except (OSError, ValueError) as exc:
+            doc = {"status": "failed", "error": f"unreadable result file {path}: {exc}"}
+    if returncode == 0 and doc is not None and doc.get("status") == "ok":
+        return "ok", None
+    if doc is not None and doc.get("status") != "ok":
+        return "failed", str(doc.get("error") or reason or f"the source {_exit_text(returncode)}")
+    if doc is None:
+        why = reason or f"the source {_exit_text(returncode)} without writing {path.name}"
+        if returncode == 0:
+            why = f"the source exited with status 0 but wrote no result file {path.name}"
+        if failed_doc is not None:
+            write_result(failed_doc(why), path)
+        return "failed", why
+    kept = path.with_name(path.name + ".died")
+    why = (f"the source {_exit_text(returncode)} after writing an ok result; that file is kept as "
+           f"{kept.name} and not counted")
+    os.replace(path, kept)
+    if failed_doc is not None:
+        write_result(failed_doc(why), path)
+    return "failed", why

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from paretopipe.errors import ConfigError
 
@@ -15,8 +17,14 @@ slice of this machine, not a Raspberry Pi). Ansible reaches the devices through 
 inventory `up` writes (inventory/emulated/hosts.yml). Needs root. See docs/testbed.md."""
 
 
-def _progress(msg: str) -> None:
-    print(f"  {msg}", flush=True)
+def _human(args: argparse.Namespace) -> Any:
+    """Where headers and progress go: stdout, or stderr with --json (stdout is then JSON only)."""
+    return sys.stderr if getattr(args, "json", False) else sys.stdout
+
+
+def _progress_to(args: argparse.Namespace) -> Callable[[str], None]:
+    stream = _human(args)
+    return lambda msg: print(f"  {msg}", file=stream, flush=True)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -37,9 +45,9 @@ def _parse_between(text: str | None) -> list[str] | None:
 def _up(args: argparse.Namespace) -> int:
     from paretopipe import testbed
 
-    print("testbed up:")
+    print("testbed up:", file=_human(args), flush=True)
     result = testbed.up(args.topology, state_dir=args.state_dir, inventory=args.inventory,
-                        progress=_progress)
+                        progress=_progress_to(args))
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -53,8 +61,8 @@ def _up(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     from paretopipe import testbed
 
-    print("testbed down:")
-    result = testbed.down(state_dir=args.state_dir, topology=args.topology, progress=_progress)
+    print("testbed down:", file=_human(args), flush=True)
+    result = testbed.down(state_dir=args.state_dir, topology=args.topology, progress=_progress_to(args))
     if args.json:
         print(json.dumps(result, indent=1))
     elif not result["changed"]:
@@ -128,9 +136,9 @@ def _shape(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("say what to apply: --condition NAME (see --list) or "
                           "--delay/--jitter/--loss/--rate")
-    print(f"testbed shape {cond.describe()}:")
+    print(f"testbed shape {cond.describe()}:", file=_human(args), flush=True)
     result = testbed.shape(cond, _parse_between(args.between), state_dir=args.state_dir,
-                           progress=_progress)
+                           progress=_progress_to(args))
     if args.json:
         print(json.dumps(result, indent=1))
     return 0
@@ -140,7 +148,7 @@ def _unshape(args: argparse.Namespace) -> int:
     from paretopipe import testbed
 
     print("testbed unshape:")
-    result = testbed.unshape(state_dir=args.state_dir, progress=_progress)
+    result = testbed.unshape(state_dir=args.state_dir, progress=_progress_to(args))
     if not result["changed"]:
         print("  nothing was shaped")
     return 0
@@ -152,8 +160,7 @@ def _check(args: argparse.Namespace) -> int:
     pair = None
     if args.pair:
         pair = [n.strip() for n in args.pair.split(",")]
-    if not args.json:
-        print("testbed check: measuring RTT (ping) and rate (bulk TCP)...", flush=True)
+    print("testbed check: measuring RTT (ping) and rate (bulk TCP)...", file=_human(args), flush=True)
     res = testbed.check(pair, state_dir=args.state_dir, duration_s=args.duration)
     if args.json:
         print(json.dumps(res, indent=1))

@@ -7,6 +7,7 @@ the pipeline had to wait for one (``prefetch_stalls``).
 
 from __future__ import annotations
 
+import logging
 import pickle
 import queue
 import threading
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from paretopipe.errors import ConfigError
+from paretopipe.threads import join, spawn
+
+log = logging.getLogger(__name__)
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -202,8 +206,7 @@ class Prefetcher:
         self._stop = threading.Event()
         self.stalls = 0
         self.stall_s = 0.0
-        self._thread = threading.Thread(target=self._fill, name="prefetch", daemon=True)
-        self._thread.start()
+        self._thread = spawn(self._fill, name="prefetch")
 
     def _fill(self) -> None:
         batch_id = 0
@@ -218,7 +221,8 @@ class Prefetcher:
                         continue
                 batch_id += 1
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
-            self._queue.put(exc)
+            if not self._stop.is_set():
+                self._queue.put(exc)
 
     def next(self, *, count_stall: bool = True) -> Batch:
         try:
@@ -237,5 +241,14 @@ class Prefetcher:
         while True:
             yield self.next()
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop making batches and join the thread (within `timeout_s`: one batch in the
+        making, then at most one queue wait)."""
         self._stop.set()
+        while True:  # make room, so a put in progress ends at once
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        if join([self._thread], timeout_s):
+            log.warning("the input prefetch thread did not stop within %.0f s", timeout_s)

@@ -16,6 +16,7 @@ All of it is backend-neutral: the transport is a :class:`~paretopipe.transport.b
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import threading
@@ -27,6 +28,7 @@ from typing import Any
 from paretopipe.errors import ConfigError, ParetoPipeError, StageError
 from paretopipe.metrics import BatchRecord, ResourceSampler, summarize
 from paretopipe.runtime.compute import HostBuffers, compute
+from paretopipe.threads import join, spawn
 from paretopipe.transport.base import SessionPlan, SessionSpec, StageInfo
 
 log = logging.getLogger("paretopipe.source")
@@ -35,6 +37,9 @@ log = logging.getLogger("paretopipe.source")
 CHECK_BATCHES = 16
 #: Seconds between progress lines during a run.
 PROGRESS_S = 10.0
+#: Test hook (fault injection): when set, the source aborts right after writing its result
+#: file, as a process that dies after its file would (see judge_run in paretopipe.results).
+DIE_AFTER_WRITE_ENV = "PARETOPIPE_FAULT_DIE_AFTER_WRITE"
 
 
 @dataclass(frozen=True)
@@ -147,8 +152,8 @@ class _Run:
 
         cfg = self.cfg
         self.device = check_device(cfg.device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self._plan_threads()
+        torch.set_num_threads(self.threads)
         self.input_size = cfg.input_size or get_model_info(cfg.model).input_size
         self.num_blocks = num_blocks(cfg.model, num_classes=cfg.num_classes)
         for k in cfg.splits:
@@ -160,6 +165,44 @@ class _Run:
         _, self.head_out_shape = stage_io_shapes(cfg.model, cfg.splits, 0, batch_size=cfg.batch_size,
                                                  input_size=self.input_size, num_classes=cfg.num_classes)
         self.logits_shape = (cfg.batch_size, cfg.num_classes)
+
+    def _plan_threads(self) -> None:
+        """Intra-op threads for this source and for the stages on this host.
+
+        --threads applies to every stage. Without it, the stages whose address is on this host
+        (loopback, or one of its interfaces) and this source divide this host's usable cores;
+        stages elsewhere use their own device's cores (the worker's default)."""
+        from paretopipe.runtime.cores import is_local_address, threads_for
+
+        cfg = self.cfg
+        self.local_stages = tuple(is_local_address(a) for a in cfg.stages)
+        if cfg.threads:
+            self.threads = cfg.threads
+            self.stage_threads: tuple[int | None, ...] = tuple(cfg.threads for _ in cfg.stages)
+        else:
+            self.threads = threads_for(1 + sum(self.local_stages))
+            self.stage_threads = tuple(self.threads if local else None for local in self.local_stages)
+
+    def _describe_cores(self, stages: list[dict[str, Any]]) -> None:
+        """Each stage's thread count and whether it shared a host (one kernel: the same boot
+        id) with another stage of the run; None where it is not known (the run failed first)."""
+        from paretopipe.runtime.cores import boot_id
+
+        infos = {i.index: i for i in self.stage_infos}
+        stats = {int(s.get("index", -1)): s for s in self.stage_stats}
+        kernels: dict[int, str | None] = {0: boot_id()}
+        for st in stages[1:]:
+            info = infos.get(st["index"])
+            kernels[st["index"]] = info.environment.get("boot_id") if info else None
+        for st in stages:
+            idx = st["index"]
+            threads = stats.get(idx, {}).get("threads")
+            if threads is None and idx == 0:
+                threads = getattr(self, "threads", None)
+            st["threads"] = threads
+            mine = kernels.get(idx)
+            st["shared_host"] = None if mine is None else any(
+                other == mine for j, other in kernels.items() if j != idx)
 
     def config_section(self) -> dict[str, Any]:
         from paretopipe.results import host_label
@@ -179,6 +222,7 @@ class _Run:
                 "address": addr,
                 "blocks": [bounds[i], bounds[i + 1]],
             })
+        self._describe_cores(stages)
         return {
             "model": cfg.model, "num_classes": cfg.num_classes,
             "input_size": getattr(self, "input_size", cfg.input_size),
@@ -214,7 +258,7 @@ class _Run:
         plan = SessionPlan(addresses=tuple(cfg.stages), spec=spec, head_out_shape=tuple(self.head_out_shape),
                            logits_shape=self.logits_shape,
                            token=read_token_file(cfg.token_file) if cfg.token_file else None,
-                           connect_timeout_s=cfg.connect_timeout_s)
+                           connect_timeout_s=cfg.connect_timeout_s, stage_threads=self.stage_threads)
         link = get_backend(cfg.backend).source_link()
         prefetch = None
         sampler = ResourceSampler(device=self.device)
@@ -231,6 +275,7 @@ class _Run:
             own["compute_cpu_s"] = self.compute_cpu_s
             self.stage_stats = [own, *link.finish()]
         finally:
+            sampler.stop()  # a no-op once stopped; after a failure it ends the sampling thread
             if prefetch is not None:
                 self.prefetch_stalls, self.prefetch_stall_s = prefetch.stalls, prefetch.stall_s
                 prefetch.close()
@@ -330,10 +375,8 @@ class _Run:
                 failure.append(exc)
                 window.release()
 
-        threads = [threading.Thread(target=sender, name="src-send", daemon=True),
-                   threading.Thread(target=collector, name="src-collect", daemon=True)]
-        for t in threads:
-            t.start()
+        threads = [spawn(sender, name="src-send"), spawn(collector, name="src-collect")]
+        broken = False
         try:
             with torch.inference_mode():
                 batch_id = 0
@@ -358,12 +401,22 @@ class _Run:
                     to_send.put((batch_id, out, slot))
                     issued_sem.release()
                     batch_id += 1
+        except BaseException:
+            broken = True
+            raise
         finally:
             issued_sem.release()
             to_send.put(None)
-        while threads[1].is_alive() and not failure:
-            threads[1].join(0.05)
-        threads[0].join(timeout=cfg.timeout_s)
+            # The collector ends when the last result is in, the sender when its queue is done.
+            # After a failure (or an error in this thread) the link is closed first, which
+            # wakes whichever is still waiting on a socket. Either way both are joined.
+            while threads[1].is_alive() and not failure and not broken:
+                threads[1].join(0.05)
+            if failure or broken:
+                link.close()
+            lingering = join(threads, cfg.timeout_s)
+            if lingering:
+                log.warning("source threads did not stop within %g s: %s", cfg.timeout_s, ", ".join(lingering))
         if failure:
             raise failure[0]
 
@@ -487,6 +540,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         state.error = str(exc)
     doc = state.document(default_run_id(cfg))
     write_result(doc, out)
+    if os.environ.get(DIE_AFTER_WRITE_ENV):
+        log.error("fault injection (%s): aborting after writing %s", DIE_AFTER_WRITE_ENV, out)
+        os.abort()
     if state.error:
         raise RunFailed(f"{state.error} (partial result written to {out})", out)
     return doc

@@ -151,7 +151,7 @@ def _run_args(rc: RunConfig) -> list[str]:
 
 def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
     """Run the sweep; 0 when every run is ok (or was already done), 1 when any failed."""
-    from paretopipe.results import read_result, write_result
+    from paretopipe.results import judge_run, read_result
 
     stream = stream or sys.stdout
     cfg.run.validate_settings()
@@ -189,7 +189,10 @@ def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
             proc = subprocess.run(_run_args(rc), capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
             took = time.monotonic() - t0
             (log_dir / f"{rid}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
-            if proc.returncode == 0:
+            lines = [ln for ln in (proc.stderr or "").splitlines() if "error" in ln.lower()]
+            outcome, reason = judge_run(path, proc.returncode, reason=lines[-1] if lines else None,
+                                        failed_doc=lambda why, rc=rc: failed_document(rc, why))
+            if outcome == "ok":
                 doc = read_result(path)
                 counts["ok"] += 1
                 thr = doc["summary"]["throughput_img_s"]
@@ -197,10 +200,6 @@ def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
                 print(f"{tag}: ok, {thr:.2f} img/s, latency {lat * 1e3:.1f} ms ({took:.1f} s)", file=stream, flush=True)
                 continue
             counts["failed"] += 1
-            lines = [ln for ln in (proc.stderr or "").splitlines() if "error" in ln.lower()]
-            reason = lines[-1] if lines else f"source exited with status {proc.returncode}"
-            if not path.exists():  # the source died without describing the run: record it ourselves
-                write_result(failed_document(rc, reason), path)
             print(f"{tag}: FAILED ({took:.1f} s): {reason}", file=stream, flush=True)
     finally:
         for w in workers:

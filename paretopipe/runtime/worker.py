@@ -24,6 +24,8 @@ from typing import Any
 from paretopipe.errors import ConfigError, StageError
 from paretopipe.metrics import ResourceSampler
 from paretopipe.runtime.compute import HostBuffers, compute
+from paretopipe.runtime.cores import usable_cpus
+from paretopipe.threads import spawn
 from paretopipe.transport.base import InBatch, SessionSpec, StageInfo, StageLink
 from paretopipe.wire import StageRecord
 
@@ -35,6 +37,9 @@ log = logging.getLogger("paretopipe.worker")
 FAULT_ENV = "PARETOPIPE_FAULT_EXIT_AFTER"
 
 _SUPPORTED_DTYPES = ("float32",)
+#: Logged once per session when its first batch is computed (batches are flowing).
+FIRST_BATCH_LOG = "session %d: first batch computed"
+
 
 
 def check_device(device: str) -> str:
@@ -98,9 +103,9 @@ class StageService:
 
         if spec.dtype not in _SUPPORTED_DTYPES:
             raise StageError(f"dtype {spec.dtype} is not supported by this worker (supported: {', '.join(_SUPPORTED_DTYPES)})")
-        threads = self.threads or spec.threads
-        if threads:
-            torch.set_num_threads(threads)
+        # --threads of this worker, else what the source asked for (it divides the cores of the
+        # stages that share its host), else this device's own usable cores
+        torch.set_num_threads(self.threads or spec.threads or usable_cpus())
         num_classes = spec.num_classes
         if self._manifest is not None:
             if self._manifest["model"] != spec.model:
@@ -194,6 +199,8 @@ class StageService:
             link.send(item.batch_id, out, [*item.records, record], t_ready)
             buffers.give_back(slot)
             count += 1
+            if count == 1:
+                log.info(FIRST_BATCH_LOG, link.spec.session_id)
             if fault is not None and count >= fault:
                 log.error("fault injection (%s): exiting abruptly after %d batches", FAULT_ENV, count)
                 os._exit(17)
@@ -227,10 +234,7 @@ class StageService:
                 failed.append(exc)
                 in_q.put(exc)  # wake the compute loop
 
-        threads = [threading.Thread(target=reader, name="stage-recv", daemon=True),
-                   threading.Thread(target=sender, name="stage-send", daemon=True)]
-        for t in threads:
-            t.start()
+        threads = [spawn(reader, name="stage-recv"), spawn(sender, name="stage-send")]
         count, compute_cpu = 0, 0.0
         try:
             while (item := in_q.get()) is not None:
@@ -243,6 +247,8 @@ class StageService:
                                      transfer_in_s=item.transfer_in_s, bytes_in=item.bytes_in)
                 out_q.put((item.batch_id, out, [*item.records, record], t_ready, slot))
                 count += 1
+                if count == 1:
+                    log.info(FIRST_BATCH_LOG, link.spec.session_id)
                 if fault is not None and count >= fault:
                     log.error("fault injection (%s): exiting abruptly after %d batches", FAULT_ENV, count)
                     os._exit(17)

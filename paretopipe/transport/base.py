@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from paretopipe.errors import ConfigError
@@ -181,6 +181,15 @@ class SessionPlan:
     logits_shape: tuple[int, ...]  # what the source expects back
     token: bytes | None
     connect_timeout_s: float
+    # intra-op threads per stage 1..N-1 (None: the worker's own default); empty: spec.threads
+    stage_threads: tuple[int | None, ...] = ()
+
+    def stage_spec(self, idx: int) -> SessionSpec:
+        """The spec stage `idx` is told: its index, its successor and its thread count."""
+        n = self.spec.num_stages
+        threads = self.stage_threads[idx - 1] if self.stage_threads else self.spec.threads
+        return replace(self.spec, stage_index=idx, next_address=self.addresses[idx] if idx < n - 1 else None,
+                       threads=threads)
 
 
 class SourceLink(abc.ABC):

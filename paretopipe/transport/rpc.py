@@ -57,8 +57,10 @@ from paretopipe.errors import ConfigError, ParetoPipeError, StageError, Transpor
 from paretopipe.transport.base import (
     InBatch, ResultBatch, SessionPlan, SessionSpec, StageHandler, StageInfo, StageLink,
 )
+from paretopipe.threads import join, spawn
 from paretopipe.transport.tcp import (
-    TcpSourceLink, TcpStageServer, _abort_session, _Conn, _measure_offset, _shutdown, _try_send, connect, parse_address,
+    READER_JOIN_S, TcpSourceLink, TcpStageServer, _abort_session, _Conn, _measure_offset, _shutdown, _try_send, connect,
+    parse_address,
 )
 from paretopipe.wire import (
     DEFAULT_MAX_FRAME_BYTES, FrameReader, MsgType, ProtocolError, StageRecord, client_auth, send_json,
@@ -401,7 +403,7 @@ class RpcSourceLink(TcpSourceLink, _Endpoint):
                 client_auth(sock, conn.reader, plan.token, peer=name)
                 conn.offset = _measure_offset(sock, conn.reader)
                 offsets[idx] = conn.offset
-                stage_spec = replace(spec, stage_index=idx, next_address=plan.addresses[idx] if idx < n - 1 else None)
+                stage_spec = plan.stage_spec(idx)
                 send_json(sock, MsgType.HELLO, stage_spec.to_json(), session_id=spec.session_id)
         for idx, conn in self._conns.items():  # the stages build in parallel; collect their answers
             with _handshake(conn.name):
@@ -412,7 +414,7 @@ class RpcSourceLink(TcpSourceLink, _Endpoint):
         self._return_offset = offsets[n - 1]
         for idx, conn in self._conns.items():  # the TCP link's reader: STATS, ERROR, EOF
             conn.sock.settimeout(spec.timeout_s)
-            threading.Thread(target=self._read_loop, args=(idx, conn), name=f"src-ctrl-{idx}", daemon=True).start()
+            self._readers.append(spawn(self._read_loop, idx, conn, name=f"src-ctrl-{idx}"))
 
         # -- the RPC group
         first = self._conns[1].sock
@@ -592,6 +594,7 @@ class RpcStageServer(TcpStageServer):
         super().__init__(address, handler, token=token, max_frame_bytes=max_frame_bytes)
         self._options = options or RpcOptions.from_env()
         self._rpc_busy = threading.Lock()
+        self._watcher: threading.Thread | None = None
         self._current: tuple[int, str] | None = None
 
     def serve_forever(self, stop: threading.Event | None = None) -> None:
@@ -608,7 +611,10 @@ class RpcStageServer(TcpStageServer):
         try:
             self._session_rpc(ctrl, obj)
         finally:
-            _shutdown(ctrl.sock)
+            _shutdown(ctrl.sock)  # wakes the session's control watcher, joined here
+            watcher, self._watcher = self._watcher, None
+            if join([watcher], READER_JOIN_S):
+                log.warning("the session's control watcher did not stop within %g s", READER_JOIN_S)
 
     def _session_rpc(self, ctrl: _Conn, obj: dict[str, Any]) -> None:
         spec = SessionSpec.from_json(obj)
@@ -633,7 +639,7 @@ class RpcStageServer(TcpStageServer):
                 raise StageError(f"stage {spec.stage_index}: this process is still in another RPC group")
             in_group = True
             link = self._enter_group(spec, info, ctrl, join)
-            threading.Thread(target=link.watch_control, name="stage-ctrl", daemon=True).start()
+            self._watcher = spawn(link.watch_control, name="stage-ctrl")
             stats = self._handler.run(link)
             send_json(ctrl.sock, MsgType.STATS, stats, session_id=spec.session_id)
             _await_hangup(ctrl.sock, spec.timeout_s)

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from paretopipe.errors import ConfigError, ParetoPipeError, StageError, TransportError
@@ -38,6 +38,7 @@ from paretopipe.transport.base import (
     StageInfo,
     StageLink,
 )
+from paretopipe.threads import join, spawn
 from paretopipe.transport.events import StageEvents
 from paretopipe.wire import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -68,6 +69,8 @@ MAX_PENDING_CONNECTIONS = 32
 CLOCK_PROBES = 8
 #: How long a HELLO waits for the previous session to finish closing before it is refused as busy.
 BUSY_GRACE_S = 5.0
+#: Bounded wait for a reader or connection thread once its socket is closed.
+READER_JOIN_S = 10.0
 
 
 # --------------------------------------------------------------------------- sockets
@@ -197,6 +200,7 @@ class TcpSourceLink(SourceLink):
         self._direct: _Conn | None = None
         # the tensor the next result is received into, made after the one before arrived
         self._result_buffer: tuple[Any, memoryview] | None = None
+        self._readers: list[threading.Thread] = []
 
     # -- open
     def open(self, plan: SessionPlan) -> list[StageInfo]:
@@ -216,7 +220,7 @@ class TcpSourceLink(SourceLink):
                 sock.settimeout(max(1.0, deadline - time.monotonic()))
                 client_auth(sock, conn.reader, plan.token, peer=name)
                 conn.offset = _measure_offset(sock, conn.reader)
-                stage_spec = replace(spec, stage_index=idx, next_address=plan.addresses[idx] if idx < n - 1 else None)
+                stage_spec = plan.stage_spec(idx)
                 hello = stage_spec.to_json()
                 hello["upstream_clock_offset_s"] = conn.offset if idx == 1 else None
                 send_json(sock, MsgType.HELLO, hello, session_id=spec.session_id)
@@ -243,7 +247,7 @@ class TcpSourceLink(SourceLink):
             if idx == n - 1:
                 self._direct = conn  # recv() reads the results; finish() gives it a reader thread
             else:
-                threading.Thread(target=self._read_loop, args=(idx, conn), name=f"src-recv-{idx}", daemon=True).start()
+                self._readers.append(spawn(self._read_loop, idx, conn, name=f"src-recv-{idx}"))
         return [self._infos[i] for i in range(1, n)]
 
     # -- per-connection reader: results from the last stage, STATS, ERROR, EOF from any
@@ -367,8 +371,7 @@ class TcpSourceLink(SourceLink):
         stats: dict[int, dict[str, Any]] = {}
         if self._direct is not None:  # from now on a reader thread collects its STATS
             idx = self._spec.num_stages - 1
-            threading.Thread(target=self._read_loop, args=(idx, self._direct), name=f"src-recv-{idx}",
-                             daemon=True).start()
+            self._readers.append(spawn(self._read_loop, idx, self._direct, name=f"src-recv-{idx}"))
             self._direct = None
         for idx in sorted(self._conns, reverse=True):
             conn = self._conns[idx]
@@ -381,9 +384,14 @@ class TcpSourceLink(SourceLink):
         return [stats[i] for i in sorted(stats)]
 
     def close(self) -> None:
+        """Close every connection and join the reader threads (closing wakes them)."""
         self._events.closed = True
         for conn in self._conns.values():
             _shutdown(conn.sock)
+        readers, self._readers = self._readers, []
+        lingering = join(readers, READER_JOIN_S)
+        if lingering:
+            log.warning("reader threads did not stop within %g s: %s", READER_JOIN_S, ", ".join(lingering))
 
 
 # --------------------------------------------------------------------------- stage side
@@ -432,7 +440,9 @@ class TcpStageLink(StageLink):
         self._abort: str | None = None
         up.sock.settimeout(spec.timeout_s)
         if ctrl is not up:
-            threading.Thread(target=self._watch_ctrl, name="stage-ctrl", daemon=True).start()
+            self._watcher: threading.Thread | None = spawn(self._watch_ctrl, name="stage-ctrl")
+        else:
+            self._watcher = None
 
     def _watch_ctrl(self) -> None:
         """Ctrl is a separate connection: END ends the session, EOF aborts it.
@@ -515,6 +525,7 @@ class _Session:
     info: StageInfo | None = None
     up: _Conn | None = None
     error: str | None = None
+    conns: list[_Conn] = field(default_factory=list)  # to the source and downstream
 
     def __post_init__(self) -> None:
         self.joined = threading.Event()
@@ -537,6 +548,7 @@ class TcpStageServer:
 
     def serve_forever(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
+        handlers: list[threading.Thread] = []
         self._sock.settimeout(0.5)
         log.info("listening on %s (token auth %s)", self.address, "on" if self._token else "off")
         try:
@@ -550,9 +562,23 @@ class TcpStageServer:
                     log.warning("refused %s: too many connections waiting to identify themselves", peer)
                     conn.close()
                     continue
-                threading.Thread(target=self._handle, args=(conn, peer), name=f"conn-{peer}", daemon=True).start()
+                handlers = [t for t in handlers if t.is_alive()]
+                handlers.append(spawn(self._handle, conn, peer, name=f"conn-{peer}"))
         finally:
             self._sock.close()
+            self._stop_sessions(handlers)
+
+    def _stop_sessions(self, handlers: list[threading.Thread]) -> None:
+        """On the way out: end the session in progress (its sockets closed, so its threads
+        wake up) and join the connection threads, within a bounded wait."""
+        session = self._session
+        if session is not None:
+            for conn in (session.up, *session.conns):
+                if conn is not None:
+                    _shutdown(conn.sock)
+        lingering = join(handlers, READER_JOIN_S)
+        if lingering:
+            log.warning("connection threads did not stop within %g s: %s", READER_JOIN_S, ", ".join(lingering))
 
     def _handle(self, sock: socket.socket, peer: str) -> None:
         handed_over = released = False
@@ -650,9 +676,10 @@ class TcpStageServer:
             _try_send(ctrl.sock, MsgType.REFUSED, {"reason": reason})
             _shutdown(ctrl.sock)
             return
-        session = _Session(spec, ctrl.name)
+        session = _Session(spec, ctrl.name, conns=[ctrl])
         self._session = session
         down: _Conn | None = None
+        link: TcpStageLink | None = None
         t0 = time.monotonic()
         log.info("session %d from %s: stage %d of %d, %s splits %s, batch %d",
                  spec.session_id, ctrl.name, spec.stage_index, spec.num_stages, spec.model, list(spec.splits), spec.batch_size)
@@ -662,6 +689,7 @@ class TcpStageServer:
             info = replace(info, address=self.address)
             if spec.next_address:
                 down = self._connect_next(spec, info)
+                session.conns.append(down)
             session.info = info
             send_json(ctrl.sock, MsgType.READY, info.to_json(), session_id=spec.session_id)
             if spec.stage_index == 1:
@@ -684,6 +712,8 @@ class TcpStageServer:
         finally:
             for conn in {id(c): c for c in (ctrl, down, session.up) if c is not None}.values():
                 _shutdown(conn.sock)
+            if link is not None and join([link._watcher], READER_JOIN_S):
+                log.warning("session %d: the control watcher did not stop within %g s", spec.session_id, READER_JOIN_S)
             self._session = None
             self._busy.release()
 

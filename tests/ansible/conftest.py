@@ -127,7 +127,7 @@ def shaped_devices(testbed: EmulatedTestbed) -> dict[str, object]:
     import json
 
     proc = testbed.paretopipe("testbed", "status", "--json")
-    status = json.loads(proc.stdout[proc.stdout.find("{"):])
+    status = json.loads(proc.stdout)  # --json: stdout is JSON only
     qdiscs = {}
     for name, dev in status["devices"].items():
         out = subprocess.run(["ip", "netns", "exec", dev["netns"], "tc", "qdisc", "show"],

@@ -46,13 +46,15 @@ class WorkerFactory:
         self.workers: list[Worker] = []
 
     def __call__(self, *args: str, env: dict[str, str] | None = None, wait: bool = True,
-                 port: int | None = None) -> Worker:
+                 port: int | None = None, threads: int | None = 1) -> Worker:
+        """A worker process on loopback; `threads=None` leaves its thread count to the defaults."""
         address = f"127.0.0.1:{port or free_port()}"
         log_path = self.tmp / f"worker-{len(self.workers)}-{address.replace(':', '_')}.log"
         full_env = {**os.environ, **(env or {})}
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "paretopipe", "stage", "serve", "--listen", address, "--threads", "1", *args],
+                [sys.executable, "-m", "paretopipe", "stage", "serve", "--listen", address,
+                 *(["--threads", str(threads)] if threads else []), *args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env, cwd=REPO,
             )
         worker = Worker(proc, address, log_path)

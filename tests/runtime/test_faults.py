@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -195,7 +194,7 @@ def test_source_killed_mid_run_worker_serves_the_next_session(start_worker, tmp_
     )
     try:
         worker.wait_log("built stage 1")
-        time.sleep(1.0)  # batches are flowing
+        worker.wait_log("first batch computed")  # batches are flowing
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

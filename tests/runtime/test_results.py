@@ -8,6 +8,7 @@ from paretopipe.errors import ConfigError
 from paretopipe.metrics import BatchRecord, summarize
 from paretopipe.results import (
     build_result,
+    read_result,
     run_id,
     validate_result,
     validity,
@@ -68,3 +69,27 @@ def test_write_is_atomic_and_never_overwrites(tmp_path):
 def test_run_id():
     assert run_id(model="vgg16", splits=[3, 9], backend="tcp", network="5 mbit/s", batch_size=8, window=4,
                   repeat=1) == "vgg16-s3_9-tcp-5_mbit_s-b8-w4-r1"
+
+
+def test_judge_run_one_rule_for_exit_status_and_file(tmp_path):
+    from paretopipe.results import judge_run
+
+    def failed(why):
+        return _doc(status="failed", error=why)
+
+    ok = tmp_path / "ok.json"
+    write_result(_doc(), ok)
+    assert judge_run(ok, 0) == ("ok", None)
+    # died after writing an ok file: failed, the file set aside, a failed document in its place
+    outcome, why = judge_run(ok, -6, failed_doc=failed)
+    assert outcome == "failed" and "killed by SIGABRT after writing an ok result" in why
+    assert read_result(ok)["status"] == "failed" and read_result(ok)["error"] == why
+    assert read_result(tmp_path / "ok.json.died")["status"] == "ok"
+    # no file: failed, recorded
+    missing = tmp_path / "missing.json"
+    outcome, why = judge_run(missing, 3, reason="paretopipe: error: boom", failed_doc=failed)
+    assert (outcome, why) == ("failed", "paretopipe: error: boom") and read_result(missing)["status"] == "failed"
+    outcome, why = judge_run(tmp_path / "none.json", 0)
+    assert outcome == "failed" and "wrote no result file" in why
+    # a failed file is failed whatever the exit status
+    assert judge_run(missing, 0)[0] == "failed"

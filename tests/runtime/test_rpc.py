@@ -209,7 +209,6 @@ class _SilentStage:
 def test_stage_that_never_joins_the_rpc_group_times_out_naming_it():
     stage = _SilentStage()
     link = RpcSourceLink(RpcOptions(master_addr="127.0.0.1"))
-    t0 = time.monotonic()
     try:
         with pytest.raises(StageError) as err:
             link.open(SessionPlan(addresses=(stage.address,), spec=_spec((5,)), head_out_shape=(2, 64, 16, 16),
@@ -217,7 +216,7 @@ def test_stage_that_never_joins_the_rpc_group_times_out_naming_it():
     finally:
         link.close()
         stage.close()
-    assert time.monotonic() - t0 < 20  # bounded by the connect timeout, not torch's 30 minutes
+    # how long it takes (the connect timeout, not torch's 30 minutes): benchmarks/bench_failure_bounds.py
     msg = str(err.value)
     assert f"stage 1 ({stage.address}) did not reach the RPC master at 127.0.0.1:" in msg and "\n" not in msg
     assert stage.join is not None and stage.join["rank"] == 1 and stage.join["world_size"] == 2
@@ -276,7 +275,7 @@ def test_source_killed_mid_run_worker_leaves_the_group_and_serves_the_next_sessi
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     try:
         worker.wait_log("joined the RPC group")
-        time.sleep(1.0)  # batches are flowing
+        worker.wait_log("first batch computed")  # batches are flowing
     finally:
         proc.kill()
         proc.wait()

@@ -67,3 +67,27 @@ def test_parse_splits():
         parse_splits("9:2", "resnet18", num_classes=10)
     with pytest.raises(ConfigError, match="bad --splits item"):
         parse_splits("x", "resnet18", num_classes=10)
+
+
+def test_a_source_that_dies_after_writing_an_ok_file_is_failed_everywhere(tmp_path, monkeypatch):
+    """The one rule (results.judge_run): the sweep's count, its line, the file at the run's name
+    and a resume all say failed; the ok file is kept aside under a name no reader takes."""
+    from paretopipe.runtime.source import DIE_AFTER_WRITE_ENV
+
+    out = tmp_path / "sw-died"
+    monkeypatch.setenv(DIE_AFTER_WRITE_ENV, "1")
+    log = io.StringIO()
+    rc = sweep(_sweep_cfg("resnet18", out, splits="5", repeats=1), stream=log)
+    text = log.getvalue()
+    assert rc == 1, text
+    assert "0 ok, 0 skipped, 1 failed" in text and "killed by SIGABRT after writing an ok result" in text
+    path = out / "resnet18-s5-tcp-none-b2-w1-r0.json"
+    doc = read_result(path)
+    assert doc["status"] == "failed" and "SIGABRT" in doc["error"] and validate_result(doc) == []
+    kept = read_result(path.with_name(path.name + ".died"))
+    assert kept["status"] == "ok"  # what the process wrote before it died, for inspection
+    assert sorted(p.name for p in out.glob("*.json")) == [path.name]  # the only result file
+    monkeypatch.delenv(DIE_AFTER_WRITE_ENV)
+    log = io.StringIO()
+    assert sweep(_sweep_cfg("resnet18", out, splits="5", repeats=1), stream=log) == 0
+    assert "skipped (result file exists)" in log.getvalue()  # the failed file stands (resume rule)

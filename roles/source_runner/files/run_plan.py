@@ -15,7 +15,8 @@ a few tasks per network condition, not per run).
   "wall_s": ..., "failed": N}``.
 
 Exit status: 0 when the list was worked through (whatever each run's outcome), 2 when the plan
-itself is unusable.
+itself is unusable. Each run is over when ``run()`` returns in this process (its threads joined,
+its file written), so a run's file and its reported status always agree.
 """
 
 from __future__ import annotations
@@ -138,4 +139,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from paretopipe.runtime.cores import quiet_waiting
+    from paretopipe.threads import exit_code
+
+    quiet_waiting()  # before torch is imported: idle OpenMP threads sleep (docs/performance.md)
+    # No thread of ours may meet interpreter shutdown: it would abort the process after the
+    # report was printed, and the task would fail on a list that was worked through.
+    sys.exit(exit_code(main()))
