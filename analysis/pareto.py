@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m analysis.pareto",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Read ParetoPipe result files (schema paretopipe.run v1, and the original\n"
-            "ParetoPipe's {model}_split_{k}_metrics.json), aggregate repeats, and compute the\n"
+            "Read ParetoPipe result files (schema paretopipe.run v1, and upstream ParetoPipe's\n"
+            "{Model}_split_{k}_metrics.json and RPC tester's consolidated_metrics.json with\n"
+            "split_test_results.csv), aggregate repeats, and compute the\n"
             "Pareto frontier (non-dominated ranks), hypervolume and knee point of each group.\n"
             "Writes frontier.csv, groups.csv, runs.csv, PNG+SVG plots, report.md and a\n"
             "self-contained report.html, and prints the frontiers."),
