@@ -190,7 +190,7 @@ def compare(predictions: Sequence[PredictionFile], points: Sequence[ConfigPoint]
         # by taking the one with the most repeats (the analysis' own groups show all of them)
         by_split: dict[tuple[int, ...], ConfigPoint] = {}
         for p in members:
-            if p.splits not in by_split or len(p.runs) > len(by_split[p.splits].runs):
+            if p.splits not in by_split or len(p.run_ids) > len(by_split[p.splits].run_ids):
                 by_split[p.splits] = p
         chosen = [by_split[k] for k in sorted(by_split)]
         values = np.array([[p.mean("latency"), p.mean("throughput")] for p in chosen], dtype=float)
@@ -200,7 +200,7 @@ def compare(predictions: Sequence[PredictionFile], points: Sequence[ConfigPoint]
             lat, thr = pred.predicted[p.splits]
             rows.append(SplitRow(
                 splits=p.splits, predicted_latency=lat, measured_latency=p.mean("latency"),
-                predicted_throughput=thr, measured_throughput=p.mean("throughput"), repeats=len(p.runs),
+                predicted_throughput=thr, measured_throughput=p.mean("throughput"), repeats=len(p.run_ids),
                 predicted_frontier=p.splits in pred.frontier, selected=p.splits in pred.selected,
                 measured_frontier=int(rank) == 0))
         out.append(Comparison(pred, tuple(rows)))

@@ -22,21 +22,6 @@ from paretopipe.errors import ConfigError
 SCHEMA = "paretopipe.run"
 SCHEMA_VERSION = 1
 
-_TOP_KEYS = ("schema", "schema_version", "run_id", "sweep_id", "created_utc", "status", "error",
-             "config", "environment", "batches", "summary", "validity")
-_CONFIG_KEYS = ("model", "num_classes", "input_size", "weights", "splits", "num_blocks", "backend",
-                "batch_size", "window", "warmup", "batches", "duration_s", "min_batches",
-                "min_duration_s", "input", "seed", "threads", "repeat", "stages", "network")
-_BATCH_KEYS = ("batch_id", "send_s", "done_s", "latency_s", "queue_wait_s", "compute_s", "hops")
-_SUMMARY_KEYS = ("throughput_img_s", "throughput_batch_s", "latency_s", "latency_per_image_s",
-                 "compute_s", "hops", "payload_bytes", "queue_wait_s", "prefetch_stalls",
-                 "accuracy_top1", "stages")
-_VALIDITY_KEYS = ("warmup_batches", "counted_batches", "duration_s", "min_batches", "min_duration_s",
-                  "min_batches_met", "min_duration_met", "valid")
-_ENV_KEYS = ("index", "hostname", "cpu_model", "cores", "python", "torch", "torchvision",
-             "paretopipe", "device", "device_name", "commit")
-
-
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -137,49 +122,24 @@ def build_result(*, run_id: str, sweep_id: str | None, status: str, error: str |
 
 
 def validate_result(doc: Any) -> list[str]:
-    """Problems with a result document (empty when it follows schema v1)."""
-    problems: list[str] = []
-    if not isinstance(doc, dict):
-        return ["not a JSON object"]
+    """Problems with a result document (empty when it follows schema v1).
 
-    def need(obj: Any, keys: Sequence[str], where: str) -> None:
-        if not isinstance(obj, dict):
-            problems.append(f"{where} is not an object")
-            return
-        problems.extend(f"{where}.{k} missing" for k in keys if k not in obj)
+    The schema is the JSON Schema file the analysis reads files with
+    (``analysis/schemas/paretopipe.run.v1.schema.json``, published in docs/results.md), checked
+    with ``jsonschema``; on top of it, the two cross-field rules a JSON Schema cannot state:
+    one stage more than splits, and per batch one compute time and one hop per stage.
+    """
+    from analysis.schema import run_schema_problems  # jsonschema is loaded only when writing
 
-    need(doc, _TOP_KEYS, "$")
+    problems = run_schema_problems(doc)
     if problems:
         return problems
-    if doc["schema"] != SCHEMA or doc["schema_version"] != SCHEMA_VERSION:
-        problems.append(f"schema {doc['schema']!r} v{doc['schema_version']} is not {SCHEMA} v{SCHEMA_VERSION}")
-    if doc["status"] not in ("ok", "failed"):
-        problems.append(f"status {doc['status']!r} is not ok/failed")
-    if doc["status"] == "failed" and not doc["error"]:
-        problems.append("a failed run needs an error")
-    cfg = doc["config"]
-    need(cfg, _CONFIG_KEYS, "config")
-    if isinstance(cfg, dict) and "stages" in cfg and "splits" in cfg:
-        if len(cfg["stages"]) != len(cfg["splits"]) + 1:
-            problems.append("config.stages must have one entry more than config.splits")
-        for i, st in enumerate(cfg["stages"]):
-            need(st, ("index", "host", "device", "address", "blocks"), f"config.stages[{i}]")
-        need(cfg.get("network"), ("label", "configured", "measured", "extra"), "config.network")
-    env = doc["environment"]
-    need(env, ("stages",), "environment")
-    if isinstance(env, dict):
-        for i, st in enumerate(env.get("stages") or []):
-            need(st, _ENV_KEYS, f"environment.stages[{i}]")
-    nstages = len(cfg.get("stages", [])) if isinstance(cfg, dict) else 0
-    if not isinstance(doc["batches"], list):
-        problems.append("batches is not a list")
-    else:
-        for i, b in enumerate(doc["batches"]):
-            need(b, _BATCH_KEYS, f"batches[{i}]")
-            if isinstance(b, dict) and nstages and (len(b.get("compute_s", [])) != nstages or len(b.get("hops", [])) != nstages):
-                problems.append(f"batches[{i}] needs {nstages} compute_s entries and {nstages} hops")
-    need(doc["summary"], _SUMMARY_KEYS, "summary")
-    need(doc["validity"], _VALIDITY_KEYS, "validity")
+    nstages = len(doc["config"]["stages"])
+    if nstages != len(doc["config"]["splits"]) + 1:
+        problems.append("$.config.stages: must have one entry more than config.splits")
+    for i, b in enumerate(doc["batches"]):
+        if len(b["compute_s"]) != nstages or len(b["hops"]) != nstages:
+            problems.append(f"$.batches[{i}]: needs {nstages} compute_s entries and {nstages} hops")
     return problems
 
 

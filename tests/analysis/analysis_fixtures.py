@@ -9,6 +9,7 @@ slowest stage or link.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -182,3 +183,50 @@ def legacy_doc(model: str, k: int, delay_ms: float, latency: float, throughput: 
             "network_throughput_mbps": 8 * size / net / 1e6 if net else math.nan,
         },
     }
+
+
+RPC_CSV_HEADER = ("split_block", "run", "status", "start_time", "end_time", "output_file", "error")
+
+
+def write_rpc_session(root: Path, model: str = "mobilenetv2", splits: tuple[int, ...] = (3, 10, 17),
+                      runs: int = 3, failed: frozenset[tuple[int, int]] = frozenset(),
+                      seed: int = 0) -> Path:
+    """A session folder as upstream's RPC tester (RPC_PyTorch/automated_split_tester.py) leaves
+    it: ``split_test_results.csv`` (one row per split and run, status success/failed) and
+    ``consolidated_metrics.json`` (``results: {split: {runN: metrics}}``, split keys strings as
+    ``json.dump`` writes int keys), plus ``consolidated_metrics_averaged.json``. Its metrics:
+    throughput from the log, latency = batch 8 / throughput (upstream's pipelined formula), the
+    static 0.094 ms delay it writes, worker CPU/memory per rank. Returns the session folder."""
+    rng = np.random.default_rng(seed)
+    session = root / "metrics" / "session_20250801_101500"
+    session.mkdir(parents=True, exist_ok=True)
+    results: dict[int, dict[str, Any]] = {}
+    rows = []
+    for k in splits:
+        for run in range(1, runs + 1):
+            ok = (k, run) not in failed
+            rows.append([k, run, "success" if ok else "failed", "2025-08-01 10:15:00",
+                         "2025-08-01 10:17:00", f"{session}/split_{k}/run_{run}/output.log",
+                         "" if ok else "Orchestrator timed out"])
+            throughput = float(13.85 * (0.6 + 0.04 * k) * rng.lognormal(0, 0.03))
+            doc = legacy_doc(model, k, 0.094, latency=8 / throughput, throughput=throughput,
+                             size=int(8 * 32 * 56 * 56 * 4 / (1 + k)), part1=0.01 * k,
+                             part2=0.01 * (19 - k), net=0.004)
+            doc["worker_metrics"] = {f"rank{r}": {"avg_cpu_usage_percent": 50.0 + r,
+                                                  "avg_memory_usage_mb": 400.0} for r in range(3)}
+            results.setdefault(k, {})[f"run{run}"] = doc
+    with (session / "split_test_results.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(RPC_CSV_HEADER)
+        writer.writerows(rows)
+    consolidated = {"session_id": "20250801_101500", "timestamp": "2025-08-01T10:40:00",
+                    "configuration": {"model": model, "dataset": "cifar10", "batch_size": 8,
+                                      "num_samples": 100, "pipelining": True, "world_size": 3},
+                    "device_mapping": {"rank0": "orchestrator (local)", "rank1": "master-pi",
+                                       "rank2": "core-pi"},
+                    "results": results}
+    (session / "consolidated_metrics.json").write_text(json.dumps(consolidated, indent=2))
+    averaged = {**consolidated, "results": {k: runs_[next(iter(runs_))]
+                                            for k, runs_ in results.items()}}
+    (session / "consolidated_metrics_averaged.json").write_text(json.dumps(averaged, indent=2))
+    return session

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.aggregate import aggregate
+from analysis import aggregate, load_runs
+from analysis.frames import config_points
 from analysis.frontier import nondominated_ranks_naive
-from analysis.loading import load_results
 from analysis.pareto import main
 from analysis.predicted import compare, load_predictions, mape
 
@@ -49,7 +49,7 @@ def sweep(tmp_path) -> tuple[Path, dict[tuple[int, ...], tuple[float, float]]]:
     results = tmp_path / "results"
     for k in SPLITS:
         write_json(results / f"{MODEL}-s{k}-lan.json", make_run(k, "lan", "tcp", 0, rng))
-    points = aggregate(load_results([results]).runs)
+    points = config_points(aggregate(load_runs(results)))
     measured = {p.splits: (p.mean("latency"), p.mean("throughput")) for p in points}
     return results, measured
 
@@ -68,7 +68,7 @@ def test_errors_mape_and_recall(sweep):
     write_json(results / "prediction.json", _prediction(measured, selected))
     preds, bad = load_predictions([results])
     assert not bad and len(preds) == 1
-    [c] = compare(preds, aggregate(load_results([results]).runs))
+    [c] = compare(preds, config_points(aggregate(load_runs(results))))
     assert [r.splits for r in c.rows] == [(k,) for k in SPLITS]
     for r in c.rows:
         el, et = ERRORS[r.splits[0]]
@@ -87,7 +87,7 @@ def test_partial_sweep_is_flagged_and_other_conditions_do_not_match(sweep):
     write_json(results / "prediction.json", _prediction(measured, [0], extra_splits=(1, 2)))
     write_json(results / "other.json", _prediction(measured, [0], network="wan"))
     preds, _ = load_predictions([results])
-    by_net = {p.network: c for p, c in zip(preds, compare(preds, aggregate(load_results([results]).runs)))}
+    by_net = {p.network: c for p, c in zip(preds, compare(preds, config_points(aggregate(load_runs(results)))))}
     assert not by_net["lan"].full and len(by_net["lan"].rows) == len(SPLITS)
     assert by_net["wan"].rows == () and math.isnan(by_net["wan"].recall) and math.isnan(by_net["wan"].latency_mape)
 

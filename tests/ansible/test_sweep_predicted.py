@@ -12,17 +12,15 @@ import json
 import pytest
 
 from tests.ansible.conftest import EmulatedTestbed, shaped_devices, stage_processes
-from tests.ansible.test_sweep_playbook import SMALL, ok
+from tests.ansible.test_sweep_playbook import SMALL, ok, said
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 def test_predicted_sweep_measures_only_the_selection(testbed: EmulatedTestbed) -> None:
-    proc = testbed.playbook("sweep.yml", *SMALL, "-e", "strategy=predicted", "-e", "conditions=lan,wan",
-                            "-e", "backends=tcp", "-e", "profile_repeats=3", "-e", "sweep_id=predicted",
-                            timeout=900)
-    assert proc.returncode == 0, ok(proc)
-    said = " ".join(proc.stdout.split())  # the YAML callback wraps long messages
+    proc = testbed.playbook("sweep.yml", **SMALL, strategy="predicted", conditions="lan,wan",
+                            backends="tcp", profile_repeats="3", sweep_id="predicted", timeout=900)
+    assert proc.ok, ok(proc)
     folder = testbed.results / "predicted"
     assert {p.name for p in (folder / "profiles").glob("*.json")} == {"pi1.json", "gpu.json"}
     selected = {}
@@ -32,7 +30,7 @@ def test_predicted_sweep_measures_only_the_selection(testbed: EmulatedTestbed) -
         selected[cond] = {s[0] for s in pred["selected"]}
         total = len(pred["predictions"])
         assert 0 < len(selected[cond]) < total
-        assert f"measuring {len(selected[cond])} of {total} split configurations" in said
+        assert said(proc, f"measuring {len(selected[cond])} of {total} split configurations"), ok(proc)
     runs = {}
     for path in folder.glob("mobilenet_v2-s*.json"):
         doc = json.loads(path.read_text())
@@ -40,7 +38,7 @@ def test_predicted_sweep_measures_only_the_selection(testbed: EmulatedTestbed) -
         runs.setdefault(doc["config"]["network"]["label"], set()).add(doc["config"]["splits"][0])
     assert runs == selected
     saved = 2 * total - len(selected["lan"]) - len(selected["wan"])
-    assert f"predicted splits save {saved} of {2 * total} runs" in said, ok(proc)
+    assert said(proc, f"predicted splits save {saved} of {2 * total} runs"), ok(proc)
     report = (folder / "analysis" / "report.md").read_text()
     assert "## Predicted against measured" in report
     assert (folder / "analysis" / "predicted.csv").is_file()

@@ -22,7 +22,7 @@ def _doc(**over):
     config = {k: None for k in ("model", "num_classes", "input_size", "weights", "num_blocks", "backend",
                                 "batch_size", "window", "warmup", "batches", "duration_s", "min_batches",
                                 "min_duration_s", "input", "seed", "threads", "repeat")}
-    config.update(splits=[5], stages=stages, network={"label": "none", "configured": None, "measured": None, "extra": {}})
+    config.update(model="resnet18", backend="tcp", batch_size=8, window=1, splits=[5], stages=stages, network={"label": "none", "configured": None, "measured": None, "extra": {}})
     recs = [BatchRecord(i, 10.0 + i, 10.5 + i, (0.1, 0.2), (0.0, 0.01), (100, 40), (0.01, 0.02), 0.0) for i in range(4)]
     summary = summarize(recs, batch_size=8, num_stages=2, stage_stats=[{"index": 0}, {"index": 1}],
                         prefetch_stalls=0, prefetch_stall_s=0.0)
@@ -47,11 +47,15 @@ def test_summary_figures():
 
 def test_validate_catches_problems():
     assert validate_result(_doc()) == []
-    assert "$.summary missing" in validate_result({k: v for k, v in _doc().items() if k != "summary"})
-    assert any("a failed run needs an error" in p for p in validate_result(_doc(status="failed")))
+    assert "$: 'summary' is a required property" in validate_result(
+        {k: v for k, v in _doc().items() if k != "summary"})
+    assert validate_result(_doc(status="failed")) == ["$.error: None is not of type 'string'"]
+    assert validate_result(_doc(status="failed", error="")) == ["$.error: '' should be non-empty"]
     bad = _doc()
     bad["batches"][0]["hops"] = []
-    assert any("batches[0] needs 2" in p for p in validate_result(bad))
+    assert validate_result(bad) == ["$.batches[0]: needs 2 compute_s entries and 2 hops"]
+    bad["config"]["splits"] = [5, 9]
+    assert "$.config.stages: must have one entry more than config.splits" in validate_result(bad)
 
 
 def test_write_is_atomic_and_never_overwrites(tmp_path):
