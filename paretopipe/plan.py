@@ -627,7 +627,7 @@ def _device_run(job: Mapping[str, Any], status_file: Path | None, log: Callable[
 def _write_status(path: Path, doc: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc), encoding="utf-8")
+    tmp.write_text(json.dumps({**doc, "pid": os.getpid()}), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -642,11 +642,27 @@ def _wait(status_file: Path, seconds: float, total: int) -> dict[str, Any]:
             doc = {}
         if doc.get("finished") or time.monotonic() >= deadline:
             break
+        if doc.get("pid") and not _alive(int(doc["pid"])):  # the runner died without saying so
+            doc = {**doc, "finished": True, "last": f"the runner (pid {doc['pid']}) is gone"}
+            break
         time.sleep(1.0)
     p = Progress(int(doc.get("done", 0)), int(doc.get("ok", 0)), int(doc.get("failed", 0)),
                  int(doc.get("skipped", 0)), int(doc.get("left", total)), float(doc.get("elapsed_s", 0.0)),
                  str(doc.get("last", "")))
     return {**p.as_dict(), "finished": bool(doc.get("finished")), "line": p.line()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by Ansible's async wrapper) is gone too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def _bundle(path: Path, files: Iterable[str]) -> None:

@@ -35,8 +35,8 @@ class SweepConfig:
     out: Path
     splits: str = "all"
     devices: int = 2
-    windows: tuple[int, ...] = (1,)
-    batch_sizes: tuple[int, ...] = (8,)
+    windows: tuple[int, ...] | None = None  # None: the template's window
+    batch_sizes: tuple[int, ...] | None = None  # None: the template's batch size
     repeats: RepeatRule = field(default_factory=RepeatRule)
     sweep_id: str | None = None
     device: str = "cpu"
@@ -51,7 +51,8 @@ class SweepConfig:
         n = num_blocks(self.model, num_classes=self.run.num_classes)
         chains = parse_splits(self.splits, n, self.devices, model=self.model, flag="--splits")
         return SweepSpec(model=self.model, num_blocks=n, devices=self.devices, splits=tuple(chains),
-                         windows=self.windows, batch_sizes=self.batch_sizes, conditions=(self.run.network_label,),
+                         windows=self.windows or (self.run.window,),
+                         batch_sizes=self.batch_sizes or (self.run.batch_size,), conditions=(self.run.network_label,),
                          backends=(self.run.backend,), repeats=self.repeats)
 
 
