@@ -709,6 +709,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                             format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+        if args.log:
+            args.log.parent.mkdir(parents=True, exist_ok=True)
         logs = [open(args.log, "a", encoding="utf-8")] if args.log else []  # noqa: SIM115 (the round's length)
 
         def log(msg: str) -> None:

@@ -168,3 +168,43 @@ def test_predicted_selection_picks_configurations_per_condition(tmp_path: Path) 
     assert doc["rounds"][1]["runs"] == 48  # wan has no selection: every configuration
     assert doc["device"]["stages"] == {"tcp": ["10.0.0.2:29500"]}
     assert doc["device"]["run"]["batches"] == 50 and doc["device"]["run"]["threads"] is None
+
+
+def test_the_device_entry_point_reports_progress_and_sets_a_failed_run_aside(tmp_path: Path) -> None:
+    """`python -m paretopipe.plan run` as the source_runner role calls it: a worker that is not
+    there fails the run (a file set aside), the status file ends finished, the bundle has it."""
+    import socket
+    import subprocess
+    import sys
+    import tarfile
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = dict(
+        model="resnet18", num_blocks=15, splits="5", windows="1", batch_sizes="2", conditions=["none"],
+        backends=["tcp"], repeats=1, warmup=1, batches=2, duration=0, min_batches=1, min_duration=0,
+        input="synthetic", input_size=32, num_classes=10, seed=0, sweep_id="dev", results_dir=str(tmp_path / "ctl"),
+        device_results_dir=str(tmp_path / "dev"), chain=["pi1", "gpu"], chain_ips=["127.0.0.1", "127.0.0.1"],
+        source_device="cpu", source_threads=1, worker_port_base=port, connect_timeout=1, receive_timeout=5)
+    made = subprocess.run([sys.executable, "-m", "paretopipe.plan", "make"], input=json.dumps(settings),
+                          capture_output=True, text=True, check=True)
+    plan = json.loads(made.stdout)
+    job = {**plan["rounds"][0], "device": plan["device"], "network": {}}
+    status, bundle = tmp_path / "run" / "progress.json", tmp_path / "run" / "b.tar.gz"
+    done = subprocess.run([sys.executable, "-m", "paretopipe.plan", "run", "--status", str(status), "--log",
+                           str(tmp_path / "run" / "log"), "--bundle", str(bundle)], input=json.dumps(job),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["failed"] == 1 and ".failed-" in report["runs"][0]["file"]
+    state = json.loads(status.read_text())
+    assert state["finished"] and state["failed"] == 1 and state["left"] == 0
+    with tarfile.open(bundle) as tar:
+        assert [n for n in tar.getnames() if ".failed-" in n]
+    waited = subprocess.run([sys.executable, "-m", "paretopipe.plan", "wait", "--status", str(status)],
+                            capture_output=True, text=True, check=True)
+    assert json.loads(waited.stdout)["finished"] and "1 failed" in json.loads(waited.stdout)["line"]
+    bad = subprocess.run([sys.executable, "-m", "paretopipe.plan", "make"], input=json.dumps({**settings, "windows": "0"}),
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "windows" in bad.stderr
