@@ -27,11 +27,13 @@ def utc_now() -> str:
 
 
 def run_id(*, model: str, splits: Sequence[int], backend: str, network: str, batch_size: int,
-           window: int, repeat: int) -> str:
-    """The file-name stem of a run, e.g. ``resnet18-s5-tcp-lan-b8-w4-r0`` (``s3_9`` for 3 stages)."""
+           window: int, repeat: int, codec: str = "none") -> str:
+    """The file-name stem of a run, e.g. ``resnet18-s5-tcp-lan-b8-w4-r0`` (``s3_9`` for 3 stages);
+    a codec other than ``none`` adds ``-c<codec>`` before the repeat (``-cint8+zstd``)."""
     split_part = "_".join(str(k) for k in splits)
     safe_net = "".join(c if c.isalnum() or c in "-." else "_" for c in network)
-    return f"{model}-s{split_part}-{backend}-{safe_net}-b{batch_size}-w{window}-r{repeat}"
+    codec_part = "" if codec == "none" else f"-c{codec}"
+    return f"{model}-s{split_part}-{backend}-{safe_net}-b{batch_size}-w{window}{codec_part}-r{repeat}"
 
 
 def _cpu_model() -> str:

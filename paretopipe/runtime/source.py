@@ -35,6 +35,8 @@ log = logging.getLogger("paretopipe.source")
 
 #: Logits of at most this many counted batches are kept for --check.
 CHECK_BATCHES = 16
+#: Counted batches whose logits the source compares with the unsplit, uncoded model (fidelity).
+FIDELITY_BATCHES = 16
 #: Seconds between progress lines during a run.
 PROGRESS_S = 10.0
 #: Test hook (fault injection): when set, the source aborts right after writing its result
@@ -72,6 +74,8 @@ class RunConfig:
     repeat: int = 0
     run_id: str | None = None
     check: bool = False
+    codec: str = "none"
+    fidelity_batches: int = FIDELITY_BATCHES
 
     def validate(self) -> None:
         """Check a complete run configuration."""
@@ -86,6 +90,11 @@ class RunConfig:
 
     def validate_settings(self) -> None:
         """Check the settings that do not depend on the chain (also used for sweep templates)."""
+        from paretopipe.codecs import parse_codec
+
+        if self.check and parse_codec(self.codec).lossy:
+            raise ConfigError(f"--check compares the logits exactly, which the lossy codec {self.codec} cannot "
+                              f"reproduce; the result file's summary.fidelity reports how far they differ")
         if (self.batches is None) == (self.duration_s is None):
             raise ConfigError("give exactly one of --batches N or --duration S")
         for name, value, low in (("--batch-size", self.batch_size, 1), ("--window", self.window, 1),
@@ -97,6 +106,11 @@ class RunConfig:
             raise ConfigError(f"--duration must be positive (got {self.duration_s})")
         if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ConfigError("--timeout and --connect-timeout must be positive")
+        from paretopipe.codecs import parse_codec, require_available
+
+        require_available(parse_codec(self.codec))  # an unknown name lists the valid ones
+        if self.fidelity_batches < 0:
+            raise ConfigError(f"--fidelity-batches must be at least 0 (got {self.fidelity_batches})")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1 (got {self.threads})")
         extra = set(self.network) - {"configured", "measured", "extra"}
@@ -140,6 +154,8 @@ class _Run:
         self.prefetch_stall_s = 0.0
         self.labelled_images = 0
         self.compute_cpu_s = 0.0
+        self.fidelity: dict[str, Any] | None = None
+        self._reference: dict[int, Any] | None = None
         self._last_progress = time.monotonic()
 
     # ---------------------------------------------------------------- setup
@@ -234,13 +250,14 @@ class _Run:
             "threads": cfg.threads, "repeat": cfg.repeat, "stages": stages,
             "network": {"label": cfg.network_label, "configured": cfg.network.get("configured"),
                         "measured": cfg.network.get("measured"), "extra": cfg.network.get("extra") or {}},
-            "timeout_s": cfg.timeout_s, "device": cfg.device,
+            "timeout_s": cfg.timeout_s, "device": cfg.device, "codec": cfg.codec,
         }
 
     # ---------------------------------------------------------------- the session
     def execute(self) -> None:
         import torch
 
+        from paretopipe.codecs import parse_codec
         from paretopipe.runtime.inputs import Prefetcher, open_input
         from paretopipe.transport import get_backend
         from paretopipe.wire import read_token_file
@@ -253,7 +270,7 @@ class _Run:
             input_size=self.input_size, splits=tuple(cfg.splits), stage_index=1,
             num_stages=len(cfg.splits) + 1, batch_size=cfg.batch_size, dtype="float32",
             weights=self.weights, next_address=None, window=cfg.window, timeout_s=cfg.timeout_s,
-            threads=cfg.threads, seed=cfg.seed,
+            threads=cfg.threads, seed=cfg.seed, codec=str(parse_codec(cfg.codec)),
         )
         plan = SessionPlan(addresses=tuple(cfg.stages), spec=spec, head_out_shape=tuple(self.head_out_shape),
                            logits_shape=self.logits_shape,
@@ -449,24 +466,53 @@ class _Run:
             hop_bytes=(*(r.bytes_in for r in recs), res.return_bytes),
             hop_transfer_s=(*(r.transfer_in_s for r in recs), res.return_transfer_s),
             window_wait_s=p.window_wait_s, correct=correct,
+            hop_raw_bytes=(*(r.raw_in for r in recs), res.return_raw_bytes or res.return_bytes),
+            hop_encode_s=(*(r.encode_in_s for r in recs), res.return_encode_s),
+            hop_decode_s=(*(r.decode_in_s for r in recs), res.return_decode_s),
         ))
-        if cfg.check and len(self.kept_logits) < CHECK_BATCHES:
+        keep = max(CHECK_BATCHES if cfg.check else 0, cfg.fidelity_batches)
+        if len(self.kept_logits) < keep:
             self.kept_logits[p.batch_id] = res.logits
 
-    # ---------------------------------------------------------------- --check
-    def run_check(self) -> None:
+    # ---------------------------------------------------------------- fidelity and --check
+    def reference_logits(self) -> dict[int, Any]:
+        """The unsplit, uncoded model's logits for every kept batch, on the same inputs."""
         import torch
 
         from paretopipe.models import build_model
 
+        if self._reference is None:
+            cfg = self.cfg
+            model = build_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights, seed=cfg.seed)
+            with torch.inference_mode():
+                self._reference = {b: model(self.inputs.batch(b).images) for b in sorted(self.kept_logits)}
+        return self._reference
+
+    def run_fidelity(self) -> None:
+        """Compare the returned logits of the first ``fidelity_batches`` counted batches with the
+        unsplit, uncoded model's (docs/results.md, summary.fidelity)."""
+        from paretopipe.fidelity import compare
+
         cfg = self.cfg
-        model = build_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights, seed=cfg.seed)
+        ids = sorted(self.kept_logits)[: cfg.fidelity_batches]
+        if not ids:
+            return
+        ref = self.reference_logits()
+        labels = None
+        if self.weights_trained and self.inputs.has_labels:
+            labels = [self.inputs.batch(b).labels for b in ids]
+        self.fidelity = compare([self.kept_logits[b] for b in ids], [ref[b] for b in ids], labels=labels).to_json()
+        self.fidelity["codec"] = cfg.codec
+        if self.fidelity["degenerate"]:
+            log.warning("fidelity: %s", self.fidelity["degenerate"])
+
+    def run_check(self) -> None:
+        reference = self.reference_logits()
         worst = scale = 0.0
-        with torch.inference_mode():
-            for batch_id, logits in sorted(self.kept_logits.items()):
-                ref = model(self.inputs.batch(batch_id).images)
-                worst = max(worst, float((ref - logits).abs().max()))
-                scale = max(scale, float(ref.abs().max()))
+        for batch_id, logits in sorted(self.kept_logits.items()):
+            ref = reference[batch_id]
+            worst = max(worst, float((ref - logits).abs().max()))
+            scale = max(scale, float(ref.abs().max()))
         # CPU stages run the same kernels as the reference: only summation order differs. CUDA
         # kernels (TF32 convolutions by default) round differently: allow 1% of the logit scale.
         cuda = self.device.startswith("cuda") or any(i.device.startswith("cuda") for i in self.stage_infos)
@@ -492,6 +538,7 @@ class _Run:
         summary = summarize(recs, batch_size=cfg.batch_size, num_stages=nstages, stage_stats=stats,
                             prefetch_stalls=self.prefetch_stalls, prefetch_stall_s=self.prefetch_stall_s,
                             labelled_images=self.labelled_images if self.weights_trained else 0)
+        summary["fidelity"] = self.fidelity
         extra = {"check": self.check} if self.check is not None else {}
         return build_result(
             run_id=run_id, sweep_id=cfg.sweep_id, status="failed" if self.error else "ok", error=self.error,
@@ -511,7 +558,7 @@ def default_run_id(cfg: RunConfig) -> str:
     from paretopipe.results import run_id
 
     return cfg.run_id or run_id(model=cfg.model, splits=cfg.splits, backend=cfg.backend, network=cfg.network_label,
-                                batch_size=cfg.batch_size, window=cfg.window, repeat=cfg.repeat)
+                                batch_size=cfg.batch_size, window=cfg.window, repeat=cfg.repeat, codec=cfg.codec)
 
 
 def failed_document(cfg: RunConfig, error: str) -> dict[str, Any]:
@@ -534,6 +581,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     state.setup()  # bad model / split / weights: an error, no file
     try:
         state.execute()
+        state.run_fidelity()
         if cfg.check:
             state.run_check()
     except ParetoPipeError as exc:

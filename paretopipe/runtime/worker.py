@@ -194,8 +194,7 @@ class StageService:
             finally:
                 link.release(item)
             compute_cpu += cpu
-            record = StageRecord(compute_s=t_ready - t_start, queue_s=t_start - item.t_arrived,
-                                 transfer_in_s=item.transfer_in_s, bytes_in=item.bytes_in)
+            record = _record(item, t_start, t_ready)
             link.send(item.batch_id, out, [*item.records, record], t_ready)
             buffers.give_back(slot)
             count += 1
@@ -243,8 +242,7 @@ class StageService:
                 out, slot, t_start, t_ready, cpu = compute(module, item.tensor, device, buffers)
                 compute_cpu += cpu
                 link.release(item)
-                record = StageRecord(compute_s=t_ready - t_start, queue_s=t_start - item.t_arrived,
-                                     transfer_in_s=item.transfer_in_s, bytes_in=item.bytes_in)
+                record = _record(item, t_start, t_ready)
                 out_q.put((item.batch_id, out, [*item.records, record], t_ready, slot))
                 count += 1
                 if count == 1:
@@ -262,12 +260,25 @@ class StageService:
         return count, compute_cpu
 
 
+def _record(item: InBatch, t_start: float, t_ready: float) -> StageRecord:
+    """This stage's record of one batch: its compute and queue time, and the hop it came in on."""
+    return StageRecord(compute_s=t_ready - t_start, queue_s=t_start - item.t_arrived, transfer_in_s=item.transfer_in_s,
+                       bytes_in=item.bytes_in, raw_in=item.raw_bytes, encode_in_s=item.encode_s,
+                       decode_in_s=item.decode_s)
+
+
 def serve(*, listen: str, device: str = "cpu", shards: str | None = None, token_file: str | None = None,
-          threads: int | None = None, backend: str = "tcp", stop: threading.Event | None = None) -> None:
-    """Run a long-lived worker until interrupted (or `stop` is set)."""
+          threads: int | None = None, backend: str = "tcp", stop: threading.Event | None = None,
+          codecs: str | None = None) -> None:
+    """Run a long-lived worker until interrupted (or `stop` is set). `codecs`: the codecs this
+    worker accepts, comma-separated (default: every codec this installation can run)."""
+    from paretopipe.codecs import parse_codec_list, require_available
     from paretopipe.transport import get_backend
     from paretopipe.wire import read_token_file
 
+    accepted = parse_codec_list(codecs) if codecs else None
+    for codec in accepted or ():
+        require_available(codec)
     token = read_token_file(token_file) if token_file else None
     if threads is not None:
         if threads < 1:
@@ -276,4 +287,4 @@ def serve(*, listen: str, device: str = "cpu", shards: str | None = None, token_
 
         torch.set_num_threads(threads)
     service = StageService(device=device, shards=shards, threads=threads)
-    get_backend(backend).serve(listen, service, token=token, stop=stop)
+    get_backend(backend).serve(listen, service, token=token, stop=stop, codecs=accepted)
