@@ -141,8 +141,10 @@ def available_codecs() -> list[str]:
 def parse_codec(text: str) -> Codec:
     """``int8+zstd`` → Codec. An unknown name is a ConfigError listing the valid ones."""
     name = str(text).strip().lower()
-    base_text, _, entropy_text = name.partition("+")
+    base_text, plus, entropy_text = name.partition("+")
     try:
+        if plus and not entropy_text:
+            raise ValueError(name)
         base = Base(base_text)
         entropy = Entropy(entropy_text) if entropy_text else None
     except ValueError:

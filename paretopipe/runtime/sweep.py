@@ -33,6 +33,7 @@ class SweepConfig:
     repeats: int = 1
     sweep_id: str | None = None
     device: str = "cpu"
+    codecs: tuple[str, ...] = ()  # every split runs with each codec; empty: the template's codec
 
     @property
     def model(self) -> str:
@@ -137,7 +138,8 @@ def _run_args(rc: RunConfig) -> list[str]:
            "--warmup", str(rc.warmup), "--min-batches", str(rc.min_batches),
            "--min-duration", str(rc.min_duration_s), "--input", rc.input, "--num-classes", str(rc.num_classes),
            "--seed", str(rc.seed), "--connect-timeout", str(rc.connect_timeout_s), "--timeout", str(rc.timeout_s),
-           "--network-label", rc.network_label, "--repeat", str(rc.repeat), "--out", str(rc.out)]
+           "--network-label", rc.network_label, "--repeat", str(rc.repeat), "--out", str(rc.out),
+           "--codec", rc.codec, "--fidelity-batches", str(rc.fidelity_batches)]
     for k in rc.splits:
         cmd += ["--split", str(k)]
     for flag, value in (("--input-size", rc.input_size), ("--weights", rc.weights), ("--threads", rc.threads),
@@ -161,19 +163,21 @@ def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
     sweep_id = cfg.sweep_id or out.resolve().name
     log_dir = out / "_logs"
     log_dir.mkdir(exist_ok=True)
-    runs = [(splits, r) for splits in chains for r in range(cfg.repeats)]
+    codecs = cfg.codecs or (cfg.run.codec,)
+    runs = [(splits, codec, r) for splits in chains for codec in codecs for r in range(cfg.repeats)]
     template = replace(cfg.run, sweep_id=sweep_id, run_id=None)
     workers = [LocalWorker(i + 1, cfg, log_dir) for i in range(max(len(s) for s in chains))]
     counts = {"ok": 0, "skipped": 0, "failed": 0}
     t_sweep = time.monotonic()
-    print(f"sweep {sweep_id}: {cfg.model}, {len(chains)} split configuration(s) x {cfg.repeats} repeat(s) "
+    print(f"sweep {sweep_id}: {cfg.model}, {len(chains)} split configuration(s) x {len(codecs)} codec(s) "
+          f"x {cfg.repeats} repeat(s) "
           f"= {len(runs)} runs -> {out}", file=stream, flush=True)
     try:
-        for n, (splits, repeat) in enumerate(runs, start=1):
-            rc = replace(template, splits=splits, repeat=repeat)
+        for n, (splits, codec, repeat) in enumerate(runs, start=1):
+            rc = replace(template, splits=splits, repeat=repeat, codec=codec)
             rid = default_run_id(rc)
             path = out / f"{rid}.json"
-            tag = f"[{n}/{len(runs)}] split {':'.join(map(str, splits))} repeat {repeat}"
+            tag = f"[{n}/{len(runs)}] split {':'.join(map(str, splits))} codec {codec} repeat {repeat}"
             if path.exists():
                 counts["skipped"] += 1
                 print(f"{tag}: skipped (result file exists)", file=stream, flush=True)
