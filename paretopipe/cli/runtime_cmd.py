@@ -111,6 +111,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                             "(e.g. none,fp16,int8; default: none)")
     sweep.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sweep.set_defaults(func=_cmd_sweep)
+    _register_train(subparsers)
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    train = subparsers.add_parser(
+        "train-digits", help="train a model on scikit-learn's bundled digits (offline) for fidelity runs",
+        description="Train MODEL on the digits that scikit-learn ships (no download) and write its state_dict; "
+                    "use it with --weights FILE --input digits --input-size PX so fidelity (top-1 agreement) is "
+                    "measured on a model whose predictions vary.")
+    train.add_argument("--model", required=True, metavar="M", help="model name (see `paretopipe models`)")
+    train.add_argument("--out", required=True, metavar="FILE", help="state_dict file to write (never overwritten)")
+    train.add_argument("--input-size", type=_positive_int, default=32, metavar="PX", help="input size (default: 32)")
+    train.add_argument("--epochs", type=_positive_int, default=6, metavar="N", help="epochs (default: 6)")
+    train.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    train.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from paretopipe.digits import train
+
+    _setup_logging(False)
+    out = train(args.model, args.out, input_size=args.input_size, epochs=args.epochs, seed=args.seed)
+    print(f"{args.out}: {args.model} at {args.input_size} px, held-out top-1 accuracy {out['test_accuracy']:.3f} "
+          f"on {out['test_images']} images ({out['train_s']:.0f} s)")
+    return 0
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
