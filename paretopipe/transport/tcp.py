@@ -575,7 +575,10 @@ class TcpStageServer:
         if session is not None:
             for conn in (session.up, *session.conns):
                 if conn is not None:
-                    _shutdown(conn.sock)
+                    try:  # shut, not closed: the session's own thread closes what it uses
+                        conn.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
         lingering = join(handlers, READER_JOIN_S)
         if lingering:
             log.warning("connection threads did not stop within %g s: %s", READER_JOIN_S, ", ".join(lingering))
