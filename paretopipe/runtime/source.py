@@ -31,7 +31,7 @@ from paretopipe.runtime.compute import HostBuffers, compute
 from paretopipe.threads import join, spawn
 from paretopipe.transport.base import SessionPlan, SessionSpec, StageInfo
 
-log = logging.getLogger("paretopipe.source")
+log = logging.getLogger(__name__)
 
 #: Logits of at most this many counted batches are kept for --check.
 CHECK_BATCHES = 16

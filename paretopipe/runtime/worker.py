@@ -29,7 +29,7 @@ from paretopipe.threads import spawn
 from paretopipe.transport.base import InBatch, SessionSpec, StageInfo, StageLink
 from paretopipe.wire import StageRecord
 
-log = logging.getLogger("paretopipe.worker")
+log = logging.getLogger(__name__)
 
 #: Test hook (fault injection): "N" or "N,MARKER". The worker process exits abruptly after
 #: computing N batches of a session, as a crashed worker would; with MARKER it does so only if

@@ -60,7 +60,7 @@ from paretopipe.wire import (
     shape_str,
 )
 
-log = logging.getLogger("paretopipe.worker")
+log = logging.getLogger(__name__)
 
 #: Seconds a fresh connection gets to authenticate and say what it wants.
 PREAMBLE_TIMEOUT_S = 10.0
