@@ -147,7 +147,7 @@ class _Run:
         import torch
 
         from paretopipe.models import get_model_info, weights_spec
-        from paretopipe.runtime.worker import check_device
+        from paretopipe.runtime.compute import check_device
         from paretopipe.splitting import build_stages, num_blocks, stage_io_shapes
 
         cfg = self.cfg

@@ -23,7 +23,7 @@ from typing import Any
 
 from paretopipe.errors import ConfigError, StageError
 from paretopipe.metrics import ResourceSampler
-from paretopipe.runtime.compute import HostBuffers, compute
+from paretopipe.runtime.compute import HostBuffers, check_device, compute
 from paretopipe.runtime.cores import usable_cpus
 from paretopipe.threads import spawn
 from paretopipe.transport.base import InBatch, SessionSpec, StageInfo, StageLink
@@ -40,18 +40,6 @@ _SUPPORTED_DTYPES = ("float32",)
 #: Logged once per session when its first batch is computed (batches are flowing).
 FIRST_BATCH_LOG = "session %d: first batch computed"
 
-
-
-def check_device(device: str) -> str:
-    import torch
-
-    if device == "cpu":
-        return device
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__})")
-        return device
-    raise ConfigError(f"--device {device!r}: use cpu or cuda[:N]")
 
 
 def _fault_after() -> int | None:
