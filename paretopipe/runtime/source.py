@@ -211,7 +211,7 @@ class _Run:
                 other == mine for j, other in kernels.items() if j != idx)
 
     def config_section(self) -> dict[str, Any]:
-        from paretopipe.results import host_label
+        from paretopipe.environment import host_label
 
         cfg = self.cfg
         bounds = (0, *cfg.splits, getattr(self, "num_blocks", None))
@@ -485,7 +485,8 @@ class _Run:
 
     # ---------------------------------------------------------------- the file
     def document(self, run_id: str) -> dict[str, Any]:
-        from paretopipe.results import build_result, environment_info, validity
+        from paretopipe.environment import environment_info
+        from paretopipe.results import build_result, validity
 
         cfg = self.cfg
         nstages = len(cfg.splits) + 1

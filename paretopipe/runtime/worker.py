@@ -79,7 +79,7 @@ class StageService:
         return self.device.startswith("cuda")
 
     def _environment(self, index: int) -> dict[str, Any]:
-        from paretopipe.results import environment_info
+        from paretopipe.environment import environment_info
 
         if self._env is None:
             self._env = environment_info(self.device)
