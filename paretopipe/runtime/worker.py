@@ -41,7 +41,6 @@ _SUPPORTED_DTYPES = ("float32",)
 FIRST_BATCH_LOG = "session %d: first batch computed"
 
 
-
 def _fault_after() -> int | None:
     raw = os.environ.get(FAULT_ENV)
     if not raw:
