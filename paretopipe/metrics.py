@@ -21,7 +21,7 @@ from typing import Any
 
 from paretopipe.threads import spawn
 
-log = logging.getLogger("paretopipe.metrics")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

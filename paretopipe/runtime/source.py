@@ -31,7 +31,7 @@ from paretopipe.runtime.compute import HostBuffers, compute
 from paretopipe.threads import join, spawn
 from paretopipe.transport.base import SessionPlan, SessionSpec, StageInfo
 
-log = logging.getLogger("paretopipe.source")
+log = logging.getLogger(__name__)
 
 #: Logits of at most this many counted batches are kept for --check.
 CHECK_BATCHES = 16
@@ -163,15 +163,15 @@ class _Run:
         import torch
 
         from paretopipe.models import get_model_info, weights_spec
-        from paretopipe.runtime.worker import check_device
+        from paretopipe.runtime.compute import check_device
         from paretopipe.splitting import build_stages, num_blocks, stage_io_shapes
 
         cfg = self.cfg
         self.device = check_device(cfg.device)
-        self._plan_threads()
-        torch.set_num_threads(self.threads)
         self.input_size = cfg.input_size or get_model_info(cfg.model).input_size
         self.num_blocks = num_blocks(cfg.model, num_classes=cfg.num_classes)
+        self._plan_threads()
+        torch.set_num_threads(self.threads)
         for k in cfg.splits:
             if not 0 <= k <= self.num_blocks:
                 raise ConfigError(f"split {k} is out of range for {cfg.model} (valid: 0..{self.num_blocks}); see `paretopipe splits {cfg.model}`")
@@ -186,8 +186,9 @@ class _Run:
         """Intra-op threads for this source and for the stages on this host.
 
         --threads applies to every stage. Without it, the stages whose address is on this host
-        (loopback, or one of its interfaces) and this source divide this host's usable cores;
-        stages elsewhere use their own device's cores (the worker's default)."""
+        (loopback, or one of its interfaces) and this source divide this host's usable cores
+        among those that have blocks to run; stages elsewhere use their own device's cores (the
+        worker's default)."""
         from paretopipe.runtime.cores import is_local_address, threads_for
 
         cfg = self.cfg
@@ -195,9 +196,14 @@ class _Run:
         if cfg.threads:
             self.threads = cfg.threads
             self.stage_threads: tuple[int | None, ...] = tuple(cfg.threads for _ in cfg.stages)
-        else:
-            self.threads = threads_for(1 + sum(self.local_stages))
-            self.stage_threads = tuple(self.threads if local else None for local in self.local_stages)
+            return
+        # An empty stage (no blocks: k=0 leaves the source none, k=N the last worker none) only
+        # forwards tensors: it does not count among those that share the cores.
+        bounds = (0, *cfg.splits, self.num_blocks)
+        busy = [bounds[i] < bounds[i + 1] for i in range(len(bounds) - 1)]
+        sharing = max(1, busy[0] + sum(b for b, local in zip(busy[1:], self.local_stages) if local))
+        self.threads = threads_for(sharing)
+        self.stage_threads = tuple(self.threads if local else None for local in self.local_stages)
 
     def _describe_cores(self, stages: list[dict[str, Any]]) -> None:
         """Each stage's thread count and whether it shared a host (one kernel: the same boot
@@ -221,7 +227,7 @@ class _Run:
                 other == mine for j, other in kernels.items() if j != idx)
 
     def config_section(self) -> dict[str, Any]:
-        from paretopipe.results import host_label
+        from paretopipe.environment import host_label
 
         cfg = self.cfg
         bounds = (0, *cfg.splits, getattr(self, "num_blocks", None))
@@ -525,7 +531,8 @@ class _Run:
 
     # ---------------------------------------------------------------- the file
     def document(self, run_id: str) -> dict[str, Any]:
-        from paretopipe.results import build_result, environment_info, validity
+        from paretopipe.environment import environment_info
+        from paretopipe.results import build_result, validity
 
         cfg = self.cfg
         nstages = len(cfg.splits) + 1

@@ -23,13 +23,13 @@ from typing import Any
 
 from paretopipe.errors import ConfigError, StageError
 from paretopipe.metrics import ResourceSampler
-from paretopipe.runtime.compute import HostBuffers, compute
+from paretopipe.runtime.compute import HostBuffers, check_device, compute
 from paretopipe.runtime.cores import usable_cpus
 from paretopipe.threads import spawn
 from paretopipe.transport.base import InBatch, SessionSpec, StageInfo, StageLink
 from paretopipe.wire import StageRecord
 
-log = logging.getLogger("paretopipe.worker")
+log = logging.getLogger(__name__)
 
 #: Test hook (fault injection): "N" or "N,MARKER". The worker process exits abruptly after
 #: computing N batches of a session, as a crashed worker would; with MARKER it does so only if
@@ -39,19 +39,6 @@ FAULT_ENV = "PARETOPIPE_FAULT_EXIT_AFTER"
 _SUPPORTED_DTYPES = ("float32",)
 #: Logged once per session when its first batch is computed (batches are flowing).
 FIRST_BATCH_LOG = "session %d: first batch computed"
-
-
-
-def check_device(device: str) -> str:
-    import torch
-
-    if device == "cpu":
-        return device
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__})")
-        return device
-    raise ConfigError(f"--device {device!r}: use cpu or cuda[:N]")
 
 
 def _fault_after() -> int | None:
@@ -91,7 +78,7 @@ class StageService:
         return self.device.startswith("cuda")
 
     def _environment(self, index: int) -> dict[str, Any]:
-        from paretopipe.results import environment_info
+        from paretopipe.environment import environment_info
 
         if self._env is None:
             self._env = environment_info(self.device)

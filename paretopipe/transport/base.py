@@ -1,4 +1,4 @@
-"""The backend-neutral interface between the stage runners and a transport (DESIGN decision 8).
+"""The backend-neutral interface between the stage runners and a transport (either backend).
 
 The runners in :mod:`paretopipe.runtime` never touch sockets or RPC. They see two small
 interfaces and the plain data classes below:

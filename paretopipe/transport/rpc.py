@@ -69,7 +69,7 @@ from paretopipe.wire import (
     shape_str,
 )
 
-log = logging.getLogger("paretopipe.worker")
+log = logging.getLogger(__name__)
 
 #: Environment variables this backend reads.
 ENV_MASTER_ADDR, ENV_MASTER_PORT = "MASTER_ADDR", "MASTER_PORT"

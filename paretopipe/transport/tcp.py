@@ -62,7 +62,7 @@ from paretopipe.wire import (
     shape_str,
 )
 
-log = logging.getLogger("paretopipe.worker")
+log = logging.getLogger(__name__)
 
 #: Seconds a fresh connection gets to authenticate and say what it wants.
 PREAMBLE_TIMEOUT_S = 10.0
@@ -635,7 +635,10 @@ class TcpStageServer:
         if session is not None:
             for conn in (session.up, *session.conns):
                 if conn is not None:
-                    _shutdown(conn.sock)
+                    try:  # shut, not closed: the session's own thread closes what it uses
+                        conn.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
         lingering = join(handlers, READER_JOIN_S)
         if lingering:
             log.warning("connection threads did not stop within %g s: %s", READER_JOIN_S, ", ".join(lingering))
