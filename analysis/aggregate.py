@@ -44,9 +44,9 @@ __all__ = [
 ]
 
 CONFIG_COLUMNS = ("model", "network", "backend", "placement", "input_size", "batch_size",
-                  "window", "threads", "splits")
+                  "window", "threads", "codec", "splits")
 GROUP_COLUMNS = ("model", "network", "backend", "placement", "input_size", "batch_size",
-                 "window", "threads", "num_stages")
+                 "window", "threads", "codec", "num_stages")
 DEFAULT_GROUP_BY = ("model", "network", "backend")
 REFERENCE_MARGIN = 0.1  # default reference point: nadir + 10% of the range, per objective
 
@@ -138,7 +138,7 @@ class GroupResult:
         return " ".join([f"k={p.split_label}", *extra])
 
 
-_SHORT = {"batch_size": "b", "window": "w", "input_size": "px", "threads": "t"}
+_SHORT = {"batch_size": "b", "window": "w", "input_size": "px", "threads": "t", "codec": ""}
 
 
 def _fmt(value: object) -> str:

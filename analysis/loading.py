@@ -72,6 +72,7 @@ class RunRecord:
     hop_transfer_s: tuple[float, ...]  # mean per hop
     hop_bytes: tuple[float, ...]  # per hop, per batch
     metrics: Mapping[str, float] = field(default_factory=dict)  # every name in METRICS
+    codec: str = "none"  # the codec at the splits (files before codecs, upstream's: none)
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,12 @@ def _from_v1(path: Path, doc: dict[str, Any]) -> RunRecord:
     placement = ">".join(f"{s['host']}:{s['device']}" for s in config["stages"])
     compute = _fs(summary["compute_s"])
     hop_bytes = _fs(h["bytes"] for h in summary["hops"])
+    hop_raw = _fs(h.get("raw_bytes", h["bytes"]) for h in summary["hops"])  # files before codecs: raw = wire
     hop_transfer = _fs(h["transfer_s"] for h in summary["hops"])
+    codec_time = _sum_known(_f(h.get(k, 0.0)) for h in summary["hops"] for k in ("encode_s", "decode_s"))
+    fidelity = summary.get("fidelity") or {}
+    split_bytes = _sum_known(hop_bytes[:-1]) if len(hop_bytes) > 1 else math.nan
+    split_raw = _sum_known(hop_raw[:-1]) if len(hop_raw) > 1 else math.nan
     stages = summary["stages"]
 
     def stage_values(key: str) -> list[float]:
@@ -247,7 +253,7 @@ def _from_v1(path: Path, doc: dict[str, Any]) -> RunRecord:
         "throughput": _f(summary["throughput_img_s"]),
         "throughput_batch": _f(summary["throughput_batch_s"]),
         "payload_bytes": _f(summary["payload_bytes"]),
-        "split_bytes": _sum_known(hop_bytes[:-1]) if len(hop_bytes) > 1 else math.nan,
+        "split_bytes": split_bytes,
         "compute": _sum_known(compute),
         "transfer": _sum_known(hop_transfer),
         "queue_wait": _f(summary["queue_wait_s"]),
@@ -259,6 +265,12 @@ def _from_v1(path: Path, doc: dict[str, Any]) -> RunRecord:
         "peak_rss": _max_known(rss),
         "peak_rss_total": _sum_known(rss),
         "accuracy": _f(summary["accuracy_top1"]),
+        "agreement": _f(fidelity.get("agreement_top1")),
+        "logit_max_abs_error": _f(fidelity.get("max_abs_error")),
+        "logit_rel_l2_error": _f(fidelity.get("rel_l2_error")),
+        "split_raw_bytes": split_raw,
+        "compression_ratio": split_raw / split_bytes if split_bytes and math.isfinite(split_bytes) else math.nan,
+        "codec_time": codec_time,
     }
     return RunRecord(
         path=path,
@@ -269,6 +281,7 @@ def _from_v1(path: Path, doc: dict[str, Any]) -> RunRecord:
         model=config["model"],
         network=config["network"]["label"],
         backend=config["backend"],
+        codec=config.get("codec", "none"),
         placement=placement,
         input_size=config["input_size"],
         batch_size=config["batch_size"],

@@ -208,6 +208,7 @@ def _key(p: ConfigPoint) -> Key:
 def _matches(p: ConfigPoint, pred: PredictionFile) -> bool:
     return (p.get("model") == pred.model and p.get("network") == pred.network
             and p.get("backend") == pred.backend and p.get("num_stages") == pred.num_stages
+            and p.get("codec") in (None, "none")  # predictions model uncoded tensors
             and (pred.input_size is None or p.get("input_size") in (None, pred.input_size)))
 
 

@@ -14,9 +14,7 @@ this benchmark times them and prints each as a ratio to its bound (<= 1.0 meets 
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from paretopipe.errors import StageError, TransportError  # noqa: E402
 from paretopipe.runtime.sweep import free_port  # noqa: E402
 from paretopipe.transport import get_backend  # noqa: E402
 from paretopipe.transport.base import SessionPlan, SessionSpec  # noqa: E402
-from paretopipe.wire import FrameReader, MsgType, send_control, send_json, server_auth  # noqa: E402
+from tests.runtime.test_rpc import SilentRpcStage  # noqa: E402 - the tests' stage that never joins
 
 #: Slack on top of the timeout that bounds each failure: process and socket set-up.
 SLACK_S = 5.0
@@ -41,37 +39,6 @@ def _spec() -> SessionSpec:
 def _plan(address: str, connect_timeout_s: float) -> SessionPlan:
     return SessionPlan(addresses=(address,), spec=_spec(), head_out_shape=(2, 64, 16, 16), logits_shape=(2, 10),
                        token=None, connect_timeout_s=connect_timeout_s)
-
-
-class _SilentRpcStage:
-    """Answers the handshake as a stage would, then never joins the RPC group."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        conn, _ = self.sock.accept()
-        with conn:
-            reader = FrameReader(conn)
-            server_auth(conn, reader, None)
-            while True:
-                hdr, _ = reader.control([MsgType.PING, MsgType.HELLO])
-                if hdr.msg_type == MsgType.HELLO:
-                    break
-                send_control(conn, MsgType.PONG, t_send=time.monotonic())
-            send_json(conn, MsgType.READY, {"index": 1, "in_shape": [2, 64, 16, 16], "out_shape": [2, 10],
-                                            "dtype": "float32", "device": "cpu"})
-            reader.control_json([MsgType.JOIN])
-            try:
-                conn.recv(1)  # until the source hangs up
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _time_failure(backend: str, address: str, connect_timeout_s: float) -> tuple[float, str]:
@@ -100,7 +67,7 @@ def main() -> int:
         times = []
         for _ in range(args.repeat):
             if what.startswith("stage never"):
-                stage = _SilentRpcStage()
+                stage = SilentRpcStage()
                 try:
                     took, _msg = _time_failure(backend, stage.address, args.connect_timeout)
                 finally:

@@ -53,7 +53,7 @@ __all__ = ["DIMENSIONS", "Configuration", "RepeatRule", "SweepSpec", "Task", "Pl
 
 #: The sweep dimensions of a configuration, in the order labels and run ids name them. A new
 #: dimension is a field of :class:`Configuration`, a list in :class:`SweepSpec` and a name here.
-DIMENSIONS = ("splits", "window", "batch_size")
+DIMENSIONS = ("splits", "window", "batch_size", "codec")
 
 REPEATS_SCHEMA = "paretopipe.repeats"
 REPEATS_SCHEMA_VERSION = 1
@@ -68,19 +68,22 @@ class Configuration:
     splits: tuple[int, ...]
     window: int = 1
     batch_size: int = 8
+    codec: str = "none"  # of the tensor crossing each split (paretopipe.codecs)
 
     @property
     def label(self) -> str:
-        """``k=8 w4 b8`` (``k=3,9`` for three stages): what tables, plots and logs call it."""
-        return f"k={','.join(map(str, self.splits))} w{self.window} b{self.batch_size}"
+        """``k=8 w4 b8`` (``k=3,9`` for three stages; `` int8`` added for a codec other than none):
+        what tables, plots and logs call it."""
+        codec = "" if self.codec == "none" else f" {self.codec}"
+        return f"k={','.join(map(str, self.splits))} w{self.window} b{self.batch_size}{codec}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"splits": list(self.splits), "window": self.window, "batch_size": self.batch_size}
+        return {"splits": list(self.splits), "window": self.window, "batch_size": self.batch_size, "codec": self.codec}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Configuration:
         return cls(splits=tuple(int(k) for k in d["splits"]), window=int(d["window"]),
-                   batch_size=int(d["batch_size"]))
+                   batch_size=int(d["batch_size"]), codec=str(d.get("codec", "none")))
 
 
 def parse_splits(text: Any, num_blocks: int, devices: int, *, model: str = "MODEL",
@@ -234,6 +237,7 @@ class SweepSpec:
     splits: tuple[tuple[int, ...], ...]
     windows: tuple[int, ...] = (1,)
     batch_sizes: tuple[int, ...] = (8,)
+    codecs: tuple[str, ...] = ("none",)
     conditions: tuple[str, ...] = ("none",)
     backends: tuple[str, ...] = ("tcp",)
     repeats: RepeatRule = field(default_factory=RepeatRule)
@@ -243,11 +247,12 @@ class SweepSpec:
     def __post_init__(self) -> None:
         if not self.conditions or not self.backends:
             raise ConfigError("give at least one network condition and one backend")
-        if not self.splits or not self.windows or not self.batch_sizes:
+        if not self.splits or not self.windows or not self.batch_sizes or not self.codecs:
             raise ConfigError("every sweep dimension needs at least one value")
 
     def configurations(self, condition: str | None = None) -> list[Configuration]:
-        every = [Configuration(s, w, b) for s, w, b in itertools.product(self.splits, self.windows, self.batch_sizes)]
+        every = [Configuration(s, w, b, c) for s, w, b, c in
+                 itertools.product(self.splits, self.windows, self.batch_sizes, self.codecs)]
         chosen = self.selection.get(condition) if condition is not None else None
         return every if chosen is None else [c for c in every if c in chosen]
 
@@ -288,8 +293,8 @@ class Plan:
     def full_total(self) -> int:
         """Runs without a selection (what strategy=predicted saves against)."""
         s = self.spec
-        return (len(s.splits) * len(s.windows) * len(s.batch_sizes) * len(s.conditions) * len(s.backends)
-                * s.repeats.most)
+        return (len(s.splits) * len(s.windows) * len(s.batch_sizes) * len(s.codecs) * len(s.conditions)
+                * len(s.backends) * s.repeats.most)
 
     def rounds(self) -> list[tuple[str, list[Task]]]:
         """The pending tasks per network condition, in the spec's order (one shaping each)."""
@@ -310,7 +315,7 @@ def run_id(model: str, task: Task | None = None, repeat: int = 0, *, condition: 
     assert cfg is not None
     return make(model=model, splits=cfg.splits, backend=task.backend if task else backend,
                 network=task.condition if task else condition, batch_size=cfg.batch_size, window=cfg.window,
-                repeat=repeat)
+                repeat=repeat, codec=cfg.codec)
 
 
 def config_id(model: str, task: Task) -> str:
@@ -528,6 +533,7 @@ def _finite(x: float) -> float | None:
 
 def spec_from_settings(s: Mapping[str, Any]) -> SweepSpec:
     """A :class:`SweepSpec` from the sweep role's settings (playbooks/group_vars/all/sweep.yml)."""
+    from paretopipe.codecs import parse_codec_list
     from paretopipe.splitting import num_blocks as count_blocks
 
     devices = len(s["chain"])
@@ -537,6 +543,7 @@ def spec_from_settings(s: Mapping[str, Any]) -> SweepSpec:
     splits = parse_splits(s["splits"], n, devices, model=s["model"], flag="splits")
     windows = parse_positive_list(s.get("windows", s.get("window", 1)), "windows", "1,4")
     batch_sizes = parse_positive_list(s.get("batch_sizes", s.get("batch_size", 8)), "batch_sizes", "1,8")
+    codecs = tuple(c.name for c in parse_codec_list(s.get("codecs") or "none"))
     rule = parse_repeats(s["repeats"], target=float(s.get("repeats_target", 0.05)),
                          minimum=int(s.get("repeats_min", 3)), maximum=int(s.get("repeats_max", 10)))
     selection: dict[str, frozenset[Configuration]] = {}
@@ -545,7 +552,7 @@ def spec_from_settings(s: Mapping[str, Any]) -> SweepSpec:
     conditions = tuple(s["conditions"])
     backends = tuple(s["backends"])
     return SweepSpec(model=s["model"], num_blocks=n, devices=devices, splits=tuple(splits), windows=windows,
-                     batch_sizes=batch_sizes, conditions=conditions, backends=backends, repeats=rule,
+                     batch_sizes=batch_sizes, codecs=codecs, conditions=conditions, backends=backends, repeats=rule,
                      selection=selection)
 
 
@@ -571,7 +578,7 @@ def _controller_plan(s: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "sweep_id": s["sweep_id"], "model": spec.model, "num_blocks": spec.num_blocks,
         "chain": list(s["chain"]), "splits": [list(c) for c in spec.splits], "windows": list(spec.windows),
-        "batch_sizes": list(spec.batch_sizes), "configurations": len(spec.configurations()),
+        "batch_sizes": list(spec.batch_sizes), "codecs": list(spec.codecs), "configurations": len(spec.configurations()),
         "repeats": spec.repeats.as_dict(), "total": plan.total, "done": plan.done, "pending": plan.pending,
         "full_total": plan.full_total, "rounds": rounds,
         "device": {"run": template, "stages": stages, "results_dir": s["device_results_dir"],
@@ -595,7 +602,8 @@ def _device_run(job: Mapping[str, Any], status_file: Path | None, log: Callable[
         t0 = time.monotonic()
         try:
             cfg = RunConfig(**template, splits=task.config.splits, stages=tuple(dev["stages"][task.backend]), out=path,
-                            batch_size=task.config.batch_size, window=task.config.window, backend=task.backend,
+                            batch_size=task.config.batch_size, window=task.config.window, codec=task.config.codec,
+                            backend=task.backend,
                             network_label=task.condition, network=network, repeat=repeat,
                             run_id=run_id(model, task, repeat))
             doc = run(cfg)

@@ -8,7 +8,7 @@ The model (docs/predict.md). For a chain of ``S`` stages with split indices ``k_
 
 * ``c_i`` = the sum of device ``i``'s block medians over its blocks (0 for an empty stage);
 * hop ``i`` (``i < S - 1``) carries the tensor crossing ``k_{i+1}`` from device ``i`` to ``i + 1``;
-  the last hop returns the logits from the last device to the source (DESIGN decision 3);
+  the last hop returns the logits from the last device to the source (latency is one clock, the source's);
 * a hop of ``b`` bytes takes ``t(b) = 8 b / rate + delay + overhead`` (``overhead``: the backend's
   measured per-message cost) and keeps its link busy for ``o(b) = 8 b / rate + overhead``;
 * unloaded latency ``L0 = sum(c_i) + sum(t(b_hop))``;

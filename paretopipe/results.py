@@ -9,14 +9,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import platform
-import socket
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from paretopipe import __version__
 from paretopipe.errors import ConfigError
 
 SCHEMA = "paretopipe.run"
@@ -27,72 +23,13 @@ def utc_now() -> str:
 
 
 def run_id(*, model: str, splits: Sequence[int], backend: str, network: str, batch_size: int,
-           window: int, repeat: int) -> str:
-    """The file-name stem of a run, e.g. ``resnet18-s5-tcp-lan-b8-w4-r0`` (``s3_9`` for 3 stages)."""
+           window: int, repeat: int, codec: str = "none") -> str:
+    """The file-name stem of a run, e.g. ``resnet18-s5-tcp-lan-b8-w4-r0`` (``s3_9`` for 3 stages);
+    a codec other than ``none`` adds ``-c<codec>`` before the repeat (``-cint8+zstd``)."""
     split_part = "_".join(str(k) for k in splits)
     safe_net = "".join(c if c.isalnum() or c in "-." else "_" for c in network)
-    return f"{model}-s{split_part}-{backend}-{safe_net}-b{batch_size}-w{window}-r{repeat}"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware"):
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_commit() -> str | None:
-    repo = Path(__file__).resolve().parent.parent
-    if not (repo / ".git").exists():
-        return None
-    try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def host_label() -> str:
-    """The name this device goes by in result files.
-
-    ``PARETOPIPE_DEVICE`` when set (the emulated testbed's sshd sets it to ``pi1``, ``gpu``, ...,
-    since its devices share one hostname; set it on real devices to name them), else the hostname.
-    """
-    return os.environ.get("PARETOPIPE_DEVICE") or socket.gethostname()
-
-
-def environment_info(device: str, *, index: int = 0) -> dict[str, Any]:
-    """This machine and its software, for the ``environment.stages`` section."""
-    import torch
-    import torchvision
-
-    from paretopipe.runtime.cores import boot_id, usable_cpus
-
-    device_name = None
-    if device.startswith("cuda") and torch.cuda.is_available():
-        device_name = torch.cuda.get_device_name(torch.device(device))
-    return {
-        "index": index,
-        "hostname": socket.gethostname(),
-        "host": host_label(),
-        "cpu_model": _cpu_model(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "paretopipe": __version__,
-        "device": device,
-        "device_name": device_name,
-        "commit": _git_commit(),
-        "boot_id": boot_id(),
-        "usable_cpus": usable_cpus(),
-    }
+    codec_part = "" if codec == "none" else f"-c{codec}"
+    return f"{model}-s{split_part}-{backend}-{safe_net}-b{batch_size}-w{window}{codec_part}-r{repeat}"
 
 
 def validity(*, warmup: int, counted: int, duration_s: float, min_batches: int,

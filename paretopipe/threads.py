@@ -75,7 +75,7 @@ def exit_code(code: int, *, timeout_s: float = SETTLE_S) -> int:
     lingering = settle(timeout_s)
     if not lingering:
         return code
-    log.warning("threads still running after %.0f s at exit: %s; ending the process without interpreter "
+    log.warning("threads still running after %g s at exit: %s; ending the process without interpreter "
                 "shutdown (exit status %d)", timeout_s, ", ".join(sorted(lingering)), code)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

@@ -219,4 +219,4 @@ def test_token_file(tmp_path):
 
 
 def test_magic_is_documented_value():
-    assert MAGIC == b"PPWF" and struct.calcsize("!4sBBBBBBQQddQ8q") == HEADER_SIZE
+    assert MAGIC == b"PPWF" and struct.calcsize("!4sBBBBBBBQQdddiQ8q") == HEADER_SIZE == 127

@@ -84,14 +84,20 @@ class _ArrayInput(InputSource):
 
     def batch(self, batch_id: int) -> Batch:
         import torch
-        import torch.nn.functional as F
 
         n = self._images.shape[0]
         idx = torch.arange(batch_id * self.batch_size, (batch_id + 1) * self.batch_size) % n
+        images, labels = self.take(idx)
+        return Batch(batch_id, images, labels)
+
+    def take(self, idx: Any) -> tuple[Any, Any]:
+        """The images at `idx` (an index tensor), resized and normalised, and their labels."""
+        import torch.nn.functional as F
+
         x = self._images[idx].float().div_(255.0)
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        return Batch(batch_id, (x - self._mean) / self._std, self._labels[idx])
+        return (x - self._mean) / self._std, self._labels[idx]
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -191,9 +197,13 @@ class FolderInput(_ArrayInput):
 
 def open_input(spec: str, *, batch_size: int, input_size: int, seed: int) -> InputSource:
     kind = spec.split(":", 1)[0]
+    if spec == "digits":  # scikit-learn's bundled digits, the held-out part (paretopipe.digits)
+        from paretopipe.digits import DigitsInput
+
+        return DigitsInput(spec, batch_size=batch_size, input_size=input_size, seed=seed)
     kinds = {"synthetic": SyntheticInput, "cifar10": Cifar10Input, "folder": FolderInput}
     if kind not in kinds or (kind != "synthetic" and ":" not in spec) or (kind == "synthetic" and spec != "synthetic"):
-        raise ConfigError(f"bad --input {spec!r}: use synthetic, cifar10:PATH or folder:PATH")
+        raise ConfigError(f"bad --input {spec!r}: use synthetic, digits, cifar10:PATH or folder:PATH")
     return kinds[kind](spec, batch_size=batch_size, input_size=input_size, seed=seed)
 
 

@@ -40,6 +40,8 @@ class SweepConfig:
     repeats: RepeatRule = field(default_factory=RepeatRule)
     sweep_id: str | None = None
     device: str = "cpu"
+    codecs: tuple[str, ...] = ()  # empty: the template's codec
+    codecs: tuple[str, ...] = ()  # every split runs with each codec; empty: the template's codec
 
     @property
     def model(self) -> str:
@@ -52,7 +54,8 @@ class SweepConfig:
         chains = parse_splits(self.splits, n, self.devices, model=self.model, flag="--splits")
         return SweepSpec(model=self.model, num_blocks=n, devices=self.devices, splits=tuple(chains),
                          windows=self.windows or (self.run.window,),
-                         batch_sizes=self.batch_sizes or (self.run.batch_size,), conditions=(self.run.network_label,),
+                         batch_sizes=self.batch_sizes or (self.run.batch_size,),
+                         codecs=self.codecs or (self.run.codec,), conditions=(self.run.network_label,),
                          backends=(self.run.backend,), repeats=self.repeats)
 
 
@@ -129,7 +132,8 @@ def _run_args(rc: RunConfig) -> list[str]:
            "--warmup", str(rc.warmup), "--min-batches", str(rc.min_batches),
            "--min-duration", str(rc.min_duration_s), "--input", rc.input, "--num-classes", str(rc.num_classes),
            "--seed", str(rc.seed), "--connect-timeout", str(rc.connect_timeout_s), "--timeout", str(rc.timeout_s),
-           "--network-label", rc.network_label, "--repeat", str(rc.repeat), "--out", str(rc.out)]
+           "--network-label", rc.network_label, "--repeat", str(rc.repeat), "--out", str(rc.out),
+           "--codec", rc.codec, "--fidelity-batches", str(rc.fidelity_batches)]
     for k in rc.splits:
         cmd += ["--split", str(k)]
     for flag, value in (("--input-size", rc.input_size), ("--weights", rc.weights), ("--threads", rc.threads),
@@ -160,7 +164,7 @@ def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
     rule = "auto (95% CI within {:.0%} of the mean, {}..{} runs)".format(
         cfg.repeats.target, cfg.repeats.minimum, cfg.repeats.maximum) if cfg.repeats.auto else str(cfg.repeats.count)
     print(f"sweep {sweep_id}: {cfg.model}, {len(spec.splits)} split configuration(s) x {len(spec.windows)} window(s) "
-          f"x {len(spec.batch_sizes)} batch size(s) = {len(spec.configurations())} configurations, repeats {rule}: "
+          f"x {len(spec.batch_sizes)} batch size(s) x {len(spec.codecs)} codec(s) = {len(spec.configurations())} configurations, repeats {rule}: "
           f"{plan.total} runs, {plan.done} already done, {plan.pending} to run -> {out}", file=stream, flush=True)
 
     def execute(task: Task, repeat: int, path: Path) -> Outcome:
@@ -171,7 +175,8 @@ def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
                 w.stop()
                 w.start()
         c = task.config
-        rc = replace(template, splits=c.splits, window=c.window, batch_size=c.batch_size, repeat=repeat, out=path,
+        rc = replace(template, splits=c.splits, window=c.window, batch_size=c.batch_size, codec=c.codec, repeat=repeat,
+                     out=path,
                      stages=tuple(w.address for w in workers))
         t0 = time.monotonic()
         proc = subprocess.run(_run_args(rc), capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)

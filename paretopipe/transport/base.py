@@ -1,4 +1,4 @@
-"""The backend-neutral interface between the stage runners and a transport (DESIGN decision 8).
+"""The backend-neutral interface between the stage runners and a transport (either backend).
 
 The runners in :mod:`paretopipe.runtime` never touch sockets or RPC. They see two small
 interfaces and the plain data classes below:
@@ -81,6 +81,7 @@ class SessionSpec:
     timeout_s: float
     threads: int | None = None
     seed: int = 0
+    codec: str = "none"  # what crosses every split (paretopipe.codecs); the logits return uncoded
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -101,7 +102,7 @@ class SessionSpec:
                 next_address=None if obj.get("next_address") is None else str(obj["next_address"]),
                 window=int(obj["window"]), timeout_s=float(obj["timeout_s"]),
                 threads=None if obj.get("threads") is None else int(obj["threads"]),
-                seed=int(obj.get("seed", 0)),
+                seed=int(obj.get("seed", 0)), codec=str(obj.get("codec", "none")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed session spec: {exc!r}") from None
@@ -155,8 +156,11 @@ class InBatch:
     records: list[StageRecord]
     transfer_in_s: float
     bytes_in: int
-    t_arrived: float
+    t_arrived: float  # when it was received and decoded, ready for compute
     slot: int = -1  # buffer slot, for release()
+    raw_bytes: int = 0  # the decoded tensor's bytes (bytes_in: what crossed the wire)
+    encode_s: float = 0.0  # the sender's encode time
+    decode_s: float = 0.0  # this side's decode time
 
 
 @dataclass
@@ -169,6 +173,9 @@ class ResultBatch:
     return_transfer_s: float
     return_bytes: int
     t_done: float
+    return_raw_bytes: int = 0
+    return_encode_s: float = 0.0
+    return_decode_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from paretopipe.codecs import NONE as CODEC_NONE
+from paretopipe.codecs import Codec, CodecError, Decoder, Encoder, codec_from_wire, parse_codec
 from paretopipe.errors import ConfigError, ParetoPipeError, StageError, TransportError
 from paretopipe.transport.base import (
     InBatch, ResultBatch, SessionPlan, SessionSpec, StageHandler, StageInfo, StageLink,
@@ -67,7 +69,7 @@ from paretopipe.wire import (
     shape_str,
 )
 
-log = logging.getLogger("paretopipe.worker")
+log = logging.getLogger(__name__)
 
 #: Environment variables this backend reads.
 ENV_MASTER_ADDR, ENV_MASTER_PORT = "MASTER_ADDR", "MASTER_PORT"
@@ -325,32 +327,67 @@ def _first_line(exc: BaseException) -> str:
 _ACTIVE: _Endpoint | None = None  # the source link or the stage link of this process's session
 
 
+@dataclass(frozen=True)
+class _Coded:
+    """How a batch's tensor was encoded: (codec wire id, int8 scale, int8 zero point, encode s)."""
+
+    codec_id: int = 0
+    scale: float = 1.0
+    zero_point: int = 0
+    encode_s: float = 0.0
+
+
 class _Endpoint:
     session_id: int
 
-    def deliver(self, batch_id: int, tensor: Any, records: list[StageRecord], t_send: float, t_arrived: float) -> None:
+    def deliver(self, batch_id: int, tensor: Any, records: list[StageRecord], t_send: float, t_arrived: float,
+                coded: _Coded) -> None:
         raise NotImplementedError
 
 
-def _deliver(session_id: int, batch_id: int, tensor: Any, records: list[tuple[float, float, float, int]],
-             t_send: float) -> None:
+def _deliver(session_id: int, batch_id: int, tensor: Any, records: list[tuple[Any, ...]],
+             t_send: float, coded: tuple[int, float, int, float] = (0, 1.0, 0, 0.0)) -> None:
     """Runs on the receiving rank: hand a batch (or the logits) to this process's session."""
     t_arrived = time.monotonic()
     ep = _ACTIVE
     if ep is None or ep.session_id != session_id:
         raise RuntimeError(f"no session {session_id} on this rank")
-    ep.deliver(batch_id, tensor, [StageRecord(*r) for r in records], t_send, t_arrived)
+    ep.deliver(batch_id, tensor, [StageRecord(*r) for r in records], t_send, t_arrived, _Coded(*coded))
 
 
 def _send_batch(to: str, session_id: int, batch_id: int, tensor: Any, records: Sequence[StageRecord],
-                timeout_s: float) -> float:
-    """One batch to the next rank; waits for the acknowledgement (the tensor may then be reused)."""
+                timeout_s: float, encoder: Encoder | None = None) -> float:
+    """One batch to the next rank, encoded with `encoder`'s codec (None: raw); waits for the
+    acknowledgement (the tensor may then be reused). Returns the time before encoding."""
+    import torch
     from torch.distributed import rpc
 
-    t_send = time.monotonic()
-    recs = [(r.compute_s, r.queue_s, r.transfer_in_s, r.bytes_in) for r in records]
-    rpc.rpc_async(to, _deliver, args=(session_id, batch_id, tensor, recs, t_send), timeout=timeout_s).wait()
-    return t_send
+    t_start = time.monotonic()
+    coded = (0, 1.0, 0, 0.0)
+    if encoder is not None and encoder.codec != CODEC_NONE:
+        enc = encoder.encode(tensor)
+        payload = torch.empty(len(enc.payload), dtype=torch.uint8)  # RPC sends tensors, not buffers
+        memoryview(payload.numpy())[:] = enc.payload
+        tensor, coded = payload, (enc.codec.wire_id, enc.scale, enc.zero_point, enc.encode_s)
+    recs = [r.as_tuple() for r in records]
+    rpc.rpc_async(to, _deliver, args=(session_id, batch_id, tensor, recs, time.monotonic(), coded),
+                  timeout=timeout_s).wait()
+    return t_start
+
+
+def _decode_rpc(decoder: Decoder, tensor: Any, coded: _Coded, *, sender: str) -> tuple[Any, float]:
+    """An RPC-delivered payload (a uint8 tensor) decoded into a new float32 tensor; the codec and
+    every size checked first, as the TCP receiver does."""
+    import torch
+
+    codec = codec_from_wire(coded.codec_id)
+    if codec != decoder.codec:
+        raise ProtocolError(f"{sender} sent codec {codec.name}; the session negotiated {decoder.codec.name}")
+    if tensor.dtype != torch.uint8 or tensor.dim() != 1:
+        raise ProtocolError(f"{sender} sent an encoded payload as {tensor.dtype}[{tensor.dim()} dims], not uint8 bytes")
+    decoder.check_length(int(tensor.numel()))
+    out = torch.empty(decoder.shape, dtype=torch.float32)
+    return out, decoder.decode(memoryview(tensor.numpy()), coded.scale, coded.zero_point, out)
 
 
 def _tensor_nbytes(tensor: Any) -> int:
@@ -485,17 +522,27 @@ class RpcSourceLink(TcpSourceLink, _Endpoint):
                                  f"with --rpc-master or {ENV_MASTER_ADDR}/{ENV_MASTER_PORT})")
 
     # -- data path
-    def deliver(self, batch_id: int, tensor: Any, records: list[StageRecord], t_send: float, t_arrived: float) -> None:
+    def deliver(self, batch_id: int, tensor: Any, records: list[StageRecord], t_send: float, t_arrived: float,
+                coded: _Coded) -> None:
+        if coded.codec_id != CODEC_NONE.wire_id:
+            self._events.put("error", len(self._conns), f"returned encoded logits (codec id {coded.codec_id}); "
+                                                         f"logits return uncoded")
+            return
         if tuple(tensor.shape) != self._logits_shape:
             self._events.put("error", len(self._conns), f"returned logits {tuple(tensor.shape)}, expected {self._logits_shape}")
             return
         transfer = t_arrived - (t_send - self._return_offset)
-        self._events.put("result", 0, ResultBatch(batch_id, tensor, records, transfer, _tensor_nbytes(tensor), t_arrived))
+        nbytes = _tensor_nbytes(tensor)
+        self._events.put("result", 0, ResultBatch(batch_id, tensor, records, transfer, nbytes, t_arrived,
+                                                  return_raw_bytes=nbytes, return_encode_s=coded.encode_s))
 
     def send(self, batch_id: int, tensor: Any) -> float:
         assert self._spec is not None
+        if self._encoder is None:
+            self._encoder = Encoder(parse_codec(self._spec.codec))
         try:
-            return _send_batch(_stage_name(1), self._spec.session_id, batch_id, tensor, (), self._spec.timeout_s)
+            return _send_batch(_stage_name(1), self._spec.session_id, batch_id, tensor, (), self._spec.timeout_s,
+                               self._encoder)
         except Exception as exc:  # noqa: BLE001 - RPC errors are RuntimeErrors
             raise self._failure(("eof", 1, f"sending batch {batch_id} over RPC failed: {_first_line(exc)}")) from None
 
@@ -537,6 +584,10 @@ class RpcStageLink(StageLink, _Endpoint):
         self._next = _stage_name(spec.stage_index + 1) if spec.stage_index < spec.num_stages - 1 else SOURCE_NAME
         self._upstream = "the source" if spec.stage_index == 1 else f"stage {spec.stage_index - 1}"
         self.ended = False
+        codec = parse_codec(spec.codec)
+        self._decoder = Decoder(codec, info.in_shape)
+        # the codec applies at every split; the logits return to the source uncoded
+        self._encoder = Encoder(codec if self._next != SOURCE_NAME else CODEC_NONE)
 
     def watch_control(self) -> None:
         """END ends the session; EOF or garbage on the control connection aborts it."""
@@ -548,12 +599,22 @@ class RpcStageLink(StageLink, _Endpoint):
         except (TransportError, OSError) as exc:
             self._inbox.put(TransportError(f"the source's control connection failed: {exc}"))
 
-    def deliver(self, batch_id: int, tensor: Any, records: list[StageRecord], t_send: float, t_arrived: float) -> None:
+    def deliver(self, batch_id: int, tensor: Any, records: list[StageRecord], t_send: float, t_arrived: float,
+                coded: _Coded) -> None:
+        wire_bytes, decode_s = _tensor_nbytes(tensor), 0.0
+        if coded.codec_id != CODEC_NONE.wire_id or self._decoder.codec != CODEC_NONE:
+            try:
+                tensor, decode_s = _decode_rpc(self._decoder, tensor, coded, sender=self._upstream)
+            except (CodecError, ProtocolError) as exc:
+                # the session's error, reported by the stage loop; the worker serves the next one
+                self._inbox.put(type(exc)(f"batch {batch_id} from {self._upstream}: {exc}"))
+                return
         if tuple(tensor.shape) != self.info.in_shape or str(tensor.dtype).removeprefix("torch.") != self.info.dtype:
             raise RuntimeError(f"{self._upstream} sent {shape_str(str(tensor.dtype).removeprefix('torch.'), tuple(tensor.shape))} "
                                f"but stage {self.spec.stage_index} expects {shape_str(self.info.dtype, self.info.in_shape)}")
         transfer = t_arrived - (t_send - self._offset)
-        self._inbox.put(InBatch(batch_id, tensor, records, transfer, _tensor_nbytes(tensor), t_arrived))
+        self._inbox.put(InBatch(batch_id, tensor, records, transfer, wire_bytes, t_arrived + decode_s,
+                                raw_bytes=_tensor_nbytes(tensor), encode_s=coded.encode_s, decode_s=decode_s))
 
     def recv(self) -> InBatch | None:
         try:
@@ -574,7 +635,8 @@ class RpcStageLink(StageLink, _Endpoint):
         waited = time.monotonic() - t_ready
         records = [*records[:-1], replace(mine, queue_s=mine.queue_s + waited)]
         try:
-            return _send_batch(self._next, self.spec.session_id, batch_id, tensor, records, self.spec.timeout_s)
+            return _send_batch(self._next, self.spec.session_id, batch_id, tensor, records, self.spec.timeout_s,
+                               self._encoder)
         except Exception as exc:  # noqa: BLE001 - RPC errors are RuntimeErrors
             raise TransportError(f"sending batch {batch_id} to {self._next} over RPC failed: {_first_line(exc)}") from None
 
@@ -590,8 +652,9 @@ class RpcStageServer(TcpStageServer):
     stages of an RPC session reach each other over RPC."""
 
     def __init__(self, address: str, handler: StageHandler, *, token: bytes | None,
-                 options: RpcOptions | None = None, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
-        super().__init__(address, handler, token=token, max_frame_bytes=max_frame_bytes)
+                 options: RpcOptions | None = None, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 codecs: Sequence[Codec] | None = None) -> None:
+        super().__init__(address, handler, token=token, max_frame_bytes=max_frame_bytes, codecs=codecs)
         self._options = options or RpcOptions.from_env()
         self._rpc_busy = threading.Lock()
         self._watcher: threading.Thread | None = None
@@ -618,6 +681,8 @@ class RpcStageServer(TcpStageServer):
 
     def _session_rpc(self, ctrl: _Conn, obj: dict[str, Any]) -> None:
         spec = SessionSpec.from_json(obj)
+        if self._refuse_codec(ctrl, spec):
+            return
         if not self._rpc_busy.acquire(timeout=BUSY_GRACE_S):  # a moment for a session that is leaving
             sid, peer = self._current or (0, "?")
             log.warning("refused session %d from %s: busy", spec.session_id, ctrl.name)
@@ -705,5 +770,5 @@ def _await_hangup(sock: socket.socket, timeout_s: float) -> None:
 
 
 def serve(address: str, handler: StageHandler, *, token: bytes | None, stop: threading.Event | None = None,
-          max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
-    RpcStageServer(address, handler, token=token, max_frame_bytes=max_frame_bytes).serve_forever(stop)
+          max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, codecs: Sequence[Codec] | None = None) -> None:
+    RpcStageServer(address, handler, token=token, max_frame_bytes=max_frame_bytes, codecs=codecs).serve_forever(stop)

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from paretopipe.codecs import NONE as CODEC_NONE
+from paretopipe.codecs import Codec, CodecError, Decoder, Encoder, parse_codec
 from paretopipe.errors import ConfigError, ParetoPipeError, StageError, TransportError
 from paretopipe.transport.base import (
     InBatch,
@@ -60,7 +62,7 @@ from paretopipe.wire import (
     shape_str,
 )
 
-log = logging.getLogger("paretopipe.worker")
+log = logging.getLogger(__name__)
 
 #: Seconds a fresh connection gets to authenticate and say what it wants.
 PREAMBLE_TIMEOUT_S = 10.0
@@ -174,6 +176,46 @@ def _tensor_meta(tensor: Any) -> tuple[str, tuple[int, ...]]:
     return str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape)
 
 
+def send_encoded(sock: socket.socket, encoder: Encoder, tensor: Any, records: Sequence[StageRecord], *,
+                 session_id: int, batch_id: int) -> None:
+    """Encode `tensor` with the link's codec and send it as one DATA frame. The frame's send
+    stamp is taken after encoding, so the receiver's transfer time is the wire's alone; the
+    encode time travels in the header (t_aux)."""
+    dtype, shape = _tensor_meta(tensor)
+    if encoder.codec == CODEC_NONE:
+        payload, scale, zero_point, encode_s = _tensor_bytes(tensor), 1.0, 0, 0.0
+    else:
+        enc = encoder.encode(tensor)
+        payload, scale, zero_point, encode_s = enc.payload, enc.scale, enc.zero_point, enc.encode_s
+    send_data(sock, payload, dtype=dtype, shape=shape, records=records, session_id=session_id, batch_id=batch_id,
+              t_send=time.monotonic(), codec_id=encoder.codec.wire_id, scale=scale, zero_point=zero_point,
+              encode_s=encode_s)
+
+
+def recv_decoded(reader: FrameReader, hdr: Any, decoder: Decoder, tensor: Any, view: memoryview) -> float:
+    """Receive a DATA payload (header and records already read and checked) and decode it into
+    `tensor` (whose bytes are `view`). Returns the decode time (0 for the raw codec, whose bytes
+    go straight into `view`)."""
+    if decoder.direct:
+        recv_payload_into(reader, hdr, view)
+        return 0.0
+    staging = decoder.staging(hdr.length)
+    recv_payload_into(reader, hdr, staging)
+    return decoder.decode(staging, hdr.scale, hdr.zero_point, tensor)
+
+
+def codec_refusal(spec: SessionSpec, accepted: Sequence[Codec], *, peer: str, me: str) -> str | None:
+    """Why this worker refuses the session's codec (naming both sides), or None when it accepts it."""
+    try:
+        codec = parse_codec(spec.codec)
+    except ConfigError:
+        codec = None
+    if codec is not None and codec in accepted:
+        return None
+    return (f"codec mismatch: {peer} asks for codec {spec.codec!r}, but stage {spec.stage_index} ({me}) supports "
+            f"{', '.join(c.name for c in accepted)}")
+
+
 @dataclass
 class _Conn:
     sock: socket.socket
@@ -201,6 +243,7 @@ class TcpSourceLink(SourceLink):
         # the tensor the next result is received into, made after the one before arrived
         self._result_buffer: tuple[Any, memoryview] | None = None
         self._readers: list[threading.Thread] = []
+        self._encoder: Encoder | None = None  # the session's codec, made at the first send
 
     # -- open
     def open(self, plan: SessionPlan) -> list[StageInfo]:
@@ -277,13 +320,16 @@ class TcpSourceLink(SourceLink):
         assert self._spec is not None
         if hdr.shape != self._logits_shape or hdr.dtype != self._spec.dtype:
             raise ProtocolError(f"result {shape_str(hdr.dtype or '?', hdr.shape)} is not the expected {shape_str(self._spec.dtype, self._logits_shape)}")
+        if hdr.codec_id != CODEC_NONE.wire_id:
+            raise ProtocolError(f"the result came encoded (codec id {hdr.codec_id}); logits return uncoded")
         records = conn.reader.records(hdr)
         logits, view = self._result_buffer or self._new_result_buffer(dtype)
         recv_payload_into(conn.reader, hdr, view)
         t_done = time.monotonic()
         # the next result's tensor now, off the critical path (each result keeps its own tensor)
         self._result_buffer = self._new_result_buffer(dtype)
-        return ResultBatch(hdr.batch_id, logits, records, t_done - (hdr.t_send - conn.offset), hdr.length, t_done)
+        return ResultBatch(hdr.batch_id, logits, records, t_done - (hdr.t_send - conn.offset), hdr.length, t_done,
+                           return_raw_bytes=len(view), return_encode_s=hdr.t_aux)
 
     def _new_result_buffer(self, dtype: Any) -> tuple[Any, memoryview]:
         import torch
@@ -300,16 +346,16 @@ class TcpSourceLink(SourceLink):
     # -- data path
     def send(self, batch_id: int, tensor: Any) -> float:
         assert self._spec is not None
-        dtype, shape = _tensor_meta(tensor)
         conn = self._conns[1]
         with self._send_lock:
-            t_send = time.monotonic()
+            if self._encoder is None:
+                self._encoder = Encoder(parse_codec(self._spec.codec))
+            t_start = time.monotonic()
             try:
-                send_data(conn.sock, _tensor_bytes(tensor), dtype=dtype, shape=shape, records=(),
-                          session_id=self._spec.session_id, batch_id=batch_id, t_send=t_send)
+                send_encoded(conn.sock, self._encoder, tensor, (), session_id=self._spec.session_id, batch_id=batch_id)
             except OSError as exc:
                 raise self._failure(("eof", 1, f"sending batch {batch_id} failed: {exc}")) from None
-        return t_send
+        return t_start
 
     def recv(self, timeout: float) -> ResultBatch:
         if self._direct is not None:
@@ -436,6 +482,11 @@ class TcpStageLink(StageLink):
         self._up, self._down, self._ctrl = up, down, ctrl
         self._pool = _BufferPool(info.in_shape, info.dtype, pin=pin, cap=spec.window + 2)
         self._in_bytes = nbytes(info.in_shape, info.dtype)
+        codec = parse_codec(spec.codec)
+        self._codec = codec
+        self._decoder = Decoder(codec, info.in_shape)
+        # the codec applies at every split; the logits return to the source uncoded
+        self._encoder = Encoder(codec if spec.next_address else CODEC_NONE)
         self._ended = False
         self._abort: str | None = None
         up.sock.settimeout(spec.timeout_s)
@@ -482,37 +533,43 @@ class TcpStageLink(StageLink):
             raise ProtocolError(f"{up.name} sent {hdr.msg_type.name} during the session")
         if hdr.session_id != self.spec.session_id:
             raise ProtocolError(f"{up.name} sent a batch of session {hdr.session_id}, not {self.spec.session_id}")
-        if hdr.shape != self.info.in_shape or hdr.dtype != self.info.dtype or hdr.length != self._in_bytes:
+        if hdr.shape != self.info.in_shape or hdr.dtype != self.info.dtype:
             raise ProtocolError(
                 f"{up.name} sent {shape_str(hdr.dtype or '?', hdr.shape)} ({hdr.length} bytes) but stage "
                 f"{self.spec.stage_index} expects {shape_str(self.info.dtype, self.info.in_shape)}"
             )
+        if hdr.codec_id != self._codec.wire_id:
+            raise ProtocolError(f"{up.name} sent a batch with codec id {hdr.codec_id}; the session negotiated "
+                                f"{self._codec.name} (id {self._codec.wire_id})")
+        self._decoder.check_length(hdr.length)  # before anything is received for it
         records = up.reader.records(hdr)
         slot, tensor, view = self._pool.acquire()
         try:
-            recv_payload_into(up.reader, hdr, view)
+            decode_s = recv_decoded(up.reader, hdr, self._decoder, tensor, view)
+        except CodecError as exc:
+            self._pool.release(slot)
+            raise CodecError(f"batch {hdr.batch_id} from {up.name}: {exc}") from None
         except BaseException:
             self._pool.release(slot)
             raise
         t_arrived = time.monotonic()
-        transfer = t_arrived - (hdr.t_send - up.offset)
-        return InBatch(hdr.batch_id, tensor, records, transfer, hdr.length, t_arrived, slot)
+        transfer = t_arrived - decode_s - (hdr.t_send - up.offset)
+        return InBatch(hdr.batch_id, tensor, records, transfer, hdr.length, t_arrived, slot,
+                       raw_bytes=self._in_bytes, encode_s=hdr.t_aux, decode_s=decode_s)
 
     def release(self, batch: InBatch) -> None:
         self._pool.release(batch.slot)
 
     def send(self, batch_id: int, tensor: Any, records: Sequence[StageRecord], t_ready: float) -> float:
-        dtype, shape = _tensor_meta(tensor)
-        t_send = time.monotonic()
+        t_start = time.monotonic()
         mine = records[-1]
-        records = [*records[:-1], StageRecord(mine.compute_s, mine.queue_s + (t_send - t_ready), mine.transfer_in_s,
-                                              mine.bytes_in)]
+        records = [*records[:-1], replace(mine, queue_s=mine.queue_s + (t_start - t_ready))]
         try:
-            send_data(self._down.sock, _tensor_bytes(tensor), dtype=dtype, shape=shape, records=records,
-                      session_id=self.spec.session_id, batch_id=batch_id, t_send=t_send)
+            send_encoded(self._down.sock, self._encoder, tensor, records, session_id=self.spec.session_id,
+                         batch_id=batch_id)
         except OSError as exc:
             raise TransportError(f"sending batch {batch_id} to {self._down.name} failed: {exc}") from None
-        return t_send
+        return t_start
 
 
 # --------------------------------------------------------------------------- worker server
@@ -535,10 +592,13 @@ class TcpStageServer:
     """Accepts connections, authenticates them and runs one session at a time."""
 
     def __init__(self, address: str, handler: StageHandler, *, token: bytes | None,
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, codecs: Sequence[Codec] | None = None) -> None:
+        from paretopipe.codecs import available_codecs
+
         self.address = address
         self._handler = handler
         self._token = token
+        self.codecs = tuple(codecs) if codecs else tuple(parse_codec(n) for n in available_codecs())
         self._max = max_frame_bytes
         self._busy = threading.Lock()
         self._session: _Session | None = None
@@ -575,7 +635,10 @@ class TcpStageServer:
         if session is not None:
             for conn in (session.up, *session.conns):
                 if conn is not None:
-                    _shutdown(conn.sock)
+                    try:  # shut, not closed: the session's own thread closes what it uses
+                        conn.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
         lingering = join(handlers, READER_JOIN_S)
         if lingering:
             log.warning("connection threads did not stop within %g s: %s", READER_JOIN_S, ", ".join(lingering))
@@ -665,8 +728,20 @@ class TcpStageServer:
             raise StageError(f"{name} refused stage {spec.stage_index}: {exc}") from None
         return conn
 
+    def _refuse_codec(self, ctrl: _Conn, spec: SessionSpec) -> bool:
+        """Refuse a session whose codec this worker does not take (REFUSED names both sides)."""
+        reason = codec_refusal(spec, self.codecs, peer=ctrl.name, me=self.address)
+        if reason is None:
+            return False
+        log.warning("refused session %d: %s", spec.session_id, reason)
+        _try_send(ctrl.sock, MsgType.REFUSED, {"reason": reason})
+        _shutdown(ctrl.sock)
+        return True
+
     def _run_session(self, ctrl: _Conn, obj: dict[str, Any]) -> None:
         spec = SessionSpec.from_json(obj)
+        if self._refuse_codec(ctrl, spec):
+            return
         # A session that just ended may still be closing its sockets: give it a moment.
         if not self._busy.acquire(timeout=BUSY_GRACE_S):
             cur = self._session
@@ -743,5 +818,5 @@ def _try_send(sock: socket.socket, msg_type: MsgType, obj: dict[str, Any]) -> No
 
 
 def serve(address: str, handler: StageHandler, *, token: bytes | None, stop: threading.Event | None = None,
-          max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
-    TcpStageServer(address, handler, token=token, max_frame_bytes=max_frame_bytes).serve_forever(stop)
+          max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, codecs: Sequence[Codec] | None = None) -> None:
+    TcpStageServer(address, handler, token=token, max_frame_bytes=max_frame_bytes, codecs=codecs).serve_forever(stop)

@@ -1,6 +1,8 @@
 """``python -m analysis.pareto`` end to end on fixture results."""
 
+import contextlib
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -28,9 +30,16 @@ from .analysis_fixtures import (
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analysis.pareto", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m analysis.pareto ARGS`, in this process (main(argv)): same exit status, stdout
+    and stderr, without the cost of a new interpreter."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: --help, usage errors
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return subprocess.CompletedProcess(["analysis.pareto", *args], code, out.getvalue(), err.getvalue())
 
 
 def _write_legacy(results: Path) -> list[Path]:

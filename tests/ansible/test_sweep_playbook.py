@@ -1,20 +1,18 @@
 """playbooks/sweep.yml and provision.yml, for real, against a private emulated testbed.
 
 Needs root (network namespaces, sshd, tc). A reduced sweep: MobileNetV2 at 32 px, two split
-points, two conditions, every backend paretopipe offers (tcp, and rpc once it is there).
+points, two conditions, both backends (tcp and rpc).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from paretopipe.orchestrate import PlaybookRun
-from tests.ansible.conftest import REPO, EmulatedTestbed, shaped_devices, stage_processes
+from tests.ansible.conftest import EmulatedTestbed, shaped_devices, stage_processes
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -24,10 +22,11 @@ SMALL = {"model": "mobilenet_v2", "input_size": "32", "batch_sizes": "2", "warmu
 
 
 def backends() -> list[str]:
-    """tcp, plus rpc when `paretopipe run --help` offers it (issue 6)."""
-    help_text = subprocess.run([sys.executable, "-m", "paretopipe", "run", "--help"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout
-    return ["tcp"] + (["rpc"] if "rpc" in help_text else [])
+    """Both transports, always: a build without one of them fails here rather than covering less."""
+    from paretopipe.transport import backend_names
+
+    assert backend_names() == ["rpc", "tcp"], backend_names()
+    return ["tcp", "rpc"]
 
 
 def ok(run: PlaybookRun) -> str:

@@ -72,7 +72,9 @@ def test_stagectl_restarts_a_killed_worker_and_stops_everything(tmp_path: Path) 
     finally:
         stopped = _stagectl("stop", "w", "--rundir", str(tmp_path), "--timeout", "5")
     assert stopped["changed"] is True
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10  # stop waited for them; the kernel reaps them at once
+    while (_alive(supervisor) or _alive(second)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not _alive(supervisor) and not _alive(second)
     assert not (tmp_path / "w.pid").exists()
     assert _stagectl("stop", "w", "--rundir", str(tmp_path))["changed"] is False

@@ -174,7 +174,7 @@ def test_unreachable_stage_is_a_one_line_error_naming_it(tmp_path):
     assert read_result(tmp_path / "x.json")["status"] == "failed"
 
 
-class _SilentStage:
+class SilentRpcStage:
     """A control server that answers the handshake like a worker but never joins the RPC group."""
 
     def __init__(self) -> None:
@@ -207,7 +207,7 @@ class _SilentStage:
 
 
 def test_stage_that_never_joins_the_rpc_group_times_out_naming_it():
-    stage = _SilentStage()
+    stage = SilentRpcStage()
     link = RpcSourceLink(RpcOptions(master_addr="127.0.0.1"))
     try:
         with pytest.raises(StageError) as err:
