@@ -164,7 +164,8 @@ def test_predicted_selection_picks_configurations_per_condition(tmp_path: Path) 
     doc = _controller_plan(settings)
     assert doc["full_total"] == 2 * 24 * 2 and doc["total"] == 2 + 24 * 2
     lan = [t["config"] for t in doc["rounds"][0]["tasks"]]
-    assert lan == [{"splits": [0], "window": 1, "batch_size": 8}, {"splits": [19], "window": 4, "batch_size": 8}]
+    assert lan == [{"splits": [0], "window": 1, "batch_size": 8, "codec": "none"},
+                   {"splits": [19], "window": 4, "batch_size": 8, "codec": "none"}]
     assert doc["rounds"][1]["runs"] == 48  # wan has no selection: every configuration
     assert doc["device"]["stages"] == {"tcp": ["10.0.0.2:29500"]}
     assert doc["device"]["run"]["batches"] == 50 and doc["device"]["run"]["threads"] is None
