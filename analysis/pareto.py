@@ -157,8 +157,12 @@ def run(args: argparse.Namespace) -> int:
                                         comparisons, fidelity, fidelity_plots)
     except OSError as exc:
         raise AnalysisError(f"cannot write outputs in {out}: {exc}") from exc
-    _say(f"wrote {', '.join(p.name for p in written)} and {2 * len(plots)} plot files to {out}")
+    _say(f"wrote {', '.join(p.name for p in written)} and {2 * (len(plots) + len(fidelity_plots))} "
+         f"plot files to {out}")
     sys.stdout.write(report.terminal_table(results))
+    if fidelity:
+        sys.stdout.write("\nthree-objective frontier (latency:min, throughput:max, agreement:max):\n"
+                         + report.terminal_table(fidelity))
     if comparisons:
         sys.stdout.write("\n" + terminal_summary(comparisons))
     return 0

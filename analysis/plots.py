@@ -19,6 +19,7 @@ matplotlib.use("Agg")  # before anything else from matplotlib is imported
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from analysis.aggregate import ConfigPoint, GroupResult, Objective  # noqa: E402
 from analysis.frontier import nondominated_ranks  # noqa: E402
@@ -88,6 +89,14 @@ def _axis_label(o: Objective) -> str:
     return f"{o.name}{unit} ({better} is better)"
 
 
+def _finish_axes(ax, axes: Sequence[Objective], title: str) -> None:
+    ax.set_xlabel(_axis_label(axes[0]))
+    ax.set_ylabel(_axis_label(axes[1]))
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+
 def _xy(points: Sequence[ConfigPoint], axes: Sequence[Objective]) -> np.ndarray:
     return np.array([[p.mean(o.name) for o in axes] for p in points], dtype=float).reshape(-1, 2)
 
@@ -149,11 +158,7 @@ def _scatter(result: GroupResult, axes: Sequence[Objective], out: Path) -> Plot 
             ax.annotate(result.label(index[id(p)]), (xy[i, 0], xy[i, 1]), fontsize=8,
                         xytext=(5, 4), textcoords="offset points")
     _maybe_log(ax, xy[ok])
-    ax.set_xlabel(_axis_label(axes[0]))
-    ax.set_ylabel(_axis_label(axes[1]))
-    ax.set_title(f"{axes[0].name} vs {axes[1].name}: {result.title}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    _finish_axes(ax, axes, f"{axes[0].name} vs {axes[1].name}: {result.title}")
     caption = (f"{axes[0].name} against {axes[1].name} for {result.title}; points are "
                f"configurations (mean of repeats, bars: 95% CI), labelled by split k; the line is "
                f"the frontier, the star the knee.")
@@ -331,9 +336,10 @@ def _rate_fidelity(model: str, points: Sequence[ConfigPoint], out: Path) -> Plot
             ratio = p.mean("compression_ratio")
             ax.annotate(f"{p.get('codec')}" + (f" {ratio:.1f}x" if math.isfinite(ratio) else ""),
                         (b, a), fontsize=7, xytext=(4, -9), textcoords="offset points")
-        if max(b for _, b, _ in mine) / min(b for _, b, _ in mine) > 1.5:
-            ax.set_xscale("log")
-        ax.margins(x=0.25)
+        ax.set_xlim(0, 1.2 * max(b for _, b, _ in mine))  # linear from 0: codec ratios are 1-40x
+        ax.xaxis.set_major_locator(MaxNLocator(3))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: human_bytes(v)))
+        ax.tick_params(labelsize=7)
         ax.set_ylim(min(low, 1.0) - max(0.02, 0.1 * (1.0 - low)), 1.0 + max(0.005, 0.05 * (1.0 - low)))
         ax.set_title(f"k={','.join(map(str, k))}", fontsize=10)
         ax.set_xlabel("bytes on the wire at the split, per batch [B]", fontsize=8)
@@ -369,11 +375,7 @@ def _frontier3(result: GroupResult, out: Path) -> Plot | None:
                         textcoords="offset points")
     fig.colorbar(dots, ax=ax, label=_axis_label(result.objectives[2]))
     _maybe_log(ax, xy[:, :2])
-    ax.set_xlabel(_axis_label(result.objectives[0]))
-    ax.set_ylabel(_axis_label(result.objectives[1]))
-    ax.set_title(f"Three objectives: {result.title}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    _finish_axes(ax, result.objectives[:2], f"Three objectives: {result.title}")
     caption = (f"Latency against throughput for {result.title}, colour: top-1 agreement; ringed "
                f"and labelled: the frontier of all three objectives (a configuration that is "
                f"slower but more faithful stays on it).")

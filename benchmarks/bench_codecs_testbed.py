@@ -6,7 +6,7 @@ Brings up a private two-device testbed (prefix ``c16-``, 10.77.16.0/24, state un
 ``paretopipe stage serve`` worker, each in its namespace and cgroups as the Ansible suite starts
 them (minus SSH). It caps the link at ``--rate-mbit`` (default 5) both ways, measures it with
 ``testbed check`` (recorded in every result's ``config.network``), then runs every split of
-``--splits`` with every codec of ``--codecs`` (k = N, where no activation crosses, with ``none``
+``--splits`` with every codec of ``--codecs`` (k = N, where only the logits cross, with ``none``
 only) on MobileNetV2 trained on scikit-learn's digits (``--input digits``: predictions vary, so
 top-1 agreement means something). It prints, per split, latency with each codec, the
 none/int8 latency ratio and int8's top-1 agreement against the goal (ratio >= 3x on the early
@@ -130,7 +130,7 @@ def report(args: argparse.Namespace, out: Path, early: list[int]) -> dict:
     if runs.empty:
         raise SystemExit(f"no usable result files in {out}: {runs.attrs['skipped'].to_dict('records')}")
     configs = aggregate(runs)
-    configs["k"] = configs["splits"].map(lambda s: s[0])
+    configs = configs.assign(k=configs["splits"].map(lambda s: s[0]))
     codecs = [c for c in args.codecs.split(",") if c in set(configs["codec"])]
     cell = {(int(r.k), r.codec): r for r in configs.itertuples()}
     say()
@@ -175,7 +175,7 @@ def report(args: argparse.Namespace, out: Path, early: list[int]) -> dict:
                          ("with codecs (" + ",".join(codecs) + ")", configs)):
         front = frontier(subset, OBJECTIVES)
         front = front[front["on_frontier"]].sort_values("latency_mean")
-        rows = [f"{r.label} codec={r.codec}: {r.latency_mean * 1e3:.1f} ms, {r.throughput_mean:.2f} img/s, "
+        rows = [f"k={','.join(map(str, r.splits))} {r.codec}: {r.latency_mean * 1e3:.1f} ms, {r.throughput_mean:.2f} img/s, "
                 f"agreement {r.agreement_mean:.4f}" for r in front.itertuples()]
         sides[name] = rows
         summary.setdefault("frontiers", {})[name] = front[[*cols, "codec"]].to_dict("records")
@@ -200,8 +200,10 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=16,
                         help="counted batches per run; fidelity is compared over all of them")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--splits", default="0,1,2,3,6,19", help="splits to run (19 = N: local)")
-    parser.add_argument("--early", default="0,1,2", help="the early splits the goal is judged on")
+    parser.add_argument("--splits", default="0,1,2,3,6,23", help="splits to run (23 = N: all on edge)")
+    parser.add_argument("--early", default="0,1,2,3",
+                        help="the early splits the goal is judged on (default: up to features.2, "
+                             "where 6-32 KiB per image cross at 32 px; `paretopipe splits`)")
     parser.add_argument("--codecs", default="none,fp16,int8")
     parser.add_argument("--rate-mbit", type=float, default=5.0)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay (0: rate only)")
