@@ -17,6 +17,7 @@ import pandas as pd
 
 from analysis.aggregate import (
     DEFAULT_GROUP_BY,
+    FIDELITY_OBJECTIVES,
     GROUP_COLUMNS,
     analyse,
     analyse_fidelity,
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     _say(f"wrote {', '.join(p.name for p in written)} and {2 * (len(plots) + len(fidelity_plots))} "
          f"plot files to {out}")
     sys.stdout.write(report.terminal_table(results))
-    if fidelity:
+    if fidelity and tuple(objectives) != FIDELITY_OBJECTIVES:  # else the table above is it
         sys.stdout.write("\nthree-objective frontier (latency:min, throughput:max, agreement:max):\n"
                          + report.terminal_table(fidelity))
     if comparisons:

@@ -129,7 +129,7 @@ def report(args: argparse.Namespace, out: Path, early: list[int]) -> dict:
     runs = load_runs(out)
     if runs.empty:
         raise SystemExit(f"no usable result files in {out}: {runs.attrs['skipped'].to_dict('records')}")
-    configs = aggregate(runs)
+    configs = aggregate(runs).copy()  # one block: adding a column to the wide table warns otherwise
     configs = configs.assign(k=configs["splits"].map(lambda s: s[0]))
     codecs = [c for c in args.codecs.split(",") if c in set(configs["codec"])]
     cell = {(int(r.k), r.codec): r for r in configs.itertuples()}
