@@ -10,7 +10,7 @@ condition, backend); each group gets its own non-dominated sorting, hypervolume 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -24,6 +24,7 @@ from analysis.frontier import (
     nondominated_ranks,
     tied_objectives,
     to_minimisation,
+    uncertain_memberships,
 )
 from analysis.metrics import METRICS, Metric, Sense, metric
 
@@ -121,6 +122,8 @@ class GroupResult:
     hypervolume: float  # in minimisation space, product of the objectives' units
     hypervolume_normalised: float  # hypervolume / volume of the box [ideal, reference]
     varying: tuple[str, ...]  # configuration columns (besides splits) that vary in the group
+    #: point index -> why its frontier membership is uncertain given the 95% CIs
+    uncertain: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -312,6 +315,12 @@ def _group_result(key, members, values, ranks, objectives, ref, ref_min, box, gr
         hv = hypervolume(front_min, ref_min)
     else:
         hv = math.nan
+    halves = np.array([[m.stats[o.name].ci95 for o in objectives] for m in members], dtype=float)
+    flags = uncertain_memberships(values, halves, senses) if len(members) else np.zeros(0, dtype=bool)
+    uncertain = {i: ("on the frontier, but within the 95% CIs another configuration could dominate it"
+                     if ranks[i] == 0 else
+                     "dominated, but within the 95% CIs it could be on the frontier")
+                 for i in range(len(members)) if flags[i]}
     varying = tuple(
         c for c in CONFIG_COLUMNS
         if c != "splits" and c not in group_by and len({m.get(c) for m in members}) > 1
@@ -329,6 +338,7 @@ def _group_result(key, members, values, ranks, objectives, ref, ref_min, box, gr
         hypervolume=hv,
         hypervolume_normalised=hv / box if box and math.isfinite(box) and box > 0 else math.nan,
         varying=varying,
+        uncertain=uncertain,
     )
 
 

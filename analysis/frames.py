@@ -40,7 +40,7 @@ from analysis.loading import LoadResult, RunRecord, load_results
 from analysis.metrics import METRICS
 
 __all__ = ["load_runs", "aggregate", "frontier", "runs_frame", "config_points", "frontier_frame",
-           "RUN_COLUMNS", "VECTOR_COLUMNS", "STAT_SUFFIXES"]
+           "mean_ci95", "RUN_COLUMNS", "VECTOR_COLUMNS", "STAT_SUFFIXES"]
 
 ID_COLUMNS = ("path", "source", "run_id", "sweep_id", "repeat")
 VECTOR_COLUMNS = ("compute_s", "hop_transfer_s", "hop_bytes")  # tuples: per stage / per hop
@@ -85,6 +85,20 @@ def load_runs(paths: str | Path | Sequence[str | Path], *, include_invalid: bool
     load = load_results([Path(p) for p in paths], exclude=[Path(p) for p in exclude],
                         include_invalid=include_invalid)
     return runs_frame(load)
+
+
+def mean_ci95(values: Iterable[float]) -> tuple[float, float, int]:
+    """Mean, half-width of the Student-t 95% interval of the mean, and count of the finite
+    ``values``: the statistic :func:`aggregate` reports as ``_ci95`` (and ``repeats=auto`` stops
+    on). The half-width is NaN below two values; the mean is NaN when there is none."""
+    data = np.array([v for v in values if math.isfinite(v)], dtype=float)
+    n = len(data)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n < 2:
+        return float(data[0]), math.nan, 1
+    half = float(stats.t.ppf(0.5 + _CI_LEVEL / 2, n - 1) * data.std(ddof=1) / math.sqrt(n))
+    return float(data.mean()), half, n
 
 
 # --- configurations --------------------------------------------------------------------------
@@ -158,7 +172,7 @@ def config_points(configs: pd.DataFrame) -> list[ConfigPoint]:
 def frontier_frame(results: Sequence[GroupResult]) -> pd.DataFrame:
     """One row per configuration: its group, configuration, label, ``rank`` (0 = frontier; NA
     when excluded), ``on_frontier``, ``knee``, ``duplicate_of``, ``tied_on``,
-    ``excluded_reason``, ``n_runs``, each objective's mean/std/ci95/n, the group's hypervolumes
+    ``excluded_reason``, ``membership_uncertain`` (the 95% CIs allow the other verdict), ``n_runs``, each objective's mean/std/ci95/n, the group's hypervolumes
     and the run ids. ``attrs["reference"]``: the hypervolume reference point per objective."""
     objectives = results[0].objectives if results else ()
     group_cols = [c for c, _ in results[0].group] if results else []
@@ -172,7 +186,8 @@ def frontier_frame(results: Sequence[GroupResult]) -> pd.DataFrame:
                     "on_frontier": r.ranks[i] == 0, "knee": i == r.knee,
                     "duplicate_of": "; ".join(r.label(j) for j in r.duplicates.get(i, ())),
                     "tied_on": ",".join(r.ties.get(i, ())),
-                    "excluded_reason": r.excluded.get(i), "n_runs": len(p.run_ids)}
+                    "excluded_reason": r.excluded.get(i),
+                    "membership_uncertain": i in r.uncertain, "n_runs": len(p.run_ids)}
             for o in objectives:
                 s = p.stats[o.name]
                 row |= {f"{o.name}_mean": s.mean, f"{o.name}_std": s.std,

@@ -27,6 +27,7 @@ from analysis.aggregate import (
 )
 from analysis.frames import aggregate, config_points, load_runs
 from analysis.predicted import compare, load_predictions, terminal_summary
+from analysis.repeats import load_repeat_records
 from analysis.metrics import METRICS
 
 __all__ = ["main", "build_parser"]
@@ -104,9 +105,11 @@ def run(args: argparse.Namespace) -> int:
 
     runs = load_runs(args.paths, exclude=[out], include_invalid=args.include_invalid)
     predictions, bad_predictions = load_predictions(args.paths, exclude=[out])
-    if predictions or bad_predictions:  # prediction files are not result files: not "skipped"
+    records, bad_records = load_repeat_records(args.paths, exclude=[out])
+    bad_predictions = bad_predictions + bad_records
+    if predictions or bad_predictions or records:  # prediction and repeats files are not runs
         skipped = runs.attrs["skipped"]
-        own = {str(p.path) for p in predictions}
+        own = {str(p.path) for p in predictions} | {str(r.path) for r in records}
         runs.attrs["skipped"] = pd.concat(
             [skipped[~skipped["path"].isin(own)],
              pd.DataFrame([(str(s.path), s.reason) for s in bad_predictions],
@@ -155,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
             plots = draw_all(results, points, objectives, plot_dir)
             fidelity_plots = draw_fidelity(fidelity, points, plot_dir)
         written += report.write_reports(out, runs, points, results, plots, args.paths, group_by,
-                                        comparisons, fidelity, fidelity_plots)
+                                        comparisons, fidelity, fidelity_plots, records)
     except OSError as exc:
         raise AnalysisError(f"cannot write outputs in {out}: {exc}") from exc
     _say(f"wrote {', '.join(p.name for p in written)} and {2 * (len(plots) + len(fidelity_plots))} "
@@ -164,6 +167,10 @@ def run(args: argparse.Namespace) -> int:
     if fidelity and tuple(objectives) != FIDELITY_OBJECTIVES:  # else the table above is it
         sys.stdout.write("\nthree-objective frontier (latency:min, throughput:max, agreement:max):\n"
                          + report.terminal_table(fidelity))
+    if records:
+        reached = sum(r.verdict == "reached" for r in records)
+        sys.stdout.write(f"\nrepeats=auto: {reached} of {len(records)} configurations reached the CI target, "
+                         f"{sum(r.verdict == 'max' for r in records)} hit the maximum\n")
     if comparisons:
         sys.stdout.write("\n" + terminal_summary(comparisons))
     return 0

@@ -160,7 +160,8 @@ def _scatter(result: GroupResult, axes: Sequence[Objective], out: Path) -> Plot 
     _maybe_log(ax, xy[ok])
     _finish_axes(ax, axes, f"{axes[0].name} vs {axes[1].name}: {result.title}")
     caption = (f"{axes[0].name} against {axes[1].name} for {result.title}; points are "
-               f"configurations (mean of repeats, bars: 95% CI), labelled by split k; the line is "
+               f"configurations (mean of repeats, bars: 95% CI), labelled by split k (and window w, batch size b where "
+               f"they vary); the line is "
                f"the frontier, the star the knee.")
     return _save(fig, out, "scatter_" + slug(*(v for _, v in result.group)),
                  f"Frontier: {result.title}", caption)
@@ -255,6 +256,11 @@ def _overlay(model: str, points: Sequence[ConfigPoint], axes: Sequence[Objective
         return None
     fig = _figure(5.0 * len(panels) + 1.0, 4.6)
     all_xy = _xy(points, axes)
+    vary = [(c, short) for c, short in (("window", "w"), ("batch_size", "b")) if len({p.get(c) for p in points}) > 1]
+
+    def name_of(p: ConfigPoint) -> str:  # as GroupResult.label: k=8 w4 b8 when those vary
+        return " ".join([f"k={p.split_label}", *(f"{short}{p.get(c)}" for c, short in vary)])
+
     for a, value in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), a + 1)
         for j, name in enumerate(names):
@@ -269,7 +275,7 @@ def _overlay(model: str, points: Sequence[ConfigPoint], axes: Sequence[Objective
             ax.scatter(xy[on, 0], xy[on, 1], color=colour, s=22, zorder=3)
             ax.scatter(xy[~on, 0], xy[~on, 1], color=colour, s=10, alpha=0.3)
             for p, (x, y) in zip((p for p, o in zip(subset, on) if o), xy[on]):
-                ax.annotate(p.split_label, (x, y), fontsize=7, color=colour, xytext=(4, 3),
+                ax.annotate(name_of(p), (x, y), fontsize=7, color=colour, xytext=(4, 3),
                             textcoords="offset points")
         _maybe_log(ax, all_xy[np.isfinite(all_xy).all(axis=1)])
         ax.set_title(f"{panel} = {value}", fontsize=10)
@@ -297,12 +303,12 @@ def draw_all(results: Sequence[GroupResult], points: Sequence[ConfigPoint],
                      "conditions_" + slug(model), f"Frontiers per network condition: {model}",
                      f"The {axes[0].name}/{axes[1].name} frontier of each network condition, "
                      f"overlaid, one panel per backend ({model}); frontier points are labelled "
-                     f"by split."),
+                     f"by configuration."),
             _overlay(str(model), mine, axes, "network", "backend", out,
                      "backends_" + slug(model), f"Backends compared: {model}",
                      f"The {axes[0].name}/{axes[1].name} frontier of each backend, overlaid, "
                      f"one panel per network condition ({model}); frontier points are labelled "
-                     f"by split."),
+                     f"by configuration."),
         ) if p]
     return plots
 

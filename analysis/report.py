@@ -22,6 +22,7 @@ from analysis.frames import VECTOR_COLUMNS, frontier_frame
 from analysis.frontier import EXCLUDED
 from analysis.plots import Plot, slug
 from analysis.predicted import Comparison
+from analysis.repeats import RepeatRecord
 
 __all__ = ["write_csv", "write_frontier_csv", "groups_frame", "write_groups_csv", "write_runs_csv",
            "write_predicted_csv", "write_reports", "terminal_table"]
@@ -58,6 +59,8 @@ def _notes(result: GroupResult, i: int) -> list[str]:
         notes.append("tied on " + ", ".join(result.ties[i]))
     if i in result.excluded:
         notes.append("excluded: " + result.excluded[i])
+    if i in result.uncertain:
+        notes.append("uncertain: " + result.uncertain[i])
     return notes
 
 
@@ -180,10 +183,36 @@ def _fidelity_blocks(fidelity: Sequence[GroupResult], plots: Sequence[Plot]) -> 
     return b
 
 
+def _repeats_blocks(records: Sequence[RepeatRecord]) -> list[_Block]:
+    from analysis import repeats
+
+    reached = [r for r in records if r.verdict == "reached"]
+    hit = [r for r in records if r.verdict == "max"]
+    return [
+        _Heading(2, "Repeats (repeats=auto)"),
+        _Para(f"{len(reached)} of {len(records)} configurations reached the target (95% CI half-width of latency "
+              f"and of throughput within the target fraction of the mean); {len(hit)} hit the maximum number of "
+              f"runs first" + (": " + "; ".join(f"{r.group} {r.label}" for r in hit) if hit else "") + "."),
+        _Table(repeats.HEADER, tuple(repeats.summary_rows(records))),
+    ]
+
+
+def _uncertain_para(results: Sequence[GroupResult]) -> _Para:
+    items = [f"{r.title}: {r.label(i)} ({'frontier' if r.ranks[i] == 0 else 'dominated'})"
+             for r in results for i in sorted(r.uncertain)]
+    if not items:
+        return _Para("Frontier memberships given the 95% confidence intervals: none is uncertain (no "
+                     "frontier point could be dominated, and every dominated point is surely dominated, "
+                     "within the intervals; configurations with one run count as exact).")
+    return _Para(f"Uncertain frontier memberships given the 95% confidence intervals ({len(items)}): "
+                 + "; ".join(items) + ". A frontier point is uncertain when another configuration's "
+                 "interval could dominate it, a dominated one when no configuration surely dominates it.")
+
+
 def _blocks(runs: pd.DataFrame, points: Sequence[ConfigPoint], results: Sequence[GroupResult],
             plots: Sequence[Plot], inputs: Sequence[Path], group_by: Sequence[str],
             comparisons: Sequence[Comparison] = (), fidelity: Sequence[GroupResult] = (),
-            fidelity_plots: Sequence[Plot] = ()) -> list[_Block]:
+            fidelity_plots: Sequence[Plot] = (), records: Sequence[RepeatRecord] = ()) -> list[_Block]:
     objectives = results[0].objectives
     skipped = runs.attrs["skipped"]
     b: list[_Block] = [
@@ -210,7 +239,10 @@ def _blocks(runs: pd.DataFrame, points: Sequence[ConfigPoint], results: Sequence
                tuple((r.title, str(len(r.points)), str(len(r.frontier)), str(len(r.excluded)),
                       r.label(r.knee) if r.knee is not None else "-", _num(r.hypervolume),
                       _num(r.hypervolume_normalised, 3)) for r in results)),
+        _uncertain_para(results),
     ]
+    if records:
+        b += _repeats_blocks(records)
     by_stem = {p.stem.name: p for p in plots}
     for r in results:
         b += [_Heading(2, r.title), _group_table(r)]
@@ -287,12 +319,13 @@ def _render_html(blocks: Sequence[_Block]) -> str:
 def write_reports(out: Path, runs: pd.DataFrame, points: Sequence[ConfigPoint],
                   results: Sequence[GroupResult], plots: Sequence[Plot], inputs: Sequence[Path],
                   group_by: Sequence[str], comparisons: Sequence[Comparison] = (),
-                  fidelity: Sequence[GroupResult] = (), fidelity_plots: Sequence[Plot] = ()
-                  ) -> tuple[Path, Path]:
+                  fidelity: Sequence[GroupResult] = (), fidelity_plots: Sequence[Plot] = (),
+                  records: Sequence[RepeatRecord] = ()) -> tuple[Path, Path]:
     """``report.md`` and ``report.html``; ``fidelity`` (:func:`analysis.aggregate.analyse_fidelity`)
-    and its ``fidelity_plots`` (:func:`analysis.plots.draw_fidelity`) add the fidelity section."""
+    and its ``fidelity_plots`` (:func:`analysis.plots.draw_fidelity`) add the fidelity section,
+    ``records`` (repeats=auto verdicts) the repeats section."""
     blocks = _blocks(runs, points, results, plots, inputs, group_by, comparisons, fidelity,
-                     fidelity_plots)
+                     fidelity_plots, records)
     md, page = out / "report.md", out / "report.html"
     md.write_text(_render_md(blocks, out), encoding="utf-8")
     page.write_text(_render_html(blocks), encoding="utf-8")

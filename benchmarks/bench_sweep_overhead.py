@@ -74,7 +74,7 @@ def main() -> int:
         (inventory / "group_vars").symlink_to(REPO / "inventory" / "emulated" / "group_vars")
     sweep_id = f"bench-{int(time.time())}"
     extra = {"model": args.model, "splits": args.splits, "conditions": args.conditions,
-             "backends": args.backends, "chain": args.chain, "batch_size": args.batch_size,
+             "backends": args.backends, "chain": args.chain, "batch_sizes": args.batch_size,
              "batches": args.batches, "warmup": args.warmup, "input_size": args.input_size,
              "sweep_id": sweep_id, "results_dir": str(root / "results"),
              "testbed_topology": str(topology), "testbed_state_dir": str(state)}

@@ -155,7 +155,7 @@ def sweep(*, inventory: str | os.PathLike[str], on_event: Callable[[Event], None
           artifacts_dir: str | os.PathLike[str] | None = None, timeout: int | None = None,
           **extra_vars: Any) -> PlaybookRun:
     """Run ``playbooks/sweep.yml``: every split, condition and backend the variables ask for
-    (``model``, ``splits``, ``conditions``, ``backends``, ``chain``, ``batch_size``, ...; see
+    (``model``, ``splits``, ``conditions``, ``backends``, ``chain``, ``windows``, ``batch_sizes``, ...; see
     docs/ansible.md), against ``inventory``."""
     return run_playbook("sweep.yml", inventory=inventory, extra_vars=extra_vars,
                         on_event=on_event, artifacts_dir=artifacts_dir, timeout=timeout)

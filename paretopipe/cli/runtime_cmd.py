@@ -92,15 +92,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     # ---- sweep
     sweep = subparsers.add_parser(
-        "sweep", help="run every split (x repeats) with local workers on loopback",
-        description="Start stage worker processes on loopback, run the source for each split and repeat, and "
-                    "write one result file per run into --out. Runs whose file exists are skipped (resume); a "
-                    "failed run is recorded and the sweep goes on.")
+        "sweep", help="run every configuration (splits x windows x batch sizes) x repeats with local workers on loopback",
+        description="Start stage worker processes on loopback, run the source for each configuration (split "
+                    "points x window x batch size) and repeat, and write one result file per run into --out. "
+                    "Runs whose file says ok are skipped (resume); a failed run's file is set aside as "
+                    "<run-id>.failed-<time>.json and the sweep goes on, so running it again redoes only those. "
+                    "Planning, resume and repeats are the Ansible suite's own (paretopipe.plan; docs/ansible.md).")
     _add_model_args(sweep)
-    sweep.add_argument("--splits", default="all", metavar="all|K,...",
-                       help="'all' (every split point), or a comma list; K1:K2 is a three-stage chain (default: all)")
-    sweep.add_argument("--repeats", type=_positive_int, default=1, metavar="R", help="runs per split (default: 1)")
-    _add_session_args(sweep)
+    sweep.add_argument("--splits", default="all", metavar="all|K,...|K1:K2,...",
+                       help="split points: 'all' (every point 0..N) and K name points, each run takes DEVICES-1 of "
+                            "them (every non-decreasing tuple); K1:K2 names a chain directly (default: all)")
+    sweep.add_argument("--devices", type=_positive_int, default=2, metavar="D",
+                       help="devices in the chain: the source and D-1 local workers (default: 2)")
+    sweep.add_argument("--windows", default="1", metavar="W,...",
+                       help="max batches in flight, a comma list; 1 = sequential (default: 1)")
+    sweep.add_argument("--batch-sizes", default="8", metavar="B,...", help="images per batch, a comma list (default: 8)")
+    sweep.add_argument("--repeats", default="1", metavar="R|auto",
+                       help="runs per configuration, or auto: repeat until the 95%% CI of latency and throughput "
+                            "is within --repeats-target of the mean (default: 1)")
+    sweep.add_argument("--repeats-target", type=float, default=0.05, metavar="F",
+                       help="auto: CI half-width as a fraction of the mean (default: 0.05)")
+    sweep.add_argument("--min-repeats", type=int, default=3, metavar="N", help="auto: at least N runs (default: 3)")
+    sweep.add_argument("--max-repeats", type=int, default=10, metavar="N", help="auto: at most N runs (default: 10)")
+    _add_session_args(sweep, single=False)
     sweep.add_argument("--batches", type=_positive_int, default=50, metavar="N", help="counted batches per run (default: 50)")
     sweep.add_argument("--out", required=True, metavar="DIR", help="folder for the result files (results/<sweep-id>)")
     sweep.add_argument("--sweep-id", metavar="ID", help="sweep id (default: the name of --out)")
@@ -164,9 +178,10 @@ def _apply_rpc_args(args: argparse.Namespace) -> None:
     apply_cli_options(backend=args.backend, master=getattr(args, "rpc_master", None), ifname=args.rpc_ifname)
 
 
-def _add_session_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per batch (default: 8)")
-    p.add_argument("--window", type=_positive_int, default=1, metavar="W", help="max batches in flight; 1 = sequential (default: 1)")
+def _add_session_args(p: argparse.ArgumentParser, *, single: bool = True) -> None:
+    if single:  # a sweep takes lists instead (--batch-sizes, --windows)
+        p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per batch (default: 8)")
+        p.add_argument("--window", type=_positive_int, default=1, metavar="W", help="max batches in flight; 1 = sequential (default: 1)")
     p.add_argument("--warmup", type=int, default=5, metavar="N", help="warm-up batches, not counted (default: 5)")
     p.add_argument("--min-batches", type=int, default=20, metavar="N", help="validity: minimum counted batches (default: 20)")
     p.add_argument("--min-duration", type=float, default=0.0, metavar="S", help="validity: minimum counted duration (default: 0)")
@@ -220,8 +235,8 @@ def _run_config(args: argparse.Namespace, **over: Any) -> Any:
     from paretopipe.runtime.source import RunConfig
 
     fields: dict[str, Any] = {
-        "model": args.model, "backend": args.backend, "batch_size": args.batch_size, "window": args.window,
-        "warmup": args.warmup, "min_batches": args.min_batches, "min_duration_s": args.min_duration,
+        "model": args.model, "backend": args.backend, "batch_size": getattr(args, "batch_size", 8),
+        "window": getattr(args, "window", 1), "warmup": args.warmup, "min_batches": args.min_batches, "min_duration_s": args.min_duration,
         "input": args.input, "num_classes": args.num_classes, "input_size": args.input_size,
         "weights": args.weights, "seed": args.seed, "threads": args.threads, "token_file": args.token_file,
         "connect_timeout_s": args.connect_timeout, "timeout_s": args.timeout,
@@ -285,17 +300,24 @@ def format_summary(doc: dict[str, Any], path: Path) -> str:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from paretopipe.plan import parse_positive_list, parse_repeats
     from paretopipe.runtime.sweep import SweepConfig, sweep
 
     _setup_logging(args.verbose)
     _check_backend(args.backend)
     _apply_rpc_args(args)
+    if args.devices < 2:
+        raise ConfigError(f"--devices must be at least 2 (a source and a worker), got {args.devices}")
     from paretopipe.codecs import parse_codec_list
 
     codecs = tuple(c.name for c in parse_codec_list(args.codec))
     template = _run_config(args, splits=(), stages=(), out=Path(), batches=args.batches, codec=codecs[0])
-    cfg = SweepConfig(run=template, out=Path(args.out), splits=args.splits, repeats=args.repeats,
-                      sweep_id=args.sweep_id, device=args.device, codecs=codecs)
+    cfg = SweepConfig(run=template, out=Path(args.out), splits=args.splits, devices=args.devices, codecs=codecs,
+                      windows=parse_positive_list(args.windows, "--windows", "1,4"),
+                      batch_sizes=parse_positive_list(args.batch_sizes, "--batch-sizes", "1,8"),
+                      repeats=parse_repeats(args.repeats, target=args.repeats_target, minimum=args.min_repeats,
+                                            maximum=args.max_repeats, flag="--repeats"),
+                      sweep_id=args.sweep_id, device=args.device)
     return sweep(cfg)
 
 

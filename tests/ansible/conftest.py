@@ -119,7 +119,7 @@ def stage_processes(testbed: EmulatedTestbed) -> list[str]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if str(testbed.state) in cmdline and ("stagectl" in cmdline or "run_plan" in cmdline
+        if str(testbed.state) in cmdline and ("stagectl" in cmdline or "paretopipe.plan" in cmdline
                                                or "stage serve" in cmdline):
             found.append(f"{proc.name}: {cmdline}")
         elif "stage serve" in cmdline and testbed.subnet_prefix in cmdline:

@@ -17,7 +17,7 @@ from tests.ansible.conftest import EmulatedTestbed, shaped_devices, stage_proces
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 # as strings, exactly what `-e key=value` on the command line gives the playbook
-SMALL = {"model": "mobilenet_v2", "input_size": "32", "batch_size": "2", "warmup": "1",
+SMALL = {"model": "mobilenet_v2", "input_size": "32", "batch_sizes": "2", "warmup": "1",
          "batches": "4", "min_batches": "2", "chain": "pi1,gpu"}
 
 
