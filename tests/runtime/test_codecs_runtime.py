@@ -13,7 +13,7 @@ from paretopipe.errors import ConfigError, StageError
 from paretopipe.results import validate_result
 from paretopipe.runtime.source import RunConfig, run
 from paretopipe.transport.base import SessionSpec
-from paretopipe.wire import FrameReader, MsgType, client_auth, pack_header, send_json
+from paretopipe.transport.wire import FrameReader, MsgType, client_auth, pack_header, send_json
 
 from .conftest import REPO
 from .test_faults import _raw

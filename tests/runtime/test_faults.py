@@ -19,7 +19,7 @@ from paretopipe.runtime.source import RunConfig, RunFailed, run
 from paretopipe.runtime.worker import FAULT_ENV
 from paretopipe.transport.base import SessionSpec
 from paretopipe.transport.tcp import parse_address
-from paretopipe.wire import (
+from paretopipe.transport.wire import (
     HEADER_SIZE,
     FrameReader,
     MsgType,

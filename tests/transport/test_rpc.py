@@ -34,7 +34,7 @@ from paretopipe.transport.rpc import (
     interface_for_address,
     require_rpc_support,
 )
-from paretopipe.wire import FrameReader, MsgType, send_control, send_json, server_auth
+from paretopipe.transport.wire import FrameReader, MsgType, send_control, send_json, server_auth
 
 from .conftest import REPO, WorkerFactory
 
