@@ -15,7 +15,7 @@ from paretopipe.runtime.source import RunConfig, run
 from paretopipe.transport.base import SessionSpec
 from paretopipe.transport.wire import FrameReader, MsgType, client_auth, pack_header, send_json
 
-from .conftest import REPO
+from tests.conftest import REPO
 from .test_faults import _raw
 
 SMALL = {"batch_size": 2, "input_size": 64, "warmup": 1, "min_batches": 1, "threads": 1, "connect_timeout_s": 30,

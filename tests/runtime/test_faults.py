@@ -18,7 +18,7 @@ from paretopipe.results import read_result, validate_result
 from paretopipe.runtime.source import RunConfig, RunFailed, run
 from paretopipe.runtime.worker import FAULT_ENV
 from paretopipe.transport.base import SessionSpec
-from paretopipe.transport.tcp import parse_address
+from paretopipe.transport.control import parse_address
 from paretopipe.transport.wire import (
     HEADER_SIZE,
     FrameReader,

@@ -27,16 +27,11 @@ from paretopipe.runtime.worker import FAULT_ENV
 from paretopipe.splitting import build_stages, stage_io_shapes
 from paretopipe.transport import get_backend
 from paretopipe.transport.base import SessionPlan, SessionSpec
-from paretopipe.transport.rpc import (
-    RpcOptions,
-    RpcSourceLink,
-    apply_cli_options,
-    interface_for_address,
-    require_rpc_support,
-)
+from paretopipe.transport.rpc import RpcSourceLink
+from paretopipe.transport.rpc_group import RpcOptions, apply_cli_options, interface_for_address, require_rpc_support
 from paretopipe.transport.wire import FrameReader, MsgType, send_control, send_json, server_auth
 
-from .conftest import REPO, WorkerFactory
+from tests.conftest import REPO, WorkerFactory
 
 SMALL = {"batch_size": 2, "input_size": 64, "warmup": 1, "min_batches": 1, "threads": 1, "connect_timeout_s": 30,
          "timeout_s": 30}
