@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
@@ -22,6 +21,7 @@ from analysis.frames import VECTOR_COLUMNS, frontier_frame
 from analysis.frontier import EXCLUDED
 from analysis.plots import Plot, slug
 from analysis.predicted import Comparison
+from paretoio.files import write_atomic
 
 __all__ = ["write_csv", "write_frontier_csv", "groups_frame", "write_groups_csv", "write_runs_csv",
            "write_predicted_csv", "write_reports", "terminal_table"]
@@ -42,10 +42,7 @@ def _csv_cell(value: object) -> object:
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:
     """``frame`` as CSV through pandas, atomically: NaN/NA/None is an empty cell, floats have ten
     significant digits, booleans are ``true``/``false``, tuples ``a,b``."""
-    tmp = path.with_name(path.name + ".tmp")
-    frame.map(_csv_cell).to_csv(tmp, index=False, float_format="%.10g", na_rep="")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, frame.map(_csv_cell).to_csv(index=False, float_format="%.10g", na_rep=""))
 
 
 def _notes(result: GroupResult, i: int) -> list[str]:
@@ -268,8 +265,8 @@ def write_reports(out: Path, runs: pd.DataFrame, points: Sequence[ConfigPoint],
                   ) -> tuple[Path, Path]:
     blocks = _blocks(runs, points, results, plots, inputs, group_by, comparisons)
     md, page = out / "report.md", out / "report.html"
-    md.write_text(_render_md(blocks, out), encoding="utf-8")
-    page.write_text(_render_html(blocks), encoding="utf-8")
+    write_atomic(md, _render_md(blocks, out))
+    write_atomic(page, _render_html(blocks))
     return md, page
 
 

@@ -1,9 +1,7 @@
 """Writing a file so that a reader never sees half of it: the one atomic writer of the project.
 
-Both packages write through here: ``analysis`` its CSV tables, ``paretopipe`` its result files,
-shard manifests, predictions and testbed state. It lives in ``analysis`` because ``analysis``
-must not import ``paretopipe``, while ``paretopipe`` already builds on ``analysis`` (the result
-schema); docs/design.md has the layering.
+Both packages write through here: ``analysis`` its tables and reports, ``paretopipe`` its result
+files, shard manifests, predictions and testbed state.
 
 The data goes to a temporary file in the target's folder, is flushed to disk, and then takes
 the target's name in one step: ``os.replace`` (a newer version replaces the old one), or with
