@@ -38,19 +38,8 @@ from paretopipe.threads import join, spawn
 from paretopipe.transport.base import ResultBatch, SessionPlan, SessionSpec, StageHandler, StageInfo
 from paretopipe.transport.events import Event, StageEvents
 from paretopipe.transport.wire import (
-    AuthError,
-    FrameReader,
-    Header,
-    MsgType,
-    PeerClosed,
-    ProtocolError,
-    ReceiveTimeout,
-    client_auth,
-    parse_json,
-    send_control,
-    send_json,
-    server_auth,
-    shape_str,
+    AuthError, FrameReader, Header, MsgType, PeerClosed, ProtocolError, ReceiveTimeout, client_auth,
+    parse_json, send_control, send_json, server_auth, shape_str,
 )
 
 log = logging.getLogger(__name__)

@@ -54,36 +54,15 @@ from paretopipe.codecs import Codec, CodecError, Decoder, Encoder, codec_from_wi
 from paretopipe.errors import StageError, TransportError
 from paretopipe.threads import spawn
 from paretopipe.transport.base import (
-    InBatch,
-    ResultBatch,
-    SessionPlan,
-    SessionSpec,
-    SourceLink,
-    StageHandler,
-    StageInfo,
-    StageLink,
+    InBatch, ResultBatch, SessionPlan, SessionSpec, SourceLink, StageHandler, StageInfo, StageLink,
     StageRecord,
 )
 from paretopipe.transport.control import (
-    Conn,
-    ControlServer,
-    Session,
-    SourceControl,
-    await_end,
-    parse_address,
-    try_send,
+    Conn, ControlServer, Session, SourceControl, await_end, parse_address, try_send,
 )
 from paretopipe.transport.rpc_group import (
-    ENV_MASTER_ADDR,
-    ENV_MASTER_PORT,
-    RPC_LOCK,
-    RpcOptions,
-    first_line,
-    init_rpc,
-    interface_for_address,
-    leave_rpc,
-    master_store,
-    session_store,
+    ENV_MASTER_ADDR, ENV_MASTER_PORT, RPC_LOCK, RpcOptions, first_line, init_rpc, interface_for_address,
+    leave_rpc, master_store, session_store,
 )
 from paretopipe.transport.wire import DEFAULT_MAX_FRAME_BYTES, MsgType, ProtocolError, send_json, shape_str
 

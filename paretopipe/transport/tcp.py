@@ -33,40 +33,15 @@ from paretopipe.codecs import Codec, CodecError, Decoder, Encoder, parse_codec
 from paretopipe.errors import StageError, TransportError
 from paretopipe.threads import spawn
 from paretopipe.transport.base import (
-    InBatch,
-    ResultBatch,
-    SessionPlan,
-    SessionSpec,
-    SourceLink,
-    StageHandler,
-    StageInfo,
-    StageLink,
+    InBatch, ResultBatch, SessionPlan, SessionSpec, SourceLink, StageHandler, StageInfo, StageLink,
     StageRecord,
 )
 from paretopipe.transport.control import (
-    Conn,
-    ControlServer,
-    Session,
-    SourceControl,
-    authenticate,
-    await_end,
-    connect,
-    shutdown,
-    try_send,
+    Conn, ControlServer, Session, SourceControl, authenticate, await_end, connect, shutdown, try_send,
 )
 from paretopipe.transport.wire import (
-    DEFAULT_MAX_FRAME_BYTES,
-    FrameReader,
-    Header,
-    MsgType,
-    PeerClosed,
-    ProtocolError,
-    ReceiveTimeout,
-    nbytes,
-    recv_payload_into,
-    send_data,
-    send_json,
-    shape_str,
+    DEFAULT_MAX_FRAME_BYTES, FrameReader, Header, MsgType, PeerClosed, ProtocolError, ReceiveTimeout, nbytes,
+    recv_payload_into, send_data, send_json, shape_str,
 )
 
 log = logging.getLogger(__name__)
