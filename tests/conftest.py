@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from paretopipe.polling import poll_until
 from paretopipe.runtime.sweep import free_port, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,15 +54,11 @@ class Worker:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def wait_log(self, text: str, timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            log = self.log()
-            if text in log:
-                return log
-            if self.proc.poll() is not None and text not in self.log():
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"worker log never said {text!r}:\n{self.log()}")
+        poll_until(lambda: text in self.log() or self.proc.poll() is not None, timeout)
+        log = self.log()
+        if text not in log:
+            raise AssertionError(f"worker log never said {text!r}:\n{log}")
+        return log
 
     def stop(self) -> None:
         stop_process(self.proc)
