@@ -93,6 +93,7 @@ def test_both_backends_give_identical_logits(workers):
     assert not torch.equal(rpc[0], rpc[1])  # the batches really were different
 
 
+@pytest.mark.slow
 def test_rpc_three_stage_chain_pipelined_writes_the_tcp_schema(workers, tmp_path):
     doc = run(RunConfig(model="resnet18", splits=(3, 9), stages=(workers["rpc"].address, workers["rpc2"].address),
                         out=tmp_path / "chain.json", batches=4, window=3, check=True, backend="rpc", **SMALL))
@@ -108,6 +109,7 @@ def test_rpc_three_stage_chain_pipelined_writes_the_tcp_schema(workers, tmp_path
     assert [s["index"] for s in on_disk["summary"]["stages"]] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_sweeps_with_both_backends_write_comparable_files(tmp_path):
     pytest.importorskip("analysis.loading")
     from analysis.loading import load_results
@@ -134,6 +136,7 @@ def test_sweeps_with_both_backends_write_comparable_files(tmp_path):
     assert by_backend["tcp"].metrics.keys() == by_backend["rpc"].metrics.keys()
 
 
+@pytest.mark.slow
 def test_two_sessions_in_a_row_on_one_master_port(workers, tmp_path, monkeypatch):
     port = free_port()
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
@@ -261,6 +264,7 @@ def test_master_port_in_use_is_an_error_naming_it(workers, tmp_path, monkeypatch
 
 
 
+@pytest.mark.slow
 def test_source_killed_mid_run_worker_leaves_the_group_and_serves_the_next_session(start_worker, tmp_path):
     worker = start_worker("--backend", "rpc")
     proc = subprocess.Popen(
