@@ -158,9 +158,29 @@ def _predicted_blocks(comparisons: Sequence[Comparison]) -> list[_Block]:
     return b
 
 
+def _fidelity_blocks(fidelity: Sequence[GroupResult], plots: Sequence[Plot]) -> list[_Block]:
+    b: list[_Block] = [
+        _Heading(2, "Fidelity: rate and the three-objective frontier"),
+        _Para("Agreement is the top-1 agreement of a run's logits with the unsplit, uncoded "
+              "model's on the same inputs (summary.fidelity); a codec trades it for bytes on "
+              "the wire. The frontier below is that of latency (min), throughput (max) and "
+              "agreement (max) in every group where agreement was measured, whatever "
+              "--objectives says; frontier_fidelity.csv has every configuration's rank."),
+    ]
+    by_stem = {p.stem.name: p for p in plots}
+    b += [_Image(p) for p in plots if p.stem.name.startswith("rate_fidelity_")]
+    for r in fidelity:
+        b += [_Heading(3, r.title), _group_table(r, frontier_only=True)]
+        stem = "frontier3_" + slug(*(v for _, v in r.group))
+        if stem in by_stem:
+            b.append(_Image(by_stem[stem]))
+    return b
+
+
 def _blocks(runs: pd.DataFrame, points: Sequence[ConfigPoint], results: Sequence[GroupResult],
             plots: Sequence[Plot], inputs: Sequence[Path], group_by: Sequence[str],
-            comparisons: Sequence[Comparison] = ()) -> list[_Block]:
+            comparisons: Sequence[Comparison] = (), fidelity: Sequence[GroupResult] = (),
+            fidelity_plots: Sequence[Plot] = ()) -> list[_Block]:
     objectives = results[0].objectives
     skipped = runs.attrs["skipped"]
     b: list[_Block] = [
@@ -200,6 +220,8 @@ def _blocks(runs: pd.DataFrame, points: Sequence[ConfigPoint], results: Sequence
         b += [_Image(p) for p in rest]
     if comparisons:
         b += _predicted_blocks(comparisons)
+    if fidelity:
+        b += _fidelity_blocks(fidelity, fidelity_plots)
     if len(skipped):
         b += [_Heading(2, f"Skipped files ({len(skipped)})"),
               _Table(("file", "reason"), tuple(skipped.itertuples(index=False, name=None)))]
@@ -261,9 +283,13 @@ def _render_html(blocks: Sequence[_Block]) -> str:
 
 def write_reports(out: Path, runs: pd.DataFrame, points: Sequence[ConfigPoint],
                   results: Sequence[GroupResult], plots: Sequence[Plot], inputs: Sequence[Path],
-                  group_by: Sequence[str], comparisons: Sequence[Comparison] = ()
+                  group_by: Sequence[str], comparisons: Sequence[Comparison] = (),
+                  fidelity: Sequence[GroupResult] = (), fidelity_plots: Sequence[Plot] = ()
                   ) -> tuple[Path, Path]:
-    blocks = _blocks(runs, points, results, plots, inputs, group_by, comparisons)
+    """``report.md`` and ``report.html``; ``fidelity`` (:func:`analysis.aggregate.analyse_fidelity`)
+    and its ``fidelity_plots`` (:func:`analysis.plots.draw_fidelity`) add the fidelity section."""
+    blocks = _blocks(runs, points, results, plots, inputs, group_by, comparisons, fidelity,
+                     fidelity_plots)
     md, page = out / "report.md", out / "report.html"
     write_atomic(md, _render_md(blocks, out))
     write_atomic(page, _render_html(blocks))
