@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
@@ -23,6 +22,7 @@ from analysis.frontier import EXCLUDED
 from analysis.plots import Plot, slug
 from analysis.predicted import Comparison
 from analysis.repeats import RepeatRecord
+from paretoio.files import write_atomic
 
 __all__ = ["write_csv", "write_frontier_csv", "groups_frame", "write_groups_csv", "write_runs_csv",
            "write_predicted_csv", "write_reports", "terminal_table"]
@@ -43,10 +43,7 @@ def _csv_cell(value: object) -> object:
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:
     """``frame`` as CSV through pandas, atomically: NaN/NA/None is an empty cell, floats have ten
     significant digits, booleans are ``true``/``false``, tuples ``a,b``."""
-    tmp = path.with_name(path.name + ".tmp")
-    frame.map(_csv_cell).to_csv(tmp, index=False, float_format="%.10g", na_rep="")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, frame.map(_csv_cell).to_csv(index=False, float_format="%.10g", na_rep=""))
 
 
 def _notes(result: GroupResult, i: int) -> list[str]:
@@ -327,8 +324,8 @@ def write_reports(out: Path, runs: pd.DataFrame, points: Sequence[ConfigPoint],
     blocks = _blocks(runs, points, results, plots, inputs, group_by, comparisons, fidelity,
                      fidelity_plots, records)
     md, page = out / "report.md", out / "report.html"
-    md.write_text(_render_md(blocks, out), encoding="utf-8")
-    page.write_text(_render_html(blocks), encoding="utf-8")
+    write_atomic(md, _render_md(blocks, out))
+    write_atomic(page, _render_html(blocks))
     return md, page
 
 
