@@ -213,6 +213,9 @@ def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path |
     inv = str(Path(inventory).resolve() if inventory else default_inventory_path())
     with locked(paths):
         state = State.load(paths)
+        if state is not None and state.device_kind != "netns":
+            raise TestbedError(f"a testbed of virtual machines is up in {paths.root}; "
+                               "run `paretopipe testbed down` first")
         if state is not None and state.topology != topo.to_dict():
             raise TestbedError(
                 f"a testbed with another topology is up (state: {paths.state_file}); "
@@ -415,6 +418,10 @@ def status(*, state_dir: str | Path | None = None) -> dict:
             out["leftovers"] = leftovers(load_topology())
         return out
     topo = Topology.from_dict(state.topology)
+    if state.device_kind == "vm":
+        from paretopipe.testbed.vm._machines import status as vm_status
+
+        return vm_status(topo, state, paths)
     spaces = _system.netns_list()
     cg = _cgroups(topo, state.cgroup_version)
     devices = {}
