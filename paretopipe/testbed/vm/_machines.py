@@ -288,7 +288,7 @@ def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path |
             if wheel_img is not None and not state.has("file", path=str(wheel_img)):
                 wheel_img.parent.mkdir(parents=True, exist_ok=True)
                 size_mb = sum(f.stat().st_size for f in Path(wheelhouse).rglob("*")
-                              if f.is_file()) * 1.1 // (1 << 20) + 64
+                              if f.is_file()) * 1.3 // (1 << 20) + 256
                 ext4_image(wheel_img, Path(wheelhouse), {}, f"{int(size_mb)}M")
                 builder.record({"kind": "file", "path": str(wheel_img)},
                                f"made the wheelhouse disk {wheel_img} from {wheelhouse}")
