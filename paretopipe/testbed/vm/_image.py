@@ -25,8 +25,9 @@ MIRROR = os.environ.get("PARETOPIPE_VM_MIRROR", "http://deb.debian.org/debian")
 # A freshly flashed Debian / Raspberry Pi OS host: a kernel, sshd and Python; what
 # python_env's real-device branch installs (python3-venv, python3-pip, libopenblas0) is there
 # too because the devices are offline (air-gapped), as research testbeds often are. iperf3 and
-# ping measure the links; iproute2 and kmod give tc and netem.
-PACKAGES = ("linux-image-amd64", "mount", "openssh-server", "python3", "python3-venv", "python3-pip",
+# ping measure the links; iproute2 and kmod give tc and netem; python3-apt is what Ansible's apt
+# module needs (Raspberry Pi OS ships it).
+PACKAGES = ("linux-image-amd64", "mount", "openssh-server", "python3", "python3-apt", "python3-venv", "python3-pip",
             "libopenblas0", "iperf3", "iproute2", "iputils-ping", "procps", "kmod", "rsync",
             "sudo")
 IMAGE_SIZE = "4G"  # sparse; the root file system grows into it as the venv is built
