@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import pytest
 
 from paretopipe import testbed
 from paretopipe.testbed import vm
+from tests.ansible.test_sweep_playbook import ok, recap
 
 # Generous per-test limit: the first test's setup builds the image when it is not cached.
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -97,17 +99,6 @@ devices:
   - {{name: pi1, group: edge, profile: rpi5, ip: 10.{idx}.187.11}}
   - {{name: pi2, group: edge, profile: rpi5, ip: 10.{idx}.187.12}}
 """)
-
-
-def recap(proc: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
-    out = {}
-    for host, counters in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", proc.stdout, re.M):
-        out[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counters)}
-    return out
-
-
-def ok(proc: subprocess.CompletedProcess) -> str:
-    return f"rc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +188,22 @@ def test_netem_on_the_devices_nic_is_measured_within_tolerance(vms: VmTestbed) -
         cleared = vms.playbook("netem.yml", "-e", "condition=none", "-e", "chain=pi1,pi2")
     assert cleared.returncode == 0, ok(cleared)
     assert "netem" not in vms.ssh("pi1", "tc qdisc show dev eth0").stdout
+
+
+def test_results_are_fetched_from_the_devices_own_file_system(vms: VmTestbed) -> None:
+    # A run file as the source runner writes it, on pi1's disk only.
+    doc = {"schema": 1, "status": "ok", "device": "pi1", "pid": os.getpid()}
+    path = f"/root/paretopipe/results/vm-test-{os.getpid()}.json"
+    wrote = vms.ssh("pi1", f"mkdir -p /root/paretopipe/results && echo {shlex.quote(json.dumps(doc))} > {path}")
+    assert wrote.returncode == 0, wrote.stderr
+    assert not Path(path).exists()
+    dest = vms.root / "fetched"
+    argv = [str(BIN / "ansible-playbook"), "-i", str(vms.inventory),
+            str(REPO / "tests" / "testbed" / "fetch_results.yml"),
+            "-e", json.dumps({"fetch_host": "pi1", "fetch_file": path, "fetch_dest": str(dest)})]
+    proc = subprocess.run(argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, ok(proc)
+    assert json.loads((dest / Path(path).name).read_text()) == doc
 
 
 def test_down_leaves_nothing(vms: VmTestbed) -> None:

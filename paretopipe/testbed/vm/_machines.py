@@ -18,7 +18,14 @@ import yaml
 
 from paretopipe.errors import ConfigError, TestbedError
 from paretopipe.testbed import _ssh, _system
-from paretopipe.testbed._lifecycle import _FOREIGN_HINT, _cgroups, _quiet, _topology, _undo
+from paretopipe.testbed._lifecycle import (
+    _FOREIGN_HINT,
+    _Builder,
+    _cgroups,
+    _quiet,
+    _topology,
+    roll_back,
+)
 from paretopipe.testbed._state import Paths, State, checkout_root, locked
 from paretopipe.testbed.cgroups import Limits, allocate_cpus, format_cpulist
 from paretopipe.testbed.topology import Topology
@@ -45,22 +52,15 @@ def _mac(topo: Topology, name: str) -> str:
     return "52:54:%02x:%02x:%02x:%02x" % (octets[1], octets[2], 0x70, idx + 1)
 
 
-class _VmBuilder:
+class _VmBuilder(_Builder):
+    """The namespace testbed's builder's bookkeeping (record, bridge), VMs for devices."""
+
     def __init__(self, topo: Topology, paths: Paths, state: State, image: Image,
                  wheelhouse_img: Path | None, boot_timeout_s: float, progress: Progress) -> None:
-        self.topo, self.paths, self.state, self.image = topo, paths, state, image
-        self.wheelhouse_img, self.boot_timeout_s, self.progress = (wheelhouse_img,
-                                                                   boot_timeout_s, progress)
-        self.made: list[dict] = []
-        self.actions: list[str] = []
+        super().__init__(topo, paths, state, progress, None)
+        self.image, self.wheelhouse_img, self.boot_timeout_s = (image, wheelhouse_img,
+                                                                boot_timeout_s)
         self.boot_s: dict[str, float] = {}
-
-    def record(self, resource: dict, action: str) -> None:
-        self.state.resources.append(resource)
-        self.made.append(resource)
-        self.state.save(self.paths)
-        self.actions.append(action)
-        self.progress(action)
 
     def build(self) -> None:
         topo, paths = self.topo, self.paths
@@ -99,20 +99,6 @@ class _VmBuilder:
                                f"{self.paths.rundir(name) / 'console.log'}); run "
                                "`paretopipe testbed down` and `up` again")
         return False
-
-    def _bridge(self) -> None:
-        topo = self.topo
-        if self.state.has("link", name=topo.bridge) and _system.link_exists(topo.bridge):
-            return
-        if _system.link_exists(topo.bridge):
-            raise TestbedError(f"a link named {topo.bridge} exists and is not this testbed's; "
-                               "pick another `bridge:` in the topology" + _FOREIGN_HINT)
-        _system.run(["ip", "link", "add", topo.bridge, "type", "bridge"])
-        self.record({"kind": "link", "name": topo.bridge}, f"created bridge {topo.bridge}")
-        _system.run(["ip", "link", "set", "dev", topo.bridge, "mtu", str(topo.mtu)])
-        _system.run(["ip", "addr", "add", f"{topo.controller_ip}/{topo.prefix_len}",
-                     "dev", topo.bridge])
-        _system.run(["ip", "link", "set", "dev", topo.bridge, "up"])
 
     def _tap(self, name: str) -> None:
         tap = self.topo.host_if(name)
@@ -294,17 +280,7 @@ def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path |
                                f"made the wheelhouse disk {wheel_img} from {wheelhouse}")
             builder.build()
         except BaseException as exc:
-            progress(f"up failed ({exc}); removing the {len(builder.made)} things it made")
-            errors = _undo(list(reversed(builder.made)), state, paths, progress)
-            if state.resources:
-                state.save(paths)
-            else:
-                paths.state_file.unlink(missing_ok=True)
-            if errors:
-                raise TestbedError(f"testbed up failed: {exc}; cleanup also failed: "
-                                   f"{'; '.join(errors)}") from exc
-            if isinstance(exc, (TestbedError, OSError)):
-                raise TestbedError(f"testbed up failed and was rolled back: {exc}") from exc
+            roll_back(exc, builder.made, state, paths, progress)
             raise
         return {
             "changed": bool(builder.actions),
@@ -326,13 +302,7 @@ def status(topo: Topology, state: State, paths: Paths) -> dict:
     for dev in topo.devices:
         rec = next(iter(state.find("process", role="qemu", device=dev.name)), None)
         alive = bool(rec) and _system.pid_alive(rec["pid"], rec.get("start"))
-        port = False
-        if alive:
-            try:
-                _ssh.wait_for_port(dev.ip, 22, 0.5)
-                port = True
-            except TestbedError:
-                pass
+        port = alive and _ssh.port_open(dev.ip)
         devices[dev.name] = {
             "group": dev.group, "ip": dev.ip, "profile": dev.profile, "shaped": None,
             "limits": cg.read_limits(dev.name), "vm_pid": rec["pid"] if rec else None,
