@@ -41,6 +41,8 @@ __all__ = [
     "parse_group_by",
     "parse_reference",
     "default_reference",
+    "FIDELITY_OBJECTIVES",
+    "analyse_fidelity",
 ]
 
 CONFIG_COLUMNS = ("model", "network", "backend", "placement", "input_size", "batch_size",
@@ -341,3 +343,22 @@ def _group_result(key, members, values, ranks, objectives, ref, ref_min, box, gr
         varying=varying,
         uncertain=uncertain,
     )
+
+
+# --- fidelity -------------------------------------------------------------------------------
+
+#: The three-objective frontier the report shows when runs measured fidelity (issue 16).
+FIDELITY_OBJECTIVES = (Objective("latency", Sense.MIN), Objective("throughput", Sense.MAX),
+                       Objective("agreement", Sense.MAX))
+
+
+def analyse_fidelity(points: Sequence[ConfigPoint], group_by: Sequence[str] = DEFAULT_GROUP_BY
+                     ) -> list[GroupResult]:
+    """:func:`analyse` with :data:`FIDELITY_OBJECTIVES`, for the groups where at least one
+    configuration has a measured agreement (the others are left out); ``[]`` when none has.
+    Within a kept group, a configuration without agreement is excluded and listed, as usual."""
+    measured = {tuple((c, p.get(c)) for c in group_by) for p in points
+                if math.isfinite(p.mean("agreement"))}
+    if not measured:
+        return []
+    return [r for r in analyse(points, FIDELITY_OBJECTIVES, group_by) if r.group in measured]

@@ -17,8 +17,10 @@ import pandas as pd
 
 from analysis.aggregate import (
     DEFAULT_GROUP_BY,
+    FIDELITY_OBJECTIVES,
     GROUP_COLUMNS,
     analyse,
+    analyse_fidelity,
     parse_group_by,
     parse_objectives,
     parse_reference,
@@ -129,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
                                 f"(source: {o.metric.source}); choose other objectives")
     results = analyse(points, objectives, group_by, reference)
     comparisons = compare(predictions, points)
+    fidelity = analyse_fidelity(points, group_by)  # [] unless some run measured agreement
     _say(f"{len(points)} configurations in {len(results)} groups; objectives "
          f"{', '.join(map(str, objectives))}")
 
@@ -141,9 +144,11 @@ def run(args: argparse.Namespace) -> int:
                    report.write_runs_csv(out / "runs.csv", runs)]
         if comparisons:
             written.append(report.write_predicted_csv(out / "predicted.csv", comparisons))
-        plots = []
+        if fidelity:
+            written.append(report.write_frontier_csv(out / "frontier_fidelity.csv", fidelity))
+        plots, fidelity_plots = [], []
         if not args.no_plots:
-            from analysis.plots import draw_all
+            from analysis.plots import draw_all, draw_fidelity
 
             plot_dir = out / "plots"
             if plot_dir.is_dir():  # the folder is ours: drop figures of groups that are gone
@@ -151,12 +156,17 @@ def run(args: argparse.Namespace) -> int:
                     old.unlink()
             _say("drawing plots ...")
             plots = draw_all(results, points, objectives, plot_dir)
+            fidelity_plots = draw_fidelity(fidelity, points, plot_dir)
         written += report.write_reports(out, runs, points, results, plots, args.paths, group_by,
-                                        comparisons, records)
+                                        comparisons, fidelity, fidelity_plots, records)
     except OSError as exc:
         raise AnalysisError(f"cannot write outputs in {out}: {exc}") from exc
-    _say(f"wrote {', '.join(p.name for p in written)} and {2 * len(plots)} plot files to {out}")
+    _say(f"wrote {', '.join(p.name for p in written)} and {2 * (len(plots) + len(fidelity_plots))} "
+         f"plot files to {out}")
     sys.stdout.write(report.terminal_table(results))
+    if fidelity and tuple(objectives) != FIDELITY_OBJECTIVES:  # else the table above is it
+        sys.stdout.write("\nthree-objective frontier (latency:min, throughput:max, agreement:max):\n"
+                         + report.terminal_table(fidelity))
     if records:
         reached = sum(r.verdict == "reached" for r in records)
         sys.stdout.write(f"\nrepeats=auto: {reached} of {len(records)} configurations reached the CI target, "

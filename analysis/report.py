@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
@@ -23,6 +22,7 @@ from analysis.frontier import EXCLUDED
 from analysis.plots import Plot, slug
 from analysis.predicted import Comparison
 from analysis.repeats import RepeatRecord
+from paretoio.files import write_atomic
 
 __all__ = ["write_csv", "write_frontier_csv", "groups_frame", "write_groups_csv", "write_runs_csv",
            "write_predicted_csv", "write_reports", "terminal_table"]
@@ -43,10 +43,7 @@ def _csv_cell(value: object) -> object:
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:
     """``frame`` as CSV through pandas, atomically: NaN/NA/None is an empty cell, floats have ten
     significant digits, booleans are ``true``/``false``, tuples ``a,b``."""
-    tmp = path.with_name(path.name + ".tmp")
-    frame.map(_csv_cell).to_csv(tmp, index=False, float_format="%.10g", na_rep="")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, frame.map(_csv_cell).to_csv(index=False, float_format="%.10g", na_rep=""))
 
 
 def _notes(result: GroupResult, i: int) -> list[str]:
@@ -164,6 +161,25 @@ def _predicted_blocks(comparisons: Sequence[Comparison]) -> list[_Block]:
     return b
 
 
+def _fidelity_blocks(fidelity: Sequence[GroupResult], plots: Sequence[Plot]) -> list[_Block]:
+    b: list[_Block] = [
+        _Heading(2, "Fidelity: rate and the three-objective frontier"),
+        _Para("Agreement is the top-1 agreement of a run's logits with the unsplit, uncoded "
+              "model's on the same inputs (summary.fidelity); a codec trades it for bytes on "
+              "the wire. The frontier below is that of latency (min), throughput (max) and "
+              "agreement (max) in every group where agreement was measured, whatever "
+              "--objectives says; frontier_fidelity.csv has every configuration's rank."),
+    ]
+    by_stem = {p.stem.name: p for p in plots}
+    b += [_Image(p) for p in plots if p.stem.name.startswith("rate_fidelity_")]
+    for r in fidelity:
+        b += [_Heading(3, r.title), _group_table(r, frontier_only=True)]
+        stem = "frontier3_" + slug(*(v for _, v in r.group))
+        if stem in by_stem:
+            b.append(_Image(by_stem[stem]))
+    return b
+
+
 def _repeats_blocks(records: Sequence[RepeatRecord]) -> list[_Block]:
     from analysis import repeats
 
@@ -192,7 +208,8 @@ def _uncertain_para(results: Sequence[GroupResult]) -> _Para:
 
 def _blocks(runs: pd.DataFrame, points: Sequence[ConfigPoint], results: Sequence[GroupResult],
             plots: Sequence[Plot], inputs: Sequence[Path], group_by: Sequence[str],
-            comparisons: Sequence[Comparison] = (), records: Sequence[RepeatRecord] = ()) -> list[_Block]:
+            comparisons: Sequence[Comparison] = (), fidelity: Sequence[GroupResult] = (),
+            fidelity_plots: Sequence[Plot] = (), records: Sequence[RepeatRecord] = ()) -> list[_Block]:
     objectives = results[0].objectives
     skipped = runs.attrs["skipped"]
     b: list[_Block] = [
@@ -235,6 +252,8 @@ def _blocks(runs: pd.DataFrame, points: Sequence[ConfigPoint], results: Sequence
         b += [_Image(p) for p in rest]
     if comparisons:
         b += _predicted_blocks(comparisons)
+    if fidelity:
+        b += _fidelity_blocks(fidelity, fidelity_plots)
     if len(skipped):
         b += [_Heading(2, f"Skipped files ({len(skipped)})"),
               _Table(("file", "reason"), tuple(skipped.itertuples(index=False, name=None)))]
@@ -297,11 +316,16 @@ def _render_html(blocks: Sequence[_Block]) -> str:
 def write_reports(out: Path, runs: pd.DataFrame, points: Sequence[ConfigPoint],
                   results: Sequence[GroupResult], plots: Sequence[Plot], inputs: Sequence[Path],
                   group_by: Sequence[str], comparisons: Sequence[Comparison] = (),
+                  fidelity: Sequence[GroupResult] = (), fidelity_plots: Sequence[Plot] = (),
                   records: Sequence[RepeatRecord] = ()) -> tuple[Path, Path]:
-    blocks = _blocks(runs, points, results, plots, inputs, group_by, comparisons, records)
+    """``report.md`` and ``report.html``; ``fidelity`` (:func:`analysis.aggregate.analyse_fidelity`)
+    and its ``fidelity_plots`` (:func:`analysis.plots.draw_fidelity`) add the fidelity section,
+    ``records`` (repeats=auto verdicts) the repeats section."""
+    blocks = _blocks(runs, points, results, plots, inputs, group_by, comparisons, fidelity,
+                     fidelity_plots, records)
     md, page = out / "report.md", out / "report.html"
-    md.write_text(_render_md(blocks, out), encoding="utf-8")
-    page.write_text(_render_html(blocks), encoding="utf-8")
+    write_atomic(md, _render_md(blocks, out))
+    write_atomic(page, _render_html(blocks))
     return md, page
 
 

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from paretopipe.errors import ConfigError, TransportError
+from paretopipe.errors import ConfigError, ProtocolError, TransportError
 
 __all__ = [
     "Codec",
@@ -173,8 +173,6 @@ def require_available(codec: Codec) -> None:
 
 
 def codec_from_wire(wire_id: int) -> Codec:
-    from paretopipe.wire import ProtocolError
-
     bases = {v: k for k, v in _BASE_IDS.items()}
     entropies = {v: k for k, v in _ENTROPY_IDS.items()}
     base, entropy = bases.get(wire_id & 0x0F), entropies.get(wire_id >> 4, ...)
@@ -308,8 +306,6 @@ class Decoder:
 
     def check_length(self, length: int) -> None:
         """Before receiving: a declared payload length this codec cannot produce is refused."""
-        from paretopipe.wire import ProtocolError
-
         if self.codec.entropy is None:
             if length != self.base_bytes:
                 raise ProtocolError(f"{self.codec.name} payload of {length} bytes for {self.numel} elements "
@@ -319,8 +315,6 @@ class Decoder:
                                 f"(at most {self.max_wire_bytes})")
 
     def check_params(self, scale: float, zero_point: int) -> None:
-        from paretopipe.wire import ProtocolError
-
         if self.codec.base is Base.INT8 and not (math.isfinite(scale) and scale > 0 and -128 <= zero_point <= 127):
             raise ProtocolError(f"int8 frame with scale {scale} and zero point {zero_point} "
                                 f"(scale must be finite and > 0, zero point within -128..127)")

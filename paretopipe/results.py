@@ -1,7 +1,8 @@
 """Result files (schema ``paretopipe.run`` v1, docs/results.md): build, check, write.
 
-Files are written atomically (a temporary file in the same folder, then ``os.link`` to the final
-name, which fails if the name is taken) and never overwritten.
+Files are written atomically and never overwritten (:func:`paretoio.files.write_atomic` with
+``exclusive``: a temporary file in the same folder, then ``os.link`` to the final name, which
+fails if the name is taken).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from paretoio.files import write_json_atomic
 from paretopipe.errors import ConfigError
 
 SCHEMA = "paretopipe.run"
@@ -101,22 +103,11 @@ def write_result(doc: dict[str, Any], path: str | os.PathLike[str]) -> Path:
 
 
 def write_json_exclusive(doc: Any, path: str | os.PathLike[str], *, what: str) -> Path:
-    """Write JSON atomically (temporary file, then ``os.link``); ConfigError if the name is taken."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=1, allow_nan=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Write JSON atomically, never over an existing file; ConfigError if the name is taken."""
     try:
-        os.link(tmp, path)  # atomic, and fails if the name exists: never overwrites
+        return write_json_atomic(path, doc, exclusive=True)
     except FileExistsError:
         raise ConfigError(f"{what} {path} already exists; not overwritten") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -13,7 +13,9 @@ TORCH_PIN="${PARETOPIPE_TORCH_PIN:-torch==2.14.1 torchvision==0.29.1}"
 log() { printf '[setup] %s\n' "$*"; }
 
 # --- system packages -------------------------------------------------------------------------
-SYSTEM_PACKAGES=(openssh-server openssh-client iproute2 iptables iputils-ping procps python3-venv rsync)
+SYSTEM_PACKAGES=(openssh-server openssh-client iproute2 iptables iputils-ping procps python3-venv rsync
+                 # virtual devices (`paretopipe testbed up --kind vm`): image build and QEMU
+                 mmdebstrap e2fsprogs qemu-system-x86 qemu-utils iperf3)
 if command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1; then
     missing=()
     for pkg in "${SYSTEM_PACKAGES[@]}"; do

@@ -10,7 +10,7 @@ from paretopipe.codecs import (
     parse_codec_list,
 )
 from paretopipe.errors import ConfigError
-from paretopipe.wire import ProtocolError
+from paretopipe.transport.wire import ProtocolError
 
 SHAPE = (2, 16, 12, 12)
 

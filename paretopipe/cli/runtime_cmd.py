@@ -173,7 +173,7 @@ def _add_rpc_args(p: argparse.ArgumentParser, *, master: bool = True) -> None:
 
 
 def _apply_rpc_args(args: argparse.Namespace) -> None:
-    from paretopipe.transport.rpc import apply_cli_options
+    from paretopipe.transport.rpc_group import apply_cli_options
 
     apply_cli_options(backend=args.backend, master=getattr(args, "rpc_master", None), ifname=args.rpc_ifname)
 

@@ -45,9 +45,19 @@ def _parse_between(text: str | None) -> list[str] | None:
 def _up(args: argparse.Namespace) -> int:
     from paretopipe import testbed
 
-    print("testbed up:", file=_human(args), flush=True)
-    result = testbed.up(args.topology, state_dir=args.state_dir, inventory=args.inventory,
-                        progress=_progress_to(args))
+    print(f"testbed up ({args.kind}):", file=_human(args), flush=True)
+    if args.kind == "vm":
+        from paretopipe.testbed import vm
+
+        result = vm.up(args.topology, state_dir=args.state_dir, inventory=args.inventory,
+                       cache_dir=args.image_cache, wheelhouse=args.wheelhouse,
+                       boot_timeout_s=args.boot_timeout or vm.BOOT_TIMEOUT_S,
+                       progress=_progress_to(args))
+    elif args.wheelhouse or args.image_cache or args.boot_timeout is not None:
+        raise ConfigError("--wheelhouse, --image-cache and --boot-timeout are for --kind vm")
+    else:
+        result = testbed.up(args.topology, state_dir=args.state_dir, inventory=args.inventory,
+                            progress=_progress_to(args))
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -195,7 +205,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--topology", metavar="FILE", help="topology YAML (default: packaged "
                    "pi1, pi2 (edge, rpi4) and gpu (server) on 10.77.0.0/24)")
     p.add_argument("--inventory", metavar="FILE",
-                   help="where to write the inventory (default: inventory/emulated/hosts.yml)")
+                   help="where to write the inventory (default: inventory/emulated/hosts.yml; "
+                        "inventory/vm/hosts.yml for --kind vm)")
+    p.add_argument("--kind", choices=("netns", "vm"), default="netns",
+                   help="netns: network namespaces sharing this kernel (fast; default); vm: "
+                        "QEMU virtual machines, each with Debian's own kernel, disk and sshd, "
+                        "provisioned by Ansible as real devices are")
+    p.add_argument("--wheelhouse", metavar="DIR",
+                   help="vm: a folder of wheels attached to each device as a read-only disk "
+                        "(/srv/wheelhouse); build it with playbooks/wheelhouse.yml")
+    p.add_argument("--image-cache", metavar="DIR",
+                   help="vm: where the device image is built and kept "
+                        "(default: $PARETOPIPE_VM_CACHE or /var/cache/paretopipe/vm)")
+    p.add_argument("--boot-timeout", type=float, metavar="S",
+                   help="vm: seconds to wait for each device's ssh (default: 600)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_up)
 

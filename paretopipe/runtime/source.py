@@ -266,7 +266,7 @@ class _Run:
         from paretopipe.codecs import parse_codec
         from paretopipe.runtime.inputs import Prefetcher, open_input
         from paretopipe.transport import get_backend
-        from paretopipe.wire import read_token_file
+        from paretopipe.transport.wire import read_token_file
 
         cfg = self.cfg
         inputs = open_input(cfg.input, batch_size=cfg.batch_size, input_size=self.input_size, seed=cfg.seed)

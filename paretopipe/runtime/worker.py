@@ -26,8 +26,7 @@ from paretopipe.metrics import ResourceSampler
 from paretopipe.runtime.compute import HostBuffers, check_device, compute
 from paretopipe.runtime.cores import usable_cpus
 from paretopipe.threads import spawn
-from paretopipe.transport.base import InBatch, SessionSpec, StageInfo, StageLink
-from paretopipe.wire import StageRecord
+from paretopipe.transport.base import InBatch, SessionSpec, StageInfo, StageLink, StageRecord
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +260,7 @@ def serve(*, listen: str, device: str = "cpu", shards: str | None = None, token_
     worker accepts, comma-separated (default: every codec this installation can run)."""
     from paretopipe.codecs import parse_codec_list, require_available
     from paretopipe.transport import get_backend
-    from paretopipe.wire import read_token_file
+    from paretopipe.transport.wire import read_token_file
 
     accepted = parse_codec_list(codecs) if codecs else None
     for codec in accepted or ():

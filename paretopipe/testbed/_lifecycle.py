@@ -213,6 +213,9 @@ def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path |
     inv = str(Path(inventory).resolve() if inventory else default_inventory_path())
     with locked(paths):
         state = State.load(paths)
+        if state is not None and state.device_kind != "netns":
+            raise TestbedError(f"a testbed of virtual machines is up in {paths.root}; "
+                               "run `paretopipe testbed down` first")
         if state is not None and state.topology != topo.to_dict():
             raise TestbedError(
                 f"a testbed with another topology is up (state: {paths.state_file}); "
@@ -226,17 +229,7 @@ def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path |
         try:
             builder.build()
         except BaseException as exc:
-            progress(f"up failed ({exc}); removing the {len(builder.made)} things it made")
-            errors = _undo(list(reversed(builder.made)), state, paths, progress)
-            if state.resources:
-                state.save(paths)
-            else:
-                paths.state_file.unlink(missing_ok=True)
-            if errors:
-                raise TestbedError(f"testbed up failed: {exc}; cleanup also failed: "
-                                   f"{'; '.join(errors)}") from exc
-            if isinstance(exc, (TestbedError, OSError)):
-                raise TestbedError(f"testbed up failed and was rolled back: {exc}") from exc
+            roll_back(exc, builder.made, state, paths, progress)
             raise
         return {
             "changed": bool(builder.actions),
@@ -245,6 +238,26 @@ def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path |
             "inventory": inv,
             "devices": {d.name: d.ip for d in topo.devices},
         }
+
+
+def roll_back(exc: BaseException, made: list[dict], state: State, paths: Paths,
+              progress: Progress) -> None:
+    """Undo what a failed ``up`` made (newest first), then raise the error to report.
+
+    Returns (for the caller to re-raise ``exc`` as it is) only for errors that are not ours,
+    such as KeyboardInterrupt.
+    """
+    progress(f"up failed ({exc}); removing the {len(made)} things it made")
+    errors = _undo(list(reversed(made)), state, paths, progress)
+    if state.resources:
+        state.save(paths)
+    else:
+        paths.state_file.unlink(missing_ok=True)
+    if errors:
+        raise TestbedError(f"testbed up failed: {exc}; cleanup also failed: "
+                           f"{'; '.join(errors)}") from exc
+    if isinstance(exc, (TestbedError, OSError)):
+        raise TestbedError(f"testbed up failed and was rolled back: {exc}") from exc
 
 
 # --- down --------------------------------------------------------------------------------------
@@ -415,19 +428,17 @@ def status(*, state_dir: str | Path | None = None) -> dict:
             out["leftovers"] = leftovers(load_topology())
         return out
     topo = Topology.from_dict(state.topology)
+    if state.device_kind == "vm":
+        from paretopipe.testbed.vm._machines import status as vm_status
+
+        return vm_status(topo, state, paths)
     spaces = _system.netns_list()
     cg = _cgroups(topo, state.cgroup_version)
     devices = {}
     for dev in topo.devices:
         sshd = next(iter(state.find("process", role="sshd", device=dev.name)), None)
         alive = bool(sshd) and _system.pid_alive(sshd["pid"], sshd.get("start"))
-        port = False
-        if alive:
-            try:
-                _ssh.wait_for_port(dev.ip, 22, 0.5)
-                port = True
-            except TestbedError:
-                pass
+        port = alive and _ssh.port_open(dev.ip)
         shaped = None
         if state.shaping and dev.name in state.shaping.get("devices", {}) \
                 and topo.netns(dev.name) in spaces:

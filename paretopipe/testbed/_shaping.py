@@ -43,6 +43,10 @@ def _loaded(paths: Paths) -> tuple[Topology, State]:
     if state is None:
         raise TestbedError(f"the testbed is not up (no state in {paths.root}); "
                            "run `paretopipe testbed up` first")
+    if state.device_kind == "vm":
+        raise TestbedError("shape, unshape and check work on namespace devices; virtual devices "
+                           "shape their own NIC: ansible-playbook -i <their inventory> "
+                           "playbooks/netem.yml -e condition=NAME")
     return Topology.from_dict(state.topology), state
 
 

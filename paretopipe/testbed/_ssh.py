@@ -112,6 +112,14 @@ def wait_for_port(ip: str, port: int, timeout: float) -> None:
     raise TestbedError(f"nothing answers on {ip}:{port} ({last})")
 
 
+def port_open(ip: str, port: int = 22, timeout: float = 0.5) -> bool:
+    try:
+        wait_for_port(ip, port, timeout)
+    except TestbedError:
+        return False
+    return True
+
+
 def ssh_argv(paths: Paths, ip: str, *command: str) -> list[str]:
     """An ``ssh`` command line that reaches a device as Ansible does."""
     return ["ssh", *ssh_options(paths), f"root@{ip}", *command]

@@ -92,6 +92,7 @@ class State:
     resources: list[dict] = field(default_factory=list)
     shaping: dict | None = None
     cgroup_version: str | None = None
+    device_kind: str = "netns"  # "netns" (namespaces) or "vm" (paretopipe.testbed.vm)
 
     @classmethod
     def load(cls, paths: Paths) -> State | None:
@@ -109,7 +110,8 @@ class State:
                                f"expected {SCHEMA}")
         return cls(topology=data["topology"], inventory=data["inventory"],
                    resources=data.get("resources", []), shaping=data.get("shaping"),
-                   cgroup_version=data.get("cgroup_version"))
+                   cgroup_version=data.get("cgroup_version"),
+                   device_kind=data.get("device_kind", "netns"))
 
     def save(self, paths: Paths) -> None:
         paths.root.mkdir(parents=True, exist_ok=True)
@@ -117,7 +119,7 @@ class State:
         tmp.write_text(json.dumps({
             "schema": SCHEMA, "topology": self.topology, "inventory": self.inventory,
             "cgroup_version": self.cgroup_version, "resources": self.resources,
-            "shaping": self.shaping,
+            "shaping": self.shaping, "device_kind": self.device_kind,
         }, indent=1))
         os.replace(tmp, paths.state_file)
 

@@ -24,7 +24,7 @@ interfaces and the plain data classes below:
                           whose queue time the link extends by the wait from ``t_ready`` (output
                           ready) to the start of the send. Returns the send time.
 
-A backend is registered with :func:`register_backend` under a name (``tcp``; ``rpc`` to come):
+A backend is registered with :func:`register_backend` under a name (``tcp``, ``rpc``):
 it supplies ``source_link()`` and ``serve(...)``, which runs a worker that calls back into a
 backend-neutral :class:`StageHandler` (``prepare(spec) -> StageInfo`` then
 ``run(link) -> stats``). The CLI takes its ``--backend`` choices from :func:`backend_names`.
@@ -42,8 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
-from paretopipe.errors import ConfigError
-from paretopipe.wire import StageRecord
+from paretopipe.errors import ConfigError, ProtocolError
 
 __all__ = [
     "Backend",
@@ -60,6 +59,27 @@ __all__ = [
     "get_backend",
     "register_backend",
 ]
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """What one stage did to one batch; stages append theirs as the batch travels.
+
+    The ``_in`` fields describe the hop the batch arrived on: its bytes on the wire, the raw
+    (decoded) bytes, the sender's encode time and this stage's decode time. Each backend carries
+    records its own way (:mod:`.wire` packs them into a frame, :mod:`.rpc` sends the tuples)."""
+
+    compute_s: float
+    queue_s: float
+    transfer_in_s: float
+    bytes_in: int
+    raw_in: int = 0
+    encode_in_s: float = 0.0
+    decode_in_s: float = 0.0
+
+    def as_tuple(self) -> tuple[float, float, float, int, int, float, float]:
+        return (self.compute_s, self.queue_s, self.transfer_in_s, self.bytes_in, self.raw_in,
+                self.encode_in_s, self.decode_in_s)
 
 
 @dataclass(frozen=True)
@@ -90,8 +110,6 @@ class SessionSpec:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> SessionSpec:
-        from paretopipe.wire import ProtocolError
-
         try:
             spec = cls(
                 session_id=int(obj["session_id"]), model=str(obj["model"]),
@@ -133,8 +151,6 @@ class StageInfo:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any], *, address: str | None) -> StageInfo:
-        from paretopipe.wire import ProtocolError
-
         try:
             return cls(
                 index=int(obj["index"]), address=address,

@@ -165,6 +165,71 @@ def write_sweep(root: Path, seed: int = 0) -> dict[str, Any]:
     return {"ok": ok, "failed": failed, "corrupt": corrupt, "sweep_dir": sweep}
 
 
+CODECS = {  # name -> (size ratio at the split, top-1 agreement, encode + decode s per batch)
+    "none": (1.0, 1.0, 0.0),
+    "fp16": (2.0, 1.0, 0.0008),
+    "int8": (4.0, 0.9875, 0.0015),
+}
+CODEC_CONDITION = "wan-10mbit"
+CODEC_RATE_MBIT = 10.0
+
+
+def make_codec_run(k: int, codec: str, repeat: int, rng: np.random.Generator,
+                   sweep_id: str = "mobilenet_v2-codecs-20261201T090000Z") -> dict[str, Any]:
+    """One schema-v1 run with ``codec`` at split k on a 10 Mbit/s link: the activation crosses
+    ``ratio`` times smaller, the sender encodes and the receiver decodes, and ``summary.fidelity``
+    says how far the logits are from the unsplit model's (agreement slightly noisy, as measured
+    on 160 images; k = 19, where only the logits cross, agrees exactly)."""
+    ratio, agreement, codec_s = CODECS[codec] if k < NUM_BLOCKS else (1.0, 1.0, 0.0)
+    doc = make_run(k, "lan", "tcp", repeat, rng, sweep_id=sweep_id)
+    c0, c1 = doc["summary"]["compute_s"]
+    wire = max(1, round(ACTIVATION_BYTES[k] / ratio))
+    t0 = 8 * wire / (CODEC_RATE_MBIT * 1e6) * float(rng.lognormal(0.0, 0.03)) + 0.002
+    t1 = 8 * RESULT_BYTES / (CODEC_RATE_MBIT * 1e6) + 0.002
+    latency = c0 + c1 + t0 + t1 + codec_s + doc["summary"]["queue_wait_s"]
+    throughput = BATCH / latency  # window 1
+    hops = [{"bytes": wire, "raw_bytes": ACTIVATION_BYTES[k], "transfer_s": t0,
+             "encode_s": codec_s / 2, "decode_s": codec_s / 2},
+            {"bytes": RESULT_BYTES, "raw_bytes": RESULT_BYTES, "transfer_s": t1,
+             "encode_s": 0.0, "decode_s": 0.0}]
+    agree = min(1.0, agreement + (float(rng.integers(-1, 2)) / 160 if agreement < 1.0 else 0.0))
+    lossy = codec != "none" and k < NUM_BLOCKS
+    doc["run_id"] = f"{MODEL}-s{k}-tcp-{CODEC_CONDITION}-{codec}-b{BATCH}-w1-r{repeat}"
+    config = doc["config"]
+    config.update(codec=codec, window=1, weights={"kind": "file", "path": "mnv2-digits.pt"},
+                  input="digits", input_size=32)
+    config["network"].update(label=CODEC_CONDITION,
+                             configured={"delay_ms": 1.0, "jitter_ms": 0.0, "loss_pct": 0.0,
+                                         "rate_mbit": CODEC_RATE_MBIT},
+                             measured={"rtt_ms": 2.1, "rate_mbit": 9.6})
+    for b in doc["batches"]:
+        b.update(latency_s=latency, done_s=b["send_s"] + latency, compute_s=[c0, c1], hops=hops)
+    doc["summary"].update(
+        throughput_img_s=throughput, throughput_batch_s=throughput / BATCH,
+        latency_s={"mean": latency, "p50": latency, "p90": latency, "p99": latency},
+        latency_per_image_s={q: latency / BATCH for q in ("mean", "p50", "p90", "p99")},
+        hops=[{**h, "ratio": h["raw_bytes"] / h["bytes"]} for h in hops],
+        payload_bytes=wire + RESULT_BYTES,
+        fidelity={"batches": 20, "images": 160, "agreement_top1": agree,
+                  "max_abs_error": 0.04 * ratio if lossy else 0.0,
+                  "rel_l2_error": 0.002 * ratio if lossy else 0.0, "reference_classes": 10,
+                  "degenerate": None, "accuracy_top1": None, "reference_accuracy_top1": None})
+    return doc
+
+
+def write_codec_sweep(root: Path, seed: int = 0, repeats: int = 2) -> list[Path]:
+    """Every split of SPLITS with every codec of CODECS (k = 19 with none only), ``repeats``
+    repeats each, under ``root/<sweep-id>/``; returns the files."""
+    rng = np.random.default_rng(seed)
+    written = []
+    for k in SPLITS:
+        for codec in CODECS if k < NUM_BLOCKS else ("none",):
+            for r in range(repeats):
+                doc = make_codec_run(k, codec, r, rng)
+                written.append(write_json(root / doc["sweep_id"] / f"{doc['run_id']}.json", doc))
+    return written
+
+
 def legacy_doc(model: str, k: int, delay_ms: float, latency: float, throughput: float,
                size: int, part1: float = 0.1, part2: float = 0.05, net: float = 0.02
                ) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from paretopipe.errors import ConfigError, StageError
 from paretopipe.results import validate_result
 from paretopipe.runtime.source import RunConfig, run
 from paretopipe.transport.base import SessionSpec
-from paretopipe.wire import FrameReader, MsgType, client_auth, pack_header, send_json
+from paretopipe.transport.wire import FrameReader, MsgType, client_auth, pack_header, send_json
 
-from .conftest import REPO
+from tests.conftest import REPO
 from .test_faults import _raw
 
 SMALL = {"batch_size": 2, "input_size": 64, "warmup": 1, "min_batches": 1, "threads": 1, "connect_timeout_s": 30,
@@ -80,6 +80,7 @@ def test_unknown_codec_lists_the_valid_ones(tmp_path):
     assert proc.returncode != 0 and "unknown codec 'int4' (valid: none," in proc.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_compressed_payload_fails_that_session_and_the_worker_serves_the_next(start_worker, tmp_path):
     worker = start_worker()
     codec = parse_codec("int8+zstd")
@@ -103,6 +104,7 @@ def test_corrupt_compressed_payload_fails_that_session_and_the_worker_serves_the
     assert doc["status"] == "ok" and doc["summary"]["hops"][0]["ratio"] > 4
 
 
+@pytest.mark.slow
 def test_rpc_backend_carries_codecs_too(start_worker, tmp_path):
     worker = start_worker("--backend", "rpc")
     doc = run(_cfg(tmp_path, "rpc-int8", stages=(worker.address,), codec="int8", backend="rpc"))

@@ -80,7 +80,7 @@ def test_defaults_divide_a_shared_host_and_the_file_says_so(start_worker, tmp_pa
     assert [s["threads"] for s in doc["config"]["stages"]] == [1, 1]
 
 
-@pytest.mark.parametrize("window", [1, 4])
+@pytest.mark.parametrize("window", [1, pytest.param(4, marks=pytest.mark.slow)])
 def test_no_thread_outlives_a_run(start_worker, tmp_path, window):
     worker = start_worker()
     run(RunConfig(model="resnet18", splits=(5,), stages=(worker.address,), out=tmp_path / "ok.json",

@@ -27,16 +27,11 @@ from paretopipe.runtime.worker import FAULT_ENV
 from paretopipe.splitting import build_stages, stage_io_shapes
 from paretopipe.transport import get_backend
 from paretopipe.transport.base import SessionPlan, SessionSpec
-from paretopipe.transport.rpc import (
-    RpcOptions,
-    RpcSourceLink,
-    apply_cli_options,
-    interface_for_address,
-    require_rpc_support,
-)
-from paretopipe.wire import FrameReader, MsgType, send_control, send_json, server_auth
+from paretopipe.transport.rpc import RpcSourceLink
+from paretopipe.transport.rpc_group import RpcOptions, apply_cli_options, interface_for_address, require_rpc_support
+from paretopipe.transport.wire import FrameReader, MsgType, send_control, send_json, server_auth
 
-from .conftest import REPO, WorkerFactory
+from tests.conftest import REPO, WorkerFactory
 
 SMALL = {"batch_size": 2, "input_size": 64, "warmup": 1, "min_batches": 1, "threads": 1, "connect_timeout_s": 30,
          "timeout_s": 30}
@@ -98,6 +93,7 @@ def test_both_backends_give_identical_logits(workers):
     assert not torch.equal(rpc[0], rpc[1])  # the batches really were different
 
 
+@pytest.mark.slow
 def test_rpc_three_stage_chain_pipelined_writes_the_tcp_schema(workers, tmp_path):
     doc = run(RunConfig(model="resnet18", splits=(3, 9), stages=(workers["rpc"].address, workers["rpc2"].address),
                         out=tmp_path / "chain.json", batches=4, window=3, check=True, backend="rpc", **SMALL))
@@ -113,6 +109,7 @@ def test_rpc_three_stage_chain_pipelined_writes_the_tcp_schema(workers, tmp_path
     assert [s["index"] for s in on_disk["summary"]["stages"]] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_sweeps_with_both_backends_write_comparable_files(tmp_path):
     pytest.importorskip("analysis.loading")
     from analysis.loading import load_results
@@ -139,6 +136,7 @@ def test_sweeps_with_both_backends_write_comparable_files(tmp_path):
     assert by_backend["tcp"].metrics.keys() == by_backend["rpc"].metrics.keys()
 
 
+@pytest.mark.slow
 def test_two_sessions_in_a_row_on_one_master_port(workers, tmp_path, monkeypatch):
     port = free_port()
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
@@ -266,6 +264,7 @@ def test_master_port_in_use_is_an_error_naming_it(workers, tmp_path, monkeypatch
 
 
 
+@pytest.mark.slow
 def test_source_killed_mid_run_worker_leaves_the_group_and_serves_the_next_session(start_worker, tmp_path):
     worker = start_worker("--backend", "rpc")
     proc = subprocess.Popen(

@@ -49,7 +49,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from paretopipe.errors import TransportError
+from paretopipe.errors import ProtocolError, TransportError
+from paretopipe.transport.base import StageRecord
 
 MAGIC = b"PPWF"
 #: 2: codecs (codec, scale, zero_point in the header; raw size and encode/decode times per record)
@@ -100,10 +101,6 @@ DTYPE_CODES = {name: code for code, (name, _) in DTYPES.items()}
 _MSG_TYPES = {int(m): m for m in MsgType}
 
 
-class ProtocolError(TransportError):
-    """The peer sent something that is not a valid frame of this protocol."""
-
-
 class PeerClosed(TransportError):
     """The peer closed the connection (cleanly between frames, or in the middle of one)."""
 
@@ -122,30 +119,6 @@ class ReceiveTimeout(TransportError):
 
 class AuthError(TransportError):
     """Token authentication failed (wrong token, missing token, or a peer that skipped it)."""
-
-
-@dataclass(frozen=True)
-class StageRecord:
-    """What one stage did to one batch; stages append theirs as the batch travels.
-
-    The ``_in`` fields describe the hop the batch arrived on: its bytes on the wire, the raw
-    (decoded) bytes, the sender's encode time and this stage's decode time."""
-
-    compute_s: float
-    queue_s: float
-    transfer_in_s: float
-    bytes_in: int
-    raw_in: int = 0
-    encode_in_s: float = 0.0
-    decode_in_s: float = 0.0
-
-    def pack(self) -> bytes:
-        return _RECORD.pack(self.compute_s, self.queue_s, self.transfer_in_s, self.bytes_in, self.raw_in,
-                            self.encode_in_s, self.decode_in_s)
-
-    def as_tuple(self) -> tuple[float, float, float, int, int, float, float]:
-        return (self.compute_s, self.queue_s, self.transfer_in_s, self.bytes_in, self.raw_in,
-                self.encode_in_s, self.decode_in_s)
 
 
 @dataclass(slots=True)
@@ -417,7 +390,7 @@ def send_data(
         scale=scale, zero_point=zero_point,
     )
     if records:
-        head += b"".join(r.pack() for r in records)
+        head += b"".join(_RECORD.pack(*r.as_tuple()) for r in records)
     sent = sock.sendmsg((head, payload))
     if sent < len(head):
         sock.sendall(memoryview(head)[sent:])

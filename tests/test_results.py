@@ -40,7 +40,11 @@ def test_summary_figures():
     assert s["throughput_img_s"] == pytest.approx(32 / 3.5)
     assert s["latency_s"]["mean"] == pytest.approx(0.5) and s["latency_per_image_s"]["p50"] == pytest.approx(0.5 / 8)
     assert s["compute_s"] == pytest.approx([0.1, 0.2]) and s["payload_bytes"] == 140
-    assert s["hops"] == [{"bytes": 100, "transfer_s": pytest.approx(0.01)}, {"bytes": 40, "transfer_s": pytest.approx(0.02)}]
+    # uncoded hops: raw bytes are the wire bytes, ratio 1, no codec time
+    assert s["hops"] == [
+        {"bytes": 100, "raw_bytes": 100, "ratio": 1.0, "transfer_s": pytest.approx(0.01), "encode_s": 0.0, "decode_s": 0.0},
+        {"bytes": 40, "raw_bytes": 40, "ratio": 1.0, "transfer_s": pytest.approx(0.02), "encode_s": 0.0, "decode_s": 0.0},
+    ]
     assert doc["batches"][1]["send_s"] == 1.0 and doc["batches"][1]["queue_wait_s"] == pytest.approx(0.01)
     assert doc["validity"]["min_batches_met"] is False and doc["validity"]["valid"] is False
 

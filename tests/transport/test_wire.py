@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from paretopipe.wire import (
+from paretopipe.transport.base import StageRecord
+from paretopipe.transport.wire import (
     HEADER_SIZE,
     MAGIC,
     MAX_CONTROL_BYTES,
@@ -17,7 +18,6 @@ from paretopipe.wire import (
     MsgType,
     PeerClosed,
     ProtocolError,
-    StageRecord,
     client_auth,
     nbytes,
     pack_header,
