@@ -49,6 +49,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from paretopipe.errors import ConfigError
 

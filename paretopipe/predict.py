@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from paretoio.files import write_json_atomic
 from paretopipe.errors import ConfigError
 
 SCHEMA = "paretopipe.prediction"
@@ -397,10 +397,7 @@ def write_prediction(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> Pa
     """Write atomically (replaces an older prediction of the same name)."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_json_atomic(path, doc)
     except OSError as exc:
         raise ConfigError(f"cannot write prediction {path}: {exc.strerror or exc}") from None
     return path

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from paretopipe import netcond
 from paretopipe.errors import TestbedError
+from paretoio.files import write_atomic
 from paretopipe.testbed import _ssh, _system
 from paretopipe.testbed._state import Paths, State, default_inventory_path, device_python, locked
 from paretopipe.testbed.cgroups import (
@@ -188,10 +189,7 @@ class _Builder:
             if not self.state.has("file", path=str(path)):
                 self.record({"kind": "file", "path": str(path)}, f"adopted inventory {path}")
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_atomic(path, text)
         if not self.state.has("file", path=str(path)):
             self.record({"kind": "file", "path": str(path)}, f"wrote inventory {path}")
         else:

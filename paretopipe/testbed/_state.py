@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from paretoio.files import write_atomic
 from paretopipe.errors import TestbedError
 
 STATE_ENV = "PARETOPIPE_TESTBED_DIR"
@@ -114,14 +115,11 @@ class State:
                    device_kind=data.get("device_kind", "netns"))
 
     def save(self, paths: Paths) -> None:
-        paths.root.mkdir(parents=True, exist_ok=True)
-        tmp = paths.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({
+        write_atomic(paths.state_file, json.dumps({
             "schema": SCHEMA, "topology": self.topology, "inventory": self.inventory,
             "cgroup_version": self.cgroup_version, "resources": self.resources,
             "shaping": self.shaping, "device_kind": self.device_kind,
         }, indent=1))
-        os.replace(tmp, paths.state_file)
 
     def has(self, kind: str, **match: object) -> bool:
         return any(r["kind"] == kind and all(r.get(k) == v for k, v in match.items())

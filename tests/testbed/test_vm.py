@@ -27,7 +27,8 @@ import yaml
 from paretopipe import testbed
 from paretopipe.errors import TestbedError
 from paretopipe.testbed import vm
-from tests.ansible.test_sweep_playbook import ok, recap
+from paretopipe.orchestrate import PlaybookRun, run_playbook
+from tests.ansible.test_sweep_playbook import ok
 
 # Generous per-test limit: the first test's setup builds the image when it is not cached.
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -70,14 +71,11 @@ class VmTestbed:
     wheelhouse: Path
     up_result: dict
 
-    def playbook(self, name: str, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess:
-        argv = [str(BIN / "ansible-playbook"), "-i", str(self.inventory), f"playbooks/{name}",
-                "-e", f"results_dir={self.root / 'results'}", *extra]
-        proc = subprocess.run(argv, cwd=REPO, env=_env(), capture_output=True, text=True,
-                              timeout=timeout)
-        with (self.root / f"{name}.log").open("a") as log:
-            log.write(proc.stdout + proc.stderr)
-        return proc
+    def playbook(self, name: str, timeout: int = 900, **extra_vars: object) -> PlaybookRun:
+        """``playbooks/<name>`` against the VMs, through ansible-runner (structured events)."""
+        return run_playbook(name, inventory=self.inventory, timeout=timeout,
+                            extra_vars={"results_dir": str(self.root / "results"), **extra_vars},
+                            artifacts_dir=self.root / "ansible" / name)
 
     def ssh(self, device: str, command: str) -> subprocess.CompletedProcess:
         ip = self.up_result["devices"][device]
@@ -119,10 +117,10 @@ def vms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmTestbed]:
          "-e", json.dumps({"wheelhouse_requirements": LIGHT,
                            "wheelhouse_dir": str(root / "wheelhouse")})],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-    assert build.returncode == 0, ok(build)
+    assert build.returncode == 0, build.stdout[-6000:] + build.stderr[-2000:]
     # One folder per fingerprint of the requirements: this test's only one.
     (wheels,) = [p for p in (root / "wheelhouse").iterdir() if not p.name.endswith(".partial")]
-    assert f"wheelhouse: {wheels}" in build.stdout, ok(build)
+    assert f"wheelhouse: {wheels}" in build.stdout, build.stdout[-6000:]
     try:
         result = vm.up(topo, state_dir=state, inventory=inv / "hosts.yml", wheelhouse=wheels)
         yield VmTestbed(root, topo, state, inv / "hosts.yml", wheels, result)
@@ -163,40 +161,38 @@ def test_provision_builds_the_venv_from_the_wheelhouse_then_changes_nothing(vms:
     # The real-device branch (python_env_build: true, from group_vars/edge.yml), without torch
     # (PyPI's torch is a CUDA build that needs 2.9 GB of nvidia wheels) and without shards (the
     # copy module takes about 30 s per file into a TCG guest); see docs/testbed.md.
-    args = ["-e", "provision_hosts=edge", "-e", json.dumps({"python_env_torch_packages": [],
-                                                             "python_env_wheelhouse": True}),
-            "-e", "provision_shards=false"]
-    first = vms.playbook("provision.yml", *args)
-    assert first.returncode == 0, ok(first)
-    assert all(c["changed"] > 0 for h, c in recap(first).items() if h in ("pi1", "pi2")), ok(first)
+    args = {"provision_hosts": "edge", "python_env_torch_packages": [], "python_env_wheelhouse": True,
+            "provision_shards": False}
+    first = vms.playbook("provision.yml", **args)
+    assert first.ok, ok(first)
+    assert all(first.hosts[h].changed > 0 for h in ("pi1", "pi2")), ok(first)
     versions = vms.ssh("pi1", "/root/paretopipe/venv/bin/python -c 'import paretopipe, psutil, yaml, "
                               "safetensors; print(paretopipe.__version__)'")
     assert versions.returncode == 0 and versions.stdout.strip(), versions.stderr
-    second = vms.playbook("provision.yml", *args)
-    assert second.returncode == 0, ok(second)
-    counts = recap(second)
-    assert counts["pi1"]["changed"] == 0 and counts["pi2"]["changed"] == 0, ok(second)
+    second = vms.playbook("provision.yml", **args)
+    assert second.ok, ok(second)
+    assert second.hosts["pi1"].changed == 0 and second.hosts["pi2"].changed == 0, ok(second)
 
 
 def test_netem_on_the_devices_nic_is_measured_within_tolerance(vms: VmTestbed) -> None:
-    proc = vms.playbook("netem.yml", "-e", "condition=wan", "-e", "chain=pi1,pi2")
+    proc = vms.playbook("netem.yml", condition="wan", chain="pi1,pi2")
     try:
-        assert proc.returncode == 0, ok(proc)
+        assert proc.ok, ok(proc)
         qdiscs = vms.ssh("pi1", "tc qdisc show dev eth0").stdout
         assert "netem" in qdiscs and "tbf" in qdiscs, qdiscs
-        # The role's own report, as the YAML callback prints it (quotes doubled, lines wrapped).
-        flat = " ".join(proc.stdout.split())
-        got = re.search(r"measured \{'+rtt_ms'+: ([\d.]+), '+rate_mbit'+: ([\d.]+)", flat)
+        # The role's own report (its verify task's message).
+        got = next((m for m in (re.search(r"measured \{'rtt_ms': ([\d.]+), 'rate_mbit': ([\d.]+)", msg)
+                                for msg in proc.messages()) if m), None)
         assert got, ok(proc)
         rtt, rate = (float(v) for v in got.groups())
-        assert abs(rtt - 100.0) <= 2 + 10.0, (rtt, proc.stdout[-2000:])
+        assert abs(rtt - 100.0) <= 2 + 10.0, (rtt, proc.messages()[-5:])
         # The cap holds (never above 10 Mbit/s + 10%); below it, a TCG guest's late timers and
         # TCP's slow start over 100 ms round trips cost up to ~10% on a loaded host
         # (docs/testbed.md, "Virtual devices"), so the floor here is 70% of the rate.
-        assert 7.0 <= rate <= 11.0, (rate, proc.stdout[-2000:])
+        assert 7.0 <= rate <= 11.0, (rate, proc.messages()[-5:])
     finally:
-        cleared = vms.playbook("netem.yml", "-e", "condition=none", "-e", "chain=pi1,pi2")
-    assert cleared.returncode == 0, ok(cleared)
+        cleared = vms.playbook("netem.yml", condition="none", chain="pi1,pi2")
+    assert cleared.ok, ok(cleared)
     assert "netem" not in vms.ssh("pi1", "tc qdisc show dev eth0").stdout
 
 
@@ -212,7 +208,7 @@ def test_results_are_fetched_from_the_devices_own_file_system(vms: VmTestbed) ->
             str(REPO / "tests" / "testbed" / "fetch_results.yml"),
             "-e", json.dumps({"fetch_host": "pi1", "fetch_file": path, "fetch_dest": str(dest)})]
     proc = subprocess.run(argv, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, ok(proc)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert json.loads((dest / Path(path).name).read_text()) == doc
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from paretoio.files import write_atomic  # runs with sweep_python, which has the package
+
 BOUND = 0.25
 
 
@@ -79,10 +81,7 @@ def main() -> int:
     s = json.load(sys.stdin)
     doc = summarise(s)
     out = Path(s["results_dir"]) / "sweep-summary.yml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-    tmp.replace(out)
+    write_atomic(out, yaml.safe_dump(doc, sort_keys=False))
     print(text(doc))
     print(json.dumps(doc))
     return 0
