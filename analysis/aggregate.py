@@ -1,17 +1,17 @@
-"""From runs to configurations (repeats aggregated) to per-group frontiers.
+"""From configurations (repeats aggregated) to per-group frontiers.
 
 A *configuration* is everything that defines a run but its repeat index: the columns in
-``CONFIG_COLUMNS``. Runs sharing a configuration are repeats and are summarised by
-:func:`analysis.stats.describe`. Configurations are then split into *groups* by the
-``group_by`` columns (default: model, network condition, backend); each group gets its own
-non-dominated sorting, hypervolume and knee point.
+``CONFIG_COLUMNS``. Runs sharing a configuration are repeats, summarised by
+:func:`analysis.frames.aggregate` (pandas, SciPy) into :class:`ConfigPoint` objects.
+Configurations are then split into *groups* by the ``group_by`` columns (default: model, network
+condition, backend); each group gets its own non-dominated sorting, hypervolume and knee point.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -24,32 +24,45 @@ from analysis.frontier import (
     nondominated_ranks,
     tied_objectives,
     to_minimisation,
+    uncertain_memberships,
 )
-from analysis.loading import RunRecord
 from analysis.metrics import METRICS, Metric, Sense, metric
-from analysis.stats import Stat, describe
 
 __all__ = [
     "CONFIG_COLUMNS",
     "GROUP_COLUMNS",
     "DEFAULT_GROUP_BY",
     "Objective",
+    "Stat",
     "ConfigPoint",
     "GroupResult",
-    "aggregate",
     "analyse",
     "parse_objectives",
     "parse_group_by",
     "parse_reference",
     "default_reference",
+    "FIDELITY_OBJECTIVES",
+    "analyse_fidelity",
 ]
 
 CONFIG_COLUMNS = ("model", "network", "backend", "placement", "input_size", "batch_size",
-                  "window", "threads", "splits")
+                  "window", "threads", "codec", "splits")
 GROUP_COLUMNS = ("model", "network", "backend", "placement", "input_size", "batch_size",
-                 "window", "threads", "num_stages")
+                 "window", "threads", "codec", "num_stages")
 DEFAULT_GROUP_BY = ("model", "network", "backend")
 REFERENCE_MARGIN = 0.1  # default reference point: nadir + 10% of the range, per objective
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample standard deviation (ddof=1), 95% CI half-width (Student t) and the count of
+    finite values of one metric over a configuration's repeats. ``std`` and ``ci95`` are NaN
+    below two values; every field but ``n`` is NaN when there is none."""
+
+    mean: float
+    std: float
+    ci95: float
+    n: int
 
 
 @dataclass(frozen=True)
@@ -70,7 +83,7 @@ class ConfigPoint:
     """One configuration with its repeats summarised."""
 
     config: tuple[tuple[str, object], ...]  # (column, value) for every CONFIG_COLUMNS entry
-    runs: tuple[RunRecord, ...]
+    run_ids: tuple[str, ...]
     stats: Mapping[str, Stat]  # every metric name
     compute_s: tuple[float, ...]  # mean per stage over repeats
     hop_transfer_s: tuple[float, ...]
@@ -109,6 +122,8 @@ class GroupResult:
     hypervolume: float  # in minimisation space, product of the objectives' units
     hypervolume_normalised: float  # hypervolume / volume of the box [ideal, reference]
     varying: tuple[str, ...]  # configuration columns (besides splits) that vary in the group
+    #: point index -> why its frontier membership is uncertain given the 95% CIs
+    uncertain: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -125,7 +140,7 @@ class GroupResult:
         return " ".join([f"k={p.split_label}", *extra])
 
 
-_SHORT = {"batch_size": "b", "window": "w", "input_size": "px", "threads": "t"}
+_SHORT = {"batch_size": "b", "window": "w", "input_size": "px", "threads": "t", "codec": ""}
 
 
 def _fmt(value: object) -> str:
@@ -198,11 +213,7 @@ def parse_reference(text: str, objectives: Sequence[Objective]) -> dict[str, flo
     return out
 
 
-# --- aggregation ----------------------------------------------------------------------------
-
-def _config_of(run: RunRecord) -> tuple[tuple[str, object], ...]:
-    return tuple((c, getattr(run, c)) for c in CONFIG_COLUMNS)
-
+# --- ordering -------------------------------------------------------------------------------
 
 def _sort_key(value: object) -> tuple:
     """Order None first, numbers numerically, strings alphabetically, tuples element-wise."""
@@ -213,33 +224,6 @@ def _sort_key(value: object) -> tuple:
     if isinstance(value, (int, float)):
         return (2, float(value))
     return (3, str(value))
-
-
-def _mean_vector(vectors: Iterable[tuple[float, ...]]) -> tuple[float, ...]:
-    vectors = list(vectors)
-    width = max((len(v) for v in vectors), default=0)
-    if any(len(v) != width for v in vectors):
-        return ()  # repeats disagree about the number of stages: no breakdown for this point
-    return tuple(describe(v[i] for v in vectors).mean for i in range(width))
-
-
-def aggregate(runs: Iterable[RunRecord]) -> list[ConfigPoint]:
-    """Group runs by configuration and summarise each metric over the repeats."""
-    by_config: dict[tuple[tuple[str, object], ...], list[RunRecord]] = {}
-    for run in runs:
-        by_config.setdefault(_config_of(run), []).append(run)
-    points = []
-    for config in sorted(by_config, key=lambda c: tuple(_sort_key(v) for _, v in c)):
-        members = sorted(by_config[config], key=lambda r: (_sort_key(r.repeat), str(r.path)))
-        points.append(ConfigPoint(
-            config=config,
-            runs=tuple(members),
-            stats={name: describe(r.metrics[name] for r in members) for name in METRICS},
-            compute_s=_mean_vector(r.compute_s for r in members),
-            hop_transfer_s=_mean_vector(r.hop_transfer_s for r in members),
-            hop_bytes=_mean_vector(r.hop_bytes for r in members),
-        ))
-    return points
 
 
 # --- frontiers per group --------------------------------------------------------------------
@@ -331,6 +315,12 @@ def _group_result(key, members, values, ranks, objectives, ref, ref_min, box, gr
         hv = hypervolume(front_min, ref_min)
     else:
         hv = math.nan
+    halves = np.array([[m.stats[o.name].ci95 for o in objectives] for m in members], dtype=float)
+    flags = uncertain_memberships(values, halves, senses) if len(members) else np.zeros(0, dtype=bool)
+    uncertain = {i: ("on the frontier, but within the 95% CIs another configuration could dominate it"
+                     if ranks[i] == 0 else
+                     "dominated, but within the 95% CIs it could be on the frontier")
+                 for i in range(len(members)) if flags[i]}
     varying = tuple(
         c for c in CONFIG_COLUMNS
         if c != "splits" and c not in group_by and len({m.get(c) for m in members}) > 1
@@ -348,4 +338,24 @@ def _group_result(key, members, values, ranks, objectives, ref, ref_min, box, gr
         hypervolume=hv,
         hypervolume_normalised=hv / box if box and math.isfinite(box) and box > 0 else math.nan,
         varying=varying,
+        uncertain=uncertain,
     )
+
+
+# --- fidelity -------------------------------------------------------------------------------
+
+#: The three-objective frontier the report shows when runs measured fidelity (issue 16).
+FIDELITY_OBJECTIVES = (Objective("latency", Sense.MIN), Objective("throughput", Sense.MAX),
+                       Objective("agreement", Sense.MAX))
+
+
+def analyse_fidelity(points: Sequence[ConfigPoint], group_by: Sequence[str] = DEFAULT_GROUP_BY
+                     ) -> list[GroupResult]:
+    """:func:`analyse` with :data:`FIDELITY_OBJECTIVES`, for the groups where at least one
+    configuration has a measured agreement (the others are left out); ``[]`` when none has.
+    Within a kept group, a configuration without agreement is excluded and listed, as usual."""
+    measured = {tuple((c, p.get(c)) for c in group_by) for p in points
+                if math.isfinite(p.mean("agreement"))}
+    if not measured:
+        return []
+    return [r for r in analyse(points, FIDELITY_OBJECTIVES, group_by) if r.group in measured]

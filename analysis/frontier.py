@@ -189,3 +189,36 @@ def tied_objectives(values: np.ndarray | Sequence[Sequence[float]], rows: Sequen
             for r in (i, j):
                 out[r] = sorted(set(out.get(r, [])) | set(cols))
     return out
+
+
+def uncertain_memberships(values: np.ndarray | Sequence[Sequence[float]],
+                          halfwidths: np.ndarray | Sequence[Sequence[float]],
+                          senses: Sequence[Sense | str]) -> np.ndarray:
+    """Per row, whether its frontier membership could flip within its confidence intervals.
+
+    Each row's objective ``o`` lies in ``[value - halfwidth, value + halfwidth]`` (a NaN
+    half-width counts as 0: a single run is taken as exact). A frontier row (rank 0) is
+    uncertain when some other row *could* dominate it (that row's best case dominates its worst
+    case); a dominated row is uncertain when no other row *surely* dominates it (no row's worst
+    case dominates its best case). Rows with a non-finite value are never uncertain (they are
+    excluded). O(n^2); the contract is in docs/analysis.md.
+    """
+    v = to_minimisation(values, senses)
+    sign = np.array([1.0 if Sense(s) is Sense.MIN else -1.0 for s in senses])
+    h = np.abs(np.nan_to_num(np.asarray(halfwidths, dtype=float).reshape(v.shape), nan=0.0)) * np.abs(sign)
+    best, worst = v - h, v + h
+    ranks = nondominated_ranks(values, senses)
+    out = np.zeros(len(v), dtype=bool)
+
+    def dominates(a: np.ndarray, b: np.ndarray) -> bool:
+        return bool(np.all(a <= b) and np.any(a < b))
+
+    for i in range(len(v)):
+        if ranks[i] == EXCLUDED:
+            continue
+        others = [j for j in range(len(v)) if j != i and ranks[j] != EXCLUDED]
+        if ranks[i] == 0:
+            out[i] = any(dominates(best[j], worst[i]) for j in others)
+        else:
+            out[i] = not any(dominates(worst[j], best[i]) for j in others)
+    return out

@@ -1,7 +1,17 @@
-"""Find and read result files: schema ``paretopipe.run`` v1 and the original ParetoPipe format.
+"""Find and read result files: schema ``paretopipe.run`` v1 and upstream ParetoPipe's formats.
 
-Both formats become the same :class:`RunRecord`. A file that cannot be used is not fatal: it
-becomes a :class:`Skipped` entry with a one-line reason, and loading goes on.
+Every format becomes the same :class:`RunRecord`. Whether a file follows its format is decided by
+a JSON Schema (``analysis/schemas``, :mod:`analysis.schema`); the code here only maps fields. A
+file that cannot be used is not fatal: it becomes a :class:`Skipped` entry with a one-line
+reason, and loading goes on.
+
+Upstream ParetoPipe (github.com/cloudsyslab/ParetoPipe) writes two formats:
+
+* its custom backend: ``{Model}_split_{k}_metrics.json``, one split per file;
+* its RPC tester (``RPC_PyTorch/automated_split_tester.py``): per session folder,
+  ``consolidated_metrics.json`` (``results: {split: {runN: metrics}}``) and
+  ``split_test_results.csv`` (``split_block, run, status, start_time, end_time, output_file,
+  error``), which says which runs failed.
 """
 
 from __future__ import annotations
@@ -14,31 +24,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import pandas as pd
+
 from analysis import AnalysisError
 from analysis.metrics import METRICS
+from analysis.schema import UPSTREAM_SCHEMA, run_schema_problems, schema_problems
 
 __all__ = ["RunRecord", "Skipped", "LoadResult", "load_results", "SCHEMA", "SCHEMA_VERSION"]
 
 SCHEMA = "paretopipe.run"
 SCHEMA_VERSION = 1
 LEGACY_SOURCE = "paretopipe-original"
+UPSTREAM_RPC_SOURCE = "paretopipe-original-rpc"
 V1_SOURCE = f"{SCHEMA}/v{SCHEMA_VERSION}"
-LEGACY_BACKEND = "legacy"  # the original files do not say which transport made them
+LEGACY_BACKEND = "legacy"  # the custom backend's files do not say which transport made them
+UPSTREAM_RPC_BACKEND = "upstream-rpc"  # upstream's RPC tester: PyTorch RPC, pipelined or not
 UNKNOWN = "unknown"
+CONSOLIDATED_NAME = "consolidated_metrics.json"
+RPC_STATUS_NAME = "split_test_results.csv"
 
 _LEGACY_NAME = re.compile(r"^(?P<model>.+)_split_(?P<k>\d+)_metrics\.json$")
-_LEGACY_TOP = ("model_name", "split_index", "static_network_delay_ms",
-               "system_inference_throughput_imgs_per_s", "average_metrics_per_batch")
-_LEGACY_AVG = ("part1_inference_time_s", "part2_inference_time_s", "network_time_s",
-               "end_to_end_latency_s", "intermediate_data_size_bytes", "network_throughput_mbps")
+# upstream's model names (MobileNetV2, mobilenetv2, ...) -> torchvision's, which ours are
+_UPSTREAM_MODELS = {"mobilenetv2": "mobilenet_v2", "resnet18": "resnet18", "resnet50": "resnet50",
+                    "vgg16": "vgg16", "alexnet": "alexnet", "inceptionv3": "inception_v3"}
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One usable run, in either source format. Unknown configuration values are ``None``."""
+    """One usable run, in any source format. Unknown configuration values are ``None``."""
 
     path: Path
-    source: str  # V1_SOURCE or LEGACY_SOURCE
+    source: str  # V1_SOURCE, LEGACY_SOURCE or UPSTREAM_RPC_SOURCE
     run_id: str
     sweep_id: str | None
     repeat: int | None
@@ -56,6 +72,7 @@ class RunRecord:
     hop_transfer_s: tuple[float, ...]  # mean per hop
     hop_bytes: tuple[float, ...]  # per hop, per batch
     metrics: Mapping[str, float] = field(default_factory=dict)  # every name in METRICS
+    codec: str = "none"  # the codec at the splits (files before codecs, upstream's: none)
 
 
 @dataclass(frozen=True)
@@ -72,7 +89,7 @@ class LoadResult:
 
 
 class _Unusable(Exception):
-    """Internal: this file is skipped, with the message as the reason."""
+    """Internal: this file (or run) is skipped, with the message as the reason."""
 
 
 # --- finding files ---------------------------------------------------------------------------
@@ -108,8 +125,8 @@ def load_results(
     """Load every result file under ``paths``; unusable files become :class:`Skipped` entries.
 
     Failed runs are skipped, and so are runs whose ``validity.valid`` is false unless
-    ``include_invalid``. A second file with the same ``run_id`` (a copy) is skipped too, so that
-    it is not counted as another repeat.
+    ``include_invalid``. A second run with the same sweep and run id (a copy) is skipped too, so
+    that it is not counted as another repeat.
     """
     files = find_json_files(paths, exclude)
     runs: list[RunRecord] = []
@@ -117,27 +134,28 @@ def load_results(
     seen: dict[tuple[str | None, str], Path] = {}
     for path in files:
         try:
-            try:
-                record = _load_one(path)
-            except (TypeError, AttributeError, ValueError) as exc:  # a shape nobody foresaw
-                raise _Unusable(f"malformed result file: {type(exc).__name__}: {exc}") from exc
-            if not record.valid and not include_invalid:
-                raise _Unusable("invalid run (validity.valid is false: minimum batches or "
-                                "duration not met); use --include-invalid to keep it")
-            if record.source == V1_SOURCE:
-                key = (record.sweep_id, record.run_id)
-                if key in seen:
-                    raise _Unusable(f"duplicate of run {record.run_id!r} already loaded from "
-                                    f"{seen[key]}")
-                seen[key] = path
+            records, failed = _load_one(path)
         except _Unusable as exc:
             skipped.append(Skipped(path, str(exc)))
             continue
-        runs.append(record)
+        skipped += [Skipped(path, reason) for reason in failed]
+        for record in records:
+            key = (record.sweep_id, record.run_id)
+            if not record.valid and not include_invalid:
+                skipped.append(Skipped(path, "invalid run (validity.valid is false: minimum "
+                                             "batches or duration not met); use "
+                                             "--include-invalid to keep it"))
+            elif record.source != LEGACY_SOURCE and key in seen:
+                skipped.append(Skipped(path, f"duplicate of run {record.run_id!r} already "
+                                             f"loaded from {seen[key]}"))
+            else:
+                seen.setdefault(key, path)
+                runs.append(record)
     return LoadResult(tuple(runs), tuple(skipped), len(files))
 
 
-def _load_one(path: Path) -> RunRecord:
+def _load_one(path: Path) -> tuple[list[RunRecord], list[str]]:
+    """The runs in one file, and the reasons for the runs in it that are not usable."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -149,52 +167,30 @@ def _load_one(path: Path) -> RunRecord:
     if not isinstance(doc, dict):
         raise _Unusable("not a result file: top level is not a JSON object")
     if "schema" in doc:
-        return _from_v1(path, doc)
+        return [_from_v1(path, doc)], []
     if "model_name" in doc and "average_metrics_per_batch" in doc:
-        return _from_legacy(path, doc)
-    raise _Unusable(f"not a result file: no 'schema' key, and not an original ParetoPipe "
+        return [_from_legacy(path, doc)], []
+    if "session_id" in doc and "results" in doc:
+        return _from_consolidated(path, doc)
+    raise _Unusable(f"not a result file: no 'schema' key, and not an upstream ParetoPipe "
                     f"metrics file (keys: {', '.join(sorted(doc)[:6]) or 'none'})")
 
 
-# --- field access ----------------------------------------------------------------------------
-
-_MISSING = object()
-
-
-def _get(doc: Any, dotted: str, default: Any = _MISSING) -> Any:
-    node = doc
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            if default is _MISSING:
-                raise _Unusable(f"missing field {dotted}")
-            return default
-        node = node[part]
-    return node
+def _follows(problems: list[str], what: str) -> None:
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise _Unusable(f"does not follow the {what} schema: {problems[0]}{more}")
 
 
-def _num(value: Any, what: str) -> float:
-    """A JSON number as float; null becomes NaN. Anything else makes the file unusable."""
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Unusable(f"field {what} is not a number: {value!r}")
-    return float(value)
+# --- values ----------------------------------------------------------------------------------
+
+def _f(value: Any) -> float:
+    """A number the schema let through; null becomes NaN."""
+    return math.nan if value is None else float(value)
 
 
-def _int_or_none(value: Any, what: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Unusable(f"field {what} is not an integer: {value!r}")
-    return value
-
-
-def _nums(values: Any, what: str) -> tuple[float, ...]:
-    if values is None:
-        return ()
-    if not isinstance(values, list):
-        raise _Unusable(f"field {what} is not a list")
-    return tuple(_num(v, f"{what}[{i}]") for i, v in enumerate(values))
+def _fs(values: Iterable[Any]) -> tuple[float, ...]:
+    return tuple(_f(v) for v in values)
 
 
 def _sum_known(values: Iterable[float]) -> float:
@@ -207,6 +203,13 @@ def _max_known(values: Iterable[float]) -> float:
     return max(known) if known else math.nan
 
 
+def _checked(metrics: dict[str, float]) -> dict[str, float]:
+    if set(metrics) != set(METRICS):  # a programming error, not a file problem
+        raise RuntimeError(f"metric extraction out of step with METRICS: "
+                           f"{sorted(set(metrics) ^ set(METRICS))}")
+    return metrics
+
+
 # --- schema v1 -------------------------------------------------------------------------------
 
 def _from_v1(path: Path, doc: dict[str, Any]) -> RunRecord:
@@ -216,101 +219,76 @@ def _from_v1(path: Path, doc: dict[str, Any]) -> RunRecord:
     if version != SCHEMA_VERSION:
         raise _Unusable(f"unknown schema_version {version!r} (this analysis reads "
                         f"{SCHEMA_VERSION})")
-    status = _get(doc, "status")
-    if status == "failed":
+    if doc.get("status") == "failed":
         raise _Unusable(f"failed run: {doc.get('error') or 'no reason given'}")
-    if status != "ok":
-        raise _Unusable(f"unknown status {status!r} (expected 'ok' or 'failed')")
+    _follows(run_schema_problems(doc), f"{SCHEMA} v{SCHEMA_VERSION}")
 
-    run_id = _get(doc, "run_id")
-    if not isinstance(run_id, str) or not run_id:
-        raise _Unusable("field run_id is not a non-empty string")
-    config = _get(doc, "config")
-    splits_raw = _get(doc, "config.splits")
-    if not isinstance(splits_raw, list) or not all(
-        isinstance(k, int) and not isinstance(k, bool) for k in splits_raw
-    ):
-        raise _Unusable(f"field config.splits is not a list of integers: {splits_raw!r}")
-    batch_size = _int_or_none(_get(doc, "config.batch_size"), "config.batch_size")
-    if batch_size is not None and batch_size <= 0:
-        raise _Unusable(f"field config.batch_size must be positive, got {batch_size}")
-    stages_cfg = _get(doc, "config.stages", [])
-    stages_cfg = stages_cfg if isinstance(stages_cfg, list) else []
-    placement = ">".join(
-        f"{s.get('host', '?')}:{s.get('device', '?')}" for s in stages_cfg if isinstance(s, dict)
-    ) or UNKNOWN
-
-    summary = _get(doc, "summary")
-    if not isinstance(summary, dict):
-        raise _Unusable("field summary is not an object")
-    valid = _get(doc, "validity.valid")
-    if not isinstance(valid, bool):
-        raise _Unusable(f"field validity.valid is not true/false: {valid!r}")
-
-    compute = _nums(_get(doc, "summary.compute_s"), "summary.compute_s")
-    hops = _get(doc, "summary.hops")
-    if not isinstance(hops, list) or not all(isinstance(h, dict) for h in hops):
-        raise _Unusable("field summary.hops is not a list of objects")
-    hop_bytes = tuple(_num(h.get("bytes"), f"summary.hops[{i}].bytes") for i, h in enumerate(hops))
-    hop_transfer = tuple(
-        _num(h.get("transfer_s"), f"summary.hops[{i}].transfer_s") for i, h in enumerate(hops)
-    )
-    stages = _get(doc, "summary.stages", [])
-    if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
-        raise _Unusable("field summary.stages is not a list of objects")
+    config, summary, validity = doc["config"], doc["summary"], doc["validity"]
+    placement = ">".join(f"{s['host']}:{s['device']}" for s in config["stages"])
+    compute = _fs(summary["compute_s"])
+    hop_bytes = _fs(h["bytes"] for h in summary["hops"])
+    hop_raw = _fs(h.get("raw_bytes", h["bytes"]) for h in summary["hops"])  # files before codecs: raw = wire
+    hop_transfer = _fs(h["transfer_s"] for h in summary["hops"])
+    codec_time = _sum_known(_f(h.get(k, 0.0)) for h in summary["hops"] for k in ("encode_s", "decode_s"))
+    fidelity = summary.get("fidelity") or {}
+    split_bytes = _sum_known(hop_bytes[:-1]) if len(hop_bytes) > 1 else math.nan
+    split_raw = _sum_known(hop_raw[:-1]) if len(hop_raw) > 1 else math.nan
+    stages = summary["stages"]
 
     def stage_values(key: str) -> list[float]:
-        return [_num(s.get(key), f"summary.stages[{i}].{key}") for i, s in enumerate(stages)]
+        return [_f(s.get(key)) for s in stages]
 
     energy = _sum_known(stage_values("energy_j"))
-    counted = _num(_get(doc, "validity.counted_batches", None), "validity.counted_batches")
-    images = counted * batch_size if batch_size else math.nan
+    images = _f(validity["counted_batches"]) * config["batch_size"]
     cpu = stage_values("cpu_percent")
     rss = stage_values("peak_rss_bytes")
-
-    def s(dotted: str) -> float:
-        return _num(_get(summary, dotted, None), f"summary.{dotted}")
-
+    latency, per_image = summary["latency_s"], summary["latency_per_image_s"]
     metrics = {
-        "latency": _num(_get(doc, "summary.latency_s.mean"), "summary.latency_s.mean"),
-        "latency_p50": s("latency_s.p50"),
-        "latency_p90": s("latency_s.p90"),
-        "latency_p99": s("latency_s.p99"),
-        "latency_per_image": s("latency_per_image_s.mean"),
-        "latency_per_image_p90": s("latency_per_image_s.p90"),
-        "throughput": _num(_get(doc, "summary.throughput_img_s"), "summary.throughput_img_s"),
-        "throughput_batch": s("throughput_batch_s"),
-        "payload_bytes": s("payload_bytes"),
-        "split_bytes": _sum_known(hop_bytes[:-1]) if len(hop_bytes) > 1 else math.nan,
+        "latency": _f(latency["mean"]),
+        "latency_p50": _f(latency.get("p50")),
+        "latency_p90": _f(latency.get("p90")),
+        "latency_p99": _f(latency.get("p99")),
+        "latency_per_image": _f(per_image["mean"]),
+        "latency_per_image_p90": _f(per_image.get("p90")),
+        "throughput": _f(summary["throughput_img_s"]),
+        "throughput_batch": _f(summary["throughput_batch_s"]),
+        "payload_bytes": _f(summary["payload_bytes"]),
+        "split_bytes": split_bytes,
         "compute": _sum_known(compute),
         "transfer": _sum_known(hop_transfer),
-        "queue_wait": s("queue_wait_s"),
+        "queue_wait": _f(summary["queue_wait_s"]),
         "energy": energy,
-        "energy_per_image": energy / images if images and images > 0 else math.nan,
+        "energy_per_image": energy / images if images > 0 else math.nan,
         "power": _sum_known(stage_values("power_w")),
         "cpu_percent": _sum_known(cpu),
         "cpu_percent_max": _max_known(cpu),
         "peak_rss": _max_known(rss),
         "peak_rss_total": _sum_known(rss),
-        "accuracy": s("accuracy_top1"),
+        "accuracy": _f(summary["accuracy_top1"]),
+        "agreement": _f(fidelity.get("agreement_top1")),
+        "logit_max_abs_error": _f(fidelity.get("max_abs_error")),
+        "logit_rel_l2_error": _f(fidelity.get("rel_l2_error")),
+        "split_raw_bytes": split_raw,
+        "compression_ratio": split_raw / split_bytes if split_bytes and math.isfinite(split_bytes) else math.nan,
+        "codec_time": codec_time,
     }
-    network = _get(doc, "config.network.label")
     return RunRecord(
         path=path,
         source=V1_SOURCE,
-        run_id=run_id,
-        sweep_id=_str_or_none(doc.get("sweep_id")),
-        repeat=_int_or_none(config.get("repeat"), "config.repeat"),
-        model=_str_field(_get(doc, "config.model"), "config.model"),
-        network=_str_field(network, "config.network.label"),
-        backend=_str_field(_get(doc, "config.backend"), "config.backend"),
+        run_id=doc["run_id"],
+        sweep_id=doc["sweep_id"],
+        repeat=config["repeat"],
+        model=config["model"],
+        network=config["network"]["label"],
+        backend=config["backend"],
+        codec=config.get("codec", "none"),
         placement=placement,
-        input_size=_int_or_none(config.get("input_size"), "config.input_size"),
-        batch_size=batch_size,
-        window=_int_or_none(_get(doc, "config.window"), "config.window"),
-        threads=_int_or_none(config.get("threads"), "config.threads"),
-        splits=tuple(splits_raw),
-        valid=valid,
+        input_size=config["input_size"],
+        batch_size=config["batch_size"],
+        window=config["window"],
+        threads=config["threads"],
+        splits=tuple(config["splits"]),
+        valid=validity["valid"],
         compute_s=compute,
         hop_transfer_s=hop_transfer,
         hop_bytes=hop_bytes,
@@ -318,89 +296,98 @@ def _from_v1(path: Path, doc: dict[str, Any]) -> RunRecord:
     )
 
 
-def _str_field(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise _Unusable(f"field {what} is not a non-empty string: {value!r}")
-    return value
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _checked(metrics: dict[str, float]) -> dict[str, float]:
-    if set(metrics) != set(METRICS):  # a programming error, not a file problem
-        raise RuntimeError(f"metric extraction out of step with METRICS: "
-                           f"{sorted(set(metrics) ^ set(METRICS))}")
-    return metrics
-
-
-# --- the original ParetoPipe's {model}_split_{k}_metrics.json ------------------------------
+# --- upstream ParetoPipe ---------------------------------------------------------------------
 
 def condition_label_for_delay(delay_ms: float) -> str:
-    """The network condition label given to original-format files: ``delay=20ms``."""
+    """The network condition label given to upstream files: ``delay=20ms``."""
     return f"delay={delay_ms:g}ms"
 
 
-def _from_legacy(path: Path, doc: dict[str, Any]) -> RunRecord:
-    for key in _LEGACY_TOP:
-        _get(doc, key)
-    avg = doc["average_metrics_per_batch"]
-    if not isinstance(avg, dict):
-        raise _Unusable("field average_metrics_per_batch is not an object")
-    for key in _LEGACY_AVG:
-        _get(doc, f"average_metrics_per_batch.{key}")
-    model = _str_field(doc["model_name"], "model_name")
-    split = doc["split_index"]
-    if isinstance(split, bool) or not isinstance(split, int):
-        raise _Unusable(f"field split_index is not an integer: {split!r}")
-    named = _LEGACY_NAME.match(path.name)
-    if named and (named["model"] != model or int(named["k"]) != split):
-        raise _Unusable(f"file name says {named['model']} split {named['k']} but the content "
-                        f"says {model} split {split}")
-    delay = _num(doc["static_network_delay_ms"], "static_network_delay_ms")
-    if not math.isfinite(delay):
-        raise _Unusable("field static_network_delay_ms is null")
-    batch_size = _int_or_none(doc.get("batch_size"), "batch_size")  # not always present
+def upstream_model(name: str) -> str:
+    """Upstream's model name in torchvision's spelling (``MobileNetV2`` -> ``mobilenet_v2``) when
+    it is one of upstream's six models, else as written."""
+    return _UPSTREAM_MODELS.get(re.sub(r"[^a-z0-9]", "", name.casefold()), name)
 
-    part1 = _num(avg["part1_inference_time_s"], "average_metrics_per_batch.part1_inference_time_s")
-    part2 = _num(avg["part2_inference_time_s"], "average_metrics_per_batch.part2_inference_time_s")
-    net = _num(avg["network_time_s"], "average_metrics_per_batch.network_time_s")
-    latency = _num(avg["end_to_end_latency_s"], "average_metrics_per_batch.end_to_end_latency_s")
-    size = _num(avg["intermediate_data_size_bytes"],
-                "average_metrics_per_batch.intermediate_data_size_bytes")
-    _num(avg["network_throughput_mbps"], "average_metrics_per_batch.network_throughput_mbps")
-    throughput = _num(doc["system_inference_throughput_imgs_per_s"],
-                      "system_inference_throughput_imgs_per_s")
+
+def _split_record(path: Path, doc: dict[str, Any], *, source: str, run_id: str,
+                  sweep_id: str | None, repeat: int | None, backend: str,
+                  batch_size: int | None) -> RunRecord:
+    """A RunRecord from one upstream per-split metrics dict (already checked by the schema)."""
+    avg = doc["average_metrics_per_batch"]
+    part1, part2 = _f(avg["part1_inference_time_s"]), _f(avg["part2_inference_time_s"])
+    net, latency = _f(avg["network_time_s"]), _f(avg["end_to_end_latency_s"])
+    size = _f(avg["intermediate_data_size_bytes"])
     nan = math.nan
     metrics = dict.fromkeys(METRICS, nan)
     metrics.update(
         latency=latency,
         latency_per_image=latency / batch_size if batch_size else nan,
-        throughput=throughput,
+        throughput=_f(doc["system_inference_throughput_imgs_per_s"]),
         payload_bytes=size,
         split_bytes=size,
         compute=_sum_known((part1, part2)),
         transfer=net,
     )
     return RunRecord(
-        path=path,
-        source=LEGACY_SOURCE,
-        run_id=path.stem,
-        sweep_id=None,
-        repeat=None,
-        model=model,
-        network=condition_label_for_delay(delay),
-        backend=LEGACY_BACKEND,
-        placement=UNKNOWN,
-        input_size=None,
-        batch_size=batch_size,
-        window=None,
-        threads=None,
-        splits=(split,),
-        valid=True,
-        compute_s=(part1, part2),
-        hop_transfer_s=(net,),
-        hop_bytes=(size,),
-        metrics=_checked(metrics),
+        path=path, source=source, run_id=run_id, sweep_id=sweep_id, repeat=repeat,
+        model=upstream_model(doc["model_name"]),
+        network=condition_label_for_delay(doc["static_network_delay_ms"]),
+        backend=backend, placement=UNKNOWN, input_size=None, batch_size=batch_size, window=None,
+        threads=None, splits=(doc["split_index"],), valid=True, compute_s=(part1, part2),
+        hop_transfer_s=(net,), hop_bytes=(size,), metrics=_checked(metrics),
     )
+
+
+def _from_legacy(path: Path, doc: dict[str, Any]) -> RunRecord:
+    """Upstream's custom backend: ``{Model}_split_{k}_metrics.json``."""
+    _follows(schema_problems(doc, UPSTREAM_SCHEMA, "split_metrics"),
+             "upstream split metrics")
+    model, split = doc["model_name"], doc["split_index"]
+    named = _LEGACY_NAME.match(path.name)
+    # upstream names the file after the model as its content spells it, in whatever case
+    if named and (named["model"].casefold() != model.casefold() or int(named["k"]) != split):
+        raise _Unusable(f"file name says {named['model']} split {named['k']} but the content "
+                        f"says {model} split {split}")
+    return _split_record(path, doc, source=LEGACY_SOURCE, run_id=path.stem, sweep_id=None,
+                         repeat=None, backend=LEGACY_BACKEND, batch_size=doc.get("batch_size"))
+
+
+def _rpc_status(folder: Path) -> dict[tuple[int, int], str]:
+    """(split, run) -> why it failed, from ``split_test_results.csv`` beside the JSON (if any)."""
+    csv_path = folder / RPC_STATUS_NAME
+    if not csv_path.is_file():
+        return {}
+    try:
+        table = pd.read_csv(csv_path, dtype={"status": str, "error": str}, keep_default_na=False)
+        failed = table[table["status"] != "success"]
+        return {(int(row.split_block), int(row.run)): f"{row.status}"
+                + (f": {row.error}" if row.error else "")
+                for row in failed.itertuples()}
+    except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
+        raise _Unusable(f"{RPC_STATUS_NAME} beside it is unreadable: {exc}") from exc
+
+
+def _from_consolidated(path: Path, doc: dict[str, Any]) -> tuple[list[RunRecord], list[str]]:
+    """Upstream's RPC tester: ``consolidated_metrics.json`` (+ ``split_test_results.csv``)."""
+    first = next(iter(doc["results"].values()), None) if isinstance(doc["results"], dict) else None
+    if isinstance(first, dict) and "model_name" in first:
+        raise _Unusable("upstream averaged metrics (consolidated_metrics_averaged.json): the "
+                        "means of consolidated_metrics.json, which is read instead")
+    _follows(schema_problems(doc, UPSTREAM_SCHEMA, "consolidated"),
+             "upstream consolidated metrics")
+    session, config = doc["session_id"], doc["configuration"]
+    failed = _rpc_status(path.parent)
+    records, reasons = [], []
+    for split_key, by_run in sorted(doc["results"].items(), key=lambda kv: int(kv[0])):
+        for run_key, metrics in sorted(by_run.items(), key=lambda kv: int(kv[0][3:])):
+            split, run = int(split_key), int(run_key[3:])
+            if (split, run) in failed:
+                reasons.append(f"failed run (split {split}, run {run} in {RPC_STATUS_NAME}: "
+                               f"{failed[(split, run)]})")
+                continue
+            records.append(_split_record(
+                path, metrics, source=UPSTREAM_RPC_SOURCE,
+                run_id=f"{upstream_model(config['model'])}-s{split}-run{run}",
+                sweep_id=f"upstream-{session}", repeat=run, backend=UPSTREAM_RPC_BACKEND,
+                batch_size=config.get("batch_size")))
+    return records, reasons

@@ -57,6 +57,13 @@ _TABLE = (
        "device needs)"),
     _m("peak_rss_total", "min", "B", "sum of summary.stages[].peak_rss_bytes"),
     _m("accuracy", "max", "", "summary.accuracy_top1"),
+    _m("agreement", "max", "", "summary.fidelity.agreement_top1 (top-1 agreement with the unsplit, uncoded "
+       "model; NaN when not measured or the model is degenerate)"),
+    _m("logit_max_abs_error", "min", "", "summary.fidelity.max_abs_error"),
+    _m("logit_rel_l2_error", "min", "", "summary.fidelity.rel_l2_error"),
+    _m("split_raw_bytes", "min", "B", "raw (decoded) bytes of the hops between stages, per batch"),
+    _m("compression_ratio", "max", "", "split_raw_bytes / split_bytes (1 without a codec)"),
+    _m("codec_time", "min", "s", "sum of summary.hops[].encode_s and decode_s (per batch)"),
 )
 
 METRICS: dict[str, Metric] = {m.name: m for m in _TABLE}

@@ -13,17 +13,21 @@ from pathlib import Path
 from typing import Sequence
 
 from analysis import AnalysisError
+import pandas as pd
+
 from analysis.aggregate import (
     DEFAULT_GROUP_BY,
+    FIDELITY_OBJECTIVES,
     GROUP_COLUMNS,
-    aggregate,
     analyse,
+    analyse_fidelity,
     parse_group_by,
     parse_objectives,
     parse_reference,
 )
-from analysis.loading import LoadResult, load_results
+from analysis.frames import aggregate, config_points, load_runs
 from analysis.predicted import compare, load_predictions, terminal_summary
+from analysis.repeats import load_repeat_records
 from analysis.metrics import METRICS
 
 __all__ = ["main", "build_parser"]
@@ -42,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m analysis.pareto",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Read ParetoPipe result files (schema paretopipe.run v1, and the original\n"
-            "ParetoPipe's {model}_split_{k}_metrics.json), aggregate repeats, and compute the\n"
+            "Read ParetoPipe result files (schema paretopipe.run v1, and upstream ParetoPipe's\n"
+            "{Model}_split_{k}_metrics.json and RPC tester's consolidated_metrics.json with\n"
+            "split_test_results.csv), aggregate repeats, and compute the\n"
             "Pareto frontier (non-dominated ranks), hypervolume and knee point of each group.\n"
             "Writes frontier.csv, groups.csv, runs.csv, PNG+SVG plots, report.md and a\n"
             "self-contained report.html, and prints the frontiers."),
@@ -98,28 +103,35 @@ def run(args: argparse.Namespace) -> int:
             raise AnalysisError(f"{path}: no such file or directory")
     out: Path = args.out if args.out is not None else default_out(args.paths)
 
-    load = load_results(args.paths, exclude=[out], include_invalid=args.include_invalid)
+    runs = load_runs(args.paths, exclude=[out], include_invalid=args.include_invalid)
     predictions, bad_predictions = load_predictions(args.paths, exclude=[out])
-    if predictions or bad_predictions:  # prediction files are not result files: not "skipped"
-        own = {p.path for p in predictions}
-        load = LoadResult(load.runs, tuple(s for s in load.skipped if s.path not in own)
-                          + tuple(bad_predictions), load.files_seen - len(own))
-    _say(f"read {load.files_seen} JSON files: {len(load.runs)} runs loaded, "
-         f"{len(load.skipped)} skipped")
-    for s in load.skipped:
-        _say(f"  skipped {s.path}: {s.reason}")
-    if not load.runs:
+    records, bad_records = load_repeat_records(args.paths, exclude=[out])
+    bad_predictions = bad_predictions + bad_records
+    if predictions or bad_predictions or records:  # prediction and repeats files are not runs
+        skipped = runs.attrs["skipped"]
+        own = {str(p.path) for p in predictions} | {str(r.path) for r in records}
+        runs.attrs["skipped"] = pd.concat(
+            [skipped[~skipped["path"].isin(own)],
+             pd.DataFrame([(str(s.path), s.reason) for s in bad_predictions],
+                          columns=skipped.columns)], ignore_index=True)
+        runs.attrs["files_seen"] -= len(own)
+    skipped, seen = runs.attrs["skipped"], runs.attrs["files_seen"]
+    _say(f"read {seen} JSON files: {len(runs)} runs loaded, {len(skipped)} skipped")
+    for path, reason in skipped.itertuples(index=False, name=None):
+        _say(f"  skipped {path}: {reason}")
+    if runs.empty:
         raise AnalysisError(
             f"no valid runs found under {', '.join(map(str, args.paths))} "
-            f"({load.files_seen} JSON files, {len(load.skipped)} skipped; reasons above)")
+            f"({seen} JSON files, {len(skipped)} skipped; reasons above)")
 
-    points = aggregate(load.runs)
+    points = config_points(aggregate(runs))
     for o in objectives:
         if not any(math.isfinite(p.mean(o.name)) for p in points):
             raise AnalysisError(f"objective {o.name!r} has no value in any loaded run "
                                 f"(source: {o.metric.source}); choose other objectives")
     results = analyse(points, objectives, group_by, reference)
     comparisons = compare(predictions, points)
+    fidelity = analyse_fidelity(points, group_by)  # [] unless some run measured agreement
     _say(f"{len(points)} configurations in {len(results)} groups; objectives "
          f"{', '.join(map(str, objectives))}")
 
@@ -129,12 +141,14 @@ def run(args: argparse.Namespace) -> int:
 
         written = [report.write_frontier_csv(out / "frontier.csv", results),
                    report.write_groups_csv(out / "groups.csv", results),
-                   report.write_runs_csv(out / "runs.csv", points)]
+                   report.write_runs_csv(out / "runs.csv", runs)]
         if comparisons:
             written.append(report.write_predicted_csv(out / "predicted.csv", comparisons))
-        plots = []
+        if fidelity:
+            written.append(report.write_frontier_csv(out / "frontier_fidelity.csv", fidelity))
+        plots, fidelity_plots = [], []
         if not args.no_plots:
-            from analysis.plots import draw_all
+            from analysis.plots import draw_all, draw_fidelity
 
             plot_dir = out / "plots"
             if plot_dir.is_dir():  # the folder is ours: drop figures of groups that are gone
@@ -142,12 +156,21 @@ def run(args: argparse.Namespace) -> int:
                     old.unlink()
             _say("drawing plots ...")
             plots = draw_all(results, points, objectives, plot_dir)
-        written += report.write_reports(out, load, points, results, plots, args.paths, group_by,
-                                        comparisons)
+            fidelity_plots = draw_fidelity(fidelity, points, plot_dir)
+        written += report.write_reports(out, runs, points, results, plots, args.paths, group_by,
+                                        comparisons, fidelity, fidelity_plots, records)
     except OSError as exc:
         raise AnalysisError(f"cannot write outputs in {out}: {exc}") from exc
-    _say(f"wrote {', '.join(p.name for p in written)} and {2 * len(plots)} plot files to {out}")
+    _say(f"wrote {', '.join(p.name for p in written)} and {2 * (len(plots) + len(fidelity_plots))} "
+         f"plot files to {out}")
     sys.stdout.write(report.terminal_table(results))
+    if fidelity and tuple(objectives) != FIDELITY_OBJECTIVES:  # else the table above is it
+        sys.stdout.write("\nthree-objective frontier (latency:min, throughput:max, agreement:max):\n"
+                         + report.terminal_table(fidelity))
+    if records:
+        reached = sum(r.verdict == "reached" for r in records)
+        sys.stdout.write(f"\nrepeats=auto: {reached} of {len(records)} configurations reached the CI target, "
+                         f"{sum(r.verdict == 'max' for r in records)} hit the maximum\n")
     if comparisons:
         sys.stdout.write("\n" + terminal_summary(comparisons))
     return 0

@@ -19,12 +19,13 @@ matplotlib.use("Agg")  # before anything else from matplotlib is imported
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from analysis.aggregate import ConfigPoint, GroupResult, Objective  # noqa: E402
 from analysis.frontier import nondominated_ranks  # noqa: E402
 from analysis.metrics import Sense  # noqa: E402
 
-__all__ = ["Plot", "draw_all", "human_bytes"]
+__all__ = ["Plot", "draw_all", "draw_fidelity", "human_bytes"]
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
             "#17becf", "#bcbd22", "#7f7f7f")
@@ -88,6 +89,14 @@ def _axis_label(o: Objective) -> str:
     return f"{o.name}{unit} ({better} is better)"
 
 
+def _finish_axes(ax, axes: Sequence[Objective], title: str) -> None:
+    ax.set_xlabel(_axis_label(axes[0]))
+    ax.set_ylabel(_axis_label(axes[1]))
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+
 def _xy(points: Sequence[ConfigPoint], axes: Sequence[Objective]) -> np.ndarray:
     return np.array([[p.mean(o.name) for o in axes] for p in points], dtype=float).reshape(-1, 2)
 
@@ -149,13 +158,10 @@ def _scatter(result: GroupResult, axes: Sequence[Objective], out: Path) -> Plot 
             ax.annotate(result.label(index[id(p)]), (xy[i, 0], xy[i, 1]), fontsize=8,
                         xytext=(5, 4), textcoords="offset points")
     _maybe_log(ax, xy[ok])
-    ax.set_xlabel(_axis_label(axes[0]))
-    ax.set_ylabel(_axis_label(axes[1]))
-    ax.set_title(f"{axes[0].name} vs {axes[1].name}: {result.title}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    _finish_axes(ax, axes, f"{axes[0].name} vs {axes[1].name}: {result.title}")
     caption = (f"{axes[0].name} against {axes[1].name} for {result.title}; points are "
-               f"configurations (mean of repeats, bars: 95% CI), labelled by split k; the line is "
+               f"configurations (mean of repeats, bars: 95% CI), labelled by split k (and window w, batch size b where "
+               f"they vary); the line is "
                f"the frontier, the star the knee.")
     return _save(fig, out, "scatter_" + slug(*(v for _, v in result.group)),
                  f"Frontier: {result.title}", caption)
@@ -250,6 +256,11 @@ def _overlay(model: str, points: Sequence[ConfigPoint], axes: Sequence[Objective
         return None
     fig = _figure(5.0 * len(panels) + 1.0, 4.6)
     all_xy = _xy(points, axes)
+    vary = [(c, short) for c, short in (("window", "w"), ("batch_size", "b")) if len({p.get(c) for p in points}) > 1]
+
+    def name_of(p: ConfigPoint) -> str:  # as GroupResult.label: k=8 w4 b8 when those vary
+        return " ".join([f"k={p.split_label}", *(f"{short}{p.get(c)}" for c, short in vary)])
+
     for a, value in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), a + 1)
         for j, name in enumerate(names):
@@ -264,7 +275,7 @@ def _overlay(model: str, points: Sequence[ConfigPoint], axes: Sequence[Objective
             ax.scatter(xy[on, 0], xy[on, 1], color=colour, s=22, zorder=3)
             ax.scatter(xy[~on, 0], xy[~on, 1], color=colour, s=10, alpha=0.3)
             for p, (x, y) in zip((p for p, o in zip(subset, on) if o), xy[on]):
-                ax.annotate(p.split_label, (x, y), fontsize=7, color=colour, xytext=(4, 3),
+                ax.annotate(name_of(p), (x, y), fontsize=7, color=colour, xytext=(4, 3),
                             textcoords="offset points")
         _maybe_log(ax, all_xy[np.isfinite(all_xy).all(axis=1)])
         ax.set_title(f"{panel} = {value}", fontsize=10)
@@ -292,11 +303,99 @@ def draw_all(results: Sequence[GroupResult], points: Sequence[ConfigPoint],
                      "conditions_" + slug(model), f"Frontiers per network condition: {model}",
                      f"The {axes[0].name}/{axes[1].name} frontier of each network condition, "
                      f"overlaid, one panel per backend ({model}); frontier points are labelled "
-                     f"by split."),
+                     f"by configuration."),
             _overlay(str(model), mine, axes, "network", "backend", out,
                      "backends_" + slug(model), f"Backends compared: {model}",
                      f"The {axes[0].name}/{axes[1].name} frontier of each backend, overlaid, "
                      f"one panel per network condition ({model}); frontier points are labelled "
-                     f"by split."),
+                     f"by configuration."),
         ) if p]
     return plots
+
+
+# --- fidelity (codecs) -----------------------------------------------------------------------
+
+def _rate_fidelity(model: str, points: Sequence[ConfigPoint], out: Path) -> Plot | None:
+    """One panel per split: bytes on the wire at the split against top-1 agreement, a point
+    per configuration, coloured by codec; the line joins a split's points in order of bytes."""
+    rows = [(p, p.mean("split_bytes"), p.mean("agreement")) for p in points]
+    rows = [r for r in rows if math.isfinite(r[1]) and math.isfinite(r[2])]
+    if not rows:
+        return None
+    splits = sorted({p.splits for p, _, _ in rows})
+    codecs = sorted({str(p.get("codec")) for p, _, _ in rows})
+    colour = {c: _PALETTE[i % len(_PALETTE)] for i, c in enumerate(codecs)}
+    cols = min(4, len(splits))
+    nrows = math.ceil(len(splits) / cols)
+    fig = _figure(3.6 * cols + 1.0, 3.2 * nrows + 0.6)
+    low = min(a for _, _, a in rows)
+    for i, k in enumerate(splits):
+        ax = fig.add_subplot(nrows, cols, i + 1)
+        mine = sorted((r for r in rows if r[0].splits == k), key=lambda r: r[1])
+        ax.plot([b for _, b, _ in mine], [a for _, _, a in mine], color="#bbbbbb", lw=1, zorder=1)
+        for c in codecs:
+            xs = [b for p, b, _ in mine if str(p.get("codec")) == c]
+            ys = [a for p, _, a in mine if str(p.get("codec")) == c]
+            if xs:
+                ax.scatter(xs, ys, color=colour[c], s=30, zorder=3, label=c)
+        for p, b, a in mine:
+            ratio = p.mean("compression_ratio")
+            ax.annotate(f"{p.get('codec')}" + (f" {ratio:.1f}x" if math.isfinite(ratio) else ""),
+                        (b, a), fontsize=7, xytext=(4, -9), textcoords="offset points")
+        ax.set_xlim(0, 1.2 * max(b for _, b, _ in mine))  # linear from 0: codec ratios are 1-40x
+        ax.xaxis.set_major_locator(MaxNLocator(3))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: human_bytes(v)))
+        ax.tick_params(labelsize=7)
+        ax.set_ylim(min(low, 1.0) - max(0.02, 0.1 * (1.0 - low)), 1.0 + max(0.005, 0.05 * (1.0 - low)))
+        ax.set_title(f"k={','.join(map(str, k))}", fontsize=10)
+        ax.set_xlabel("bytes on the wire at the split, per batch [B]", fontsize=8)
+        ax.set_ylabel("top-1 agreement", fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.legend(title="codec", fontsize=7, title_fontsize=7, loc="lower right")
+    fig.suptitle(f"Rate against fidelity per split: {model}")
+    caption = (f"Per split of {model}, the bytes that cross it per batch (after the codec) "
+               f"against top-1 agreement with the unsplit, uncoded model on the same inputs; "
+               f"one point per configuration with a measured agreement, labelled by codec and "
+               f"compression ratio.")
+    return _save(fig, out, "rate_fidelity_" + slug(model), f"Rate and fidelity: {model}", caption)
+
+
+def _frontier3(result: GroupResult, out: Path) -> Plot | None:
+    """Latency against throughput, coloured by agreement, the three-objective frontier ringed."""
+    names = [o.name for o in result.objectives]
+    index = [i for i in range(len(result.points)) if i not in result.excluded]
+    if not index:
+        return None
+    xy = np.array([[result.points[i].mean(n) for n in names] for i in index], dtype=float)
+    on = np.array([result.ranks[i] == 0 for i in index])
+    fig = _figure(7.5, 5.2)
+    ax = fig.add_subplot()
+    dots = ax.scatter(xy[:, 0], xy[:, 1], c=xy[:, 2], cmap="viridis", s=40, zorder=3,
+                      vmin=float(np.min(xy[:, 2])), vmax=max(float(np.max(xy[:, 2])),
+                                                             float(np.min(xy[:, 2])) + 1e-9))
+    ax.scatter(xy[on, 0], xy[on, 1], s=150, facecolors="none", edgecolors=_PALETTE[3], lw=1.3,
+               zorder=4, label="frontier of " + ", ".join(map(str, result.objectives)))
+    for j, i in enumerate(index):
+        if on[j]:
+            ax.annotate(result.label(i), (xy[j, 0], xy[j, 1]), fontsize=8, xytext=(6, 4),
+                        textcoords="offset points")
+    fig.colorbar(dots, ax=ax, label=_axis_label(result.objectives[2]))
+    _maybe_log(ax, xy[:, :2])
+    _finish_axes(ax, result.objectives[:2], f"Three objectives: {result.title}")
+    caption = (f"Latency against throughput for {result.title}, colour: top-1 agreement; ringed "
+               f"and labelled: the frontier of all three objectives (a configuration that is "
+               f"slower but more faithful stays on it).")
+    return _save(fig, out, "frontier3_" + slug(*(v for _, v in result.group)),
+                 f"Three-objective frontier: {result.title}", caption)
+
+
+def draw_fidelity(results: Sequence[GroupResult], points: Sequence[ConfigPoint], out: Path
+                  ) -> list[Plot]:
+    """The rate-fidelity figure of every model and the three-objective frontier of every group
+    in ``results`` (:func:`analysis.aggregate.analyse_fidelity`); ``[]`` without agreement."""
+    if not results:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    plots = [p for m in sorted({p.get("model") for p in points}, key=str)
+             if (p := _rate_fidelity(str(m), [q for q in points if q.get("model") == m], out))]
+    return plots + [p for r in results if (p := _frontier3(r, out))]

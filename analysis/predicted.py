@@ -1,12 +1,13 @@
 """Predicted against measured: prediction files (``paretopipe predict --out``) next to result files.
 
-A prediction file (schema ``paretopipe.prediction`` v1, docs/predict.md) holds, for one model,
-network condition, backend, batch size and window, the predicted latency and throughput of every
-split, the predicted frontier and the splits a smart sweep measures (``selected``). For each one
-found under the analysed paths this module matches the measured configurations of the same
-model, condition, backend, batch size, window (and input size and number of stages) and reports:
+A prediction file (schema ``paretopipe.prediction``, docs/predict.md) holds, for one model,
+network condition and backend, the predicted latency and throughput of every configuration
+(split points, window, batch size; v1 files have one window and batch size), the predicted
+frontier and the configurations a smart sweep measures (``selected``). For each one found under
+the analysed paths this module matches the measured configurations of the same model, condition,
+backend (and input size and number of stages) and reports:
 
-* per split: predicted and measured latency (per batch, mean over repeats) and throughput, and the
+* per configuration: predicted and measured latency (per batch, mean over repeats) and throughput, and the
   relative error ``(predicted - measured) / measured``;
 * MAPE (mean absolute percentage error) of latency and of throughput over the matched splits;
 * the measured frontier (latency min, throughput max, non-dominated among the measured splits)
@@ -34,7 +35,11 @@ __all__ = ["SCHEMA", "SCHEMA_VERSION", "PredictionFile", "SplitRow", "Comparison
            "load_predictions", "compare", "mape"]
 
 SCHEMA = "paretopipe.prediction"
-SCHEMA_VERSION = 1
+SCHEMA_VERSIONS = (1, 2)
+SCHEMA_VERSION = 2  # the newest; 1 is read too
+
+#: A configuration as predictions and measurements both name it: (splits, window, batch size).
+Key = tuple[tuple[int, ...], int, int]
 
 
 @dataclass(frozen=True)
@@ -44,17 +49,28 @@ class PredictionFile:
     network: str
     backend: str
     input_size: int | None
-    batch_size: int
-    window: int
     num_stages: int
-    predicted: dict[tuple[int, ...], tuple[float, float]]  # splits -> (latency s, throughput img/s)
-    frontier: frozenset[tuple[int, ...]]
-    selected: frozenset[tuple[int, ...]]
+    predicted: dict[Key, tuple[float, float]]  # configuration -> (latency s, throughput img/s)
+    frontier: frozenset[Key]
+    selected: frozenset[Key]
+
+    @property
+    def windows(self) -> list[int]:
+        return sorted({k[1] for k in self.predicted})
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return sorted({k[2] for k in self.predicted})
+
+
+def label(key: Key) -> str:
+    """``k=8 w4 b8``: the label the analysis gives a configuration."""
+    return f"k={','.join(map(str, key[0]))} w{key[1]} b{key[2]}"
 
 
 @dataclass(frozen=True)
 class SplitRow:
-    splits: tuple[int, ...]
+    key: Key
     predicted_latency: float
     measured_latency: float
     predicted_throughput: float
@@ -73,8 +89,12 @@ class SplitRow:
         return _rel(self.predicted_throughput, self.measured_throughput)
 
     @property
+    def splits(self) -> tuple[int, ...]:
+        return self.key[0]
+
+    @property
     def label(self) -> str:
-        return ",".join(map(str, self.splits))
+        return label(self.key)
 
 
 @dataclass(frozen=True)
@@ -85,7 +105,8 @@ class Comparison:
     @property
     def title(self) -> str:
         p = self.prediction
-        return f"{p.model} · {p.network} · {p.backend} · b{p.batch_size} · w{p.window}"
+        return (f"{p.model} · {p.network} · {p.backend} · w{','.join(map(str, p.windows))} · "
+                f"b{','.join(map(str, p.batch_sizes))}")
 
     @property
     def latency_mape(self) -> float:
@@ -96,12 +117,12 @@ class Comparison:
         return mape(r.throughput_error for r in self.rows)
 
     @property
-    def measured_frontier(self) -> list[tuple[int, ...]]:
-        return [r.splits for r in self.rows if r.measured_frontier]
+    def measured_frontier(self) -> list[Key]:
+        return [r.key for r in self.rows if r.measured_frontier]
 
     @property
-    def found(self) -> list[tuple[int, ...]]:
-        return [r.splits for r in self.rows if r.measured_frontier and r.selected]
+    def found(self) -> list[Key]:
+        return [r.key for r in self.rows if r.measured_frontier and r.selected]
 
     @property
     def recall(self) -> float:
@@ -110,8 +131,8 @@ class Comparison:
 
     @property
     def full(self) -> bool:
-        """Every predicted split was measured, so the measured frontier is the true one."""
-        return {r.splits for r in self.rows} >= set(self.prediction.predicted)
+        """Every predicted configuration was measured, so the measured frontier is the true one."""
+        return {r.key for r in self.rows} >= set(self.prediction.predicted)
 
     @property
     def runs_saved(self) -> int:
@@ -142,19 +163,25 @@ def is_prediction_file(path: Path) -> bool:
 
 
 def _parse(path: Path, doc: Any) -> PredictionFile:
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"unknown schema_version {doc.get('schema_version')!r} (this analysis reads "
-                         f"{SCHEMA_VERSION})")
+    version = doc.get("schema_version")
+    if version not in SCHEMA_VERSIONS:
+        raise ValueError(f"unknown schema_version {version!r} (this analysis reads "
+                         f"{', '.join(map(str, SCHEMA_VERSIONS))})")
     cfg = doc["config"]
-    predicted = {}
-    for p in doc["predictions"]:
-        predicted[tuple(int(k) for k in p["splits"])] = (float(p["latency_s"]), float(p["throughput_img_s"]))
+    if version == 1:  # one window and batch size per file; configurations named by their splits
+        w, b = int(cfg["window"]), int(cfg["batch_size"])
+
+        def key(item: Any) -> Key:
+            return tuple(int(k) for k in (item["splits"] if isinstance(item, dict) else item)), w, b
+    else:
+        def key(item: Any) -> Key:
+            return tuple(int(k) for k in item["splits"]), int(item["window"]), int(item["batch_size"])
+    predicted = {key(p): (float(p["latency_s"]), float(p["throughput_img_s"])) for p in doc["predictions"]}
     return PredictionFile(
         path=path, model=str(cfg["model"]), network=str(cfg["network"]["label"]), backend=str(cfg["backend"]),
-        input_size=cfg.get("input_size"), batch_size=int(cfg["batch_size"]), window=int(cfg["window"]),
-        num_stages=int(cfg["stages"]), predicted=predicted,
-        frontier=frozenset(tuple(s) for s in doc["frontier"]),
-        selected=frozenset(tuple(s) for s in doc["selected"]),
+        input_size=cfg.get("input_size"), num_stages=int(cfg["stages"]), predicted=predicted,
+        frontier=frozenset(key(s) for s in doc["frontier"]),
+        selected=frozenset(key(s) for s in doc["selected"]),
     )
 
 
@@ -174,10 +201,14 @@ def load_predictions(paths: Sequence[Path], exclude: Iterable[Path] = ()
 
 # --- comparing -------------------------------------------------------------------------------
 
+def _key(p: ConfigPoint) -> Key:
+    return p.splits, p.get("window"), p.get("batch_size")  # type: ignore[return-value]
+
+
 def _matches(p: ConfigPoint, pred: PredictionFile) -> bool:
     return (p.get("model") == pred.model and p.get("network") == pred.network
-            and p.get("backend") == pred.backend and p.get("batch_size") == pred.batch_size
-            and p.get("window") == pred.window and p.get("num_stages") == pred.num_stages
+            and p.get("backend") == pred.backend and p.get("num_stages") == pred.num_stages
+            and p.get("codec") in (None, "none")  # predictions model uncoded tensors
             and (pred.input_size is None or p.get("input_size") in (None, pred.input_size)))
 
 
@@ -185,23 +216,23 @@ def compare(predictions: Sequence[PredictionFile], points: Sequence[ConfigPoint]
     """Match each prediction file with the measured configurations it describes."""
     out = []
     for pred in predictions:
-        members = [p for p in points if _matches(p, pred) and p.splits in pred.predicted]
-        # the same split measured under different placements or thread counts: keep them apart
-        # by taking the one with the most repeats (the analysis' own groups show all of them)
-        by_split: dict[tuple[int, ...], ConfigPoint] = {}
+        members = [p for p in points if _matches(p, pred) and _key(p) in pred.predicted]
+        # the same configuration measured under different placements or thread counts: keep one,
+        # the one with the most repeats (the analysis' own groups show all of them)
+        by_key: dict[Key, ConfigPoint] = {}
         for p in members:
-            if p.splits not in by_split or len(p.runs) > len(by_split[p.splits].runs):
-                by_split[p.splits] = p
-        chosen = [by_split[k] for k in sorted(by_split)]
+            if _key(p) not in by_key or len(p.run_ids) > len(by_key[_key(p)].run_ids):
+                by_key[_key(p)] = p
+        chosen = [by_key[k] for k in sorted(by_key)]
         values = np.array([[p.mean("latency"), p.mean("throughput")] for p in chosen], dtype=float)
         ranks = nondominated_ranks(values, ["min", "max"]) if chosen else np.array([], dtype=int)
         rows = []
         for p, rank in zip(chosen, ranks):
-            lat, thr = pred.predicted[p.splits]
+            lat, thr = pred.predicted[_key(p)]
             rows.append(SplitRow(
-                splits=p.splits, predicted_latency=lat, measured_latency=p.mean("latency"),
-                predicted_throughput=thr, measured_throughput=p.mean("throughput"), repeats=len(p.runs),
-                predicted_frontier=p.splits in pred.frontier, selected=p.splits in pred.selected,
+                key=_key(p), predicted_latency=lat, measured_latency=p.mean("latency"),
+                predicted_throughput=thr, measured_throughput=p.mean("throughput"), repeats=len(p.run_ids),
+                predicted_frontier=_key(p) in pred.frontier, selected=_key(p) in pred.selected,
                 measured_frontier=int(rank) == 0))
         out.append(Comparison(pred, tuple(rows)))
     return out
@@ -217,8 +248,8 @@ def _fmt(value: float, digits: int = 4) -> str:
     return "n/a" if not math.isfinite(value) else format(value, f".{digits}g")
 
 
-def _splits(items: Iterable[tuple[int, ...]]) -> str:
-    return " ".join(",".join(map(str, s)) for s in sorted(items)) or "-"
+def _splits(items: Iterable[Key]) -> str:
+    return "; ".join(label(k) for k in sorted(items)) or "-"
 
 
 def summary_rows(comparisons: Sequence[Comparison]) -> list[tuple[str, ...]]:
@@ -231,9 +262,9 @@ def summary_rows(comparisons: Sequence[Comparison]) -> list[tuple[str, ...]]:
     return rows
 
 
-SUMMARY_HEADER = ("prediction", "splits measured", "latency MAPE %", "throughput MAPE %", "measured frontier",
+SUMMARY_HEADER = ("prediction", "configurations measured", "latency MAPE %", "throughput MAPE %", "measured frontier",
                   "found by selection", "recall", "selected (saved)")
-ROWS_HEADER = ("split", "predicted latency s", "measured latency s", "error", "predicted img/s",
+ROWS_HEADER = ("configuration", "predicted latency s", "measured latency s", "error", "predicted img/s",
                "measured img/s", "error", "n", "flags")
 
 
@@ -253,7 +284,7 @@ def csv_rows(comparisons: Sequence[Comparison]) -> list[list[object]]:
     for c in comparisons:
         p = c.prediction
         for r in c.rows:
-            rows.append([str(p.path), p.model, p.network, p.backend, p.batch_size, p.window, r.label,
+            rows.append([str(p.path), p.model, p.network, p.backend, r.key[2], r.key[1], ",".join(map(str, r.splits)),
                          r.predicted_latency, r.measured_latency, r.latency_error, r.predicted_throughput,
                          r.measured_throughput, r.throughput_error, r.repeats, r.predicted_frontier, r.selected,
                          r.measured_frontier])
@@ -269,7 +300,7 @@ CSV_HEADER = ("prediction_file", "model", "network", "backend", "batch_size", "w
 def terminal_summary(comparisons: Sequence[Comparison]) -> str:
     lines = []
     for c in comparisons:
-        lines.append(f"predicted vs measured, {c.title}: {len(c.rows)} of {len(c.prediction.predicted)} splits "
+        lines.append(f"predicted vs measured, {c.title}: {len(c.rows)} of {len(c.prediction.predicted)} configurations "
                      f"measured; MAPE latency {_fmt(c.latency_mape, 3)}%, throughput {_fmt(c.throughput_mape, 3)}%; "
                      f"measured frontier {_splits(c.measured_frontier)}, found {len(c.found)} "
                      f"(recall {_fmt(c.recall, 3)}{'' if c.full else ', partial sweep'})")

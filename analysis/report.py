@@ -8,49 +8,42 @@ In CSV files a value that is not available (NaN) is an empty cell.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
 
-from analysis.aggregate import CONFIG_COLUMNS, ConfigPoint, GroupResult, Objective
+import pandas as pd
+
+from analysis.aggregate import ConfigPoint, GroupResult, Objective
+from analysis.frames import VECTOR_COLUMNS, frontier_frame
 from analysis.frontier import EXCLUDED
-from analysis.loading import LoadResult
-from analysis.metrics import METRICS
 from analysis.plots import Plot, slug
 from analysis.predicted import Comparison
+from analysis.repeats import RepeatRecord
+from paretoio.files import write_atomic
 
-__all__ = ["write_frontier_csv", "write_groups_csv", "write_runs_csv", "write_predicted_csv",
-           "write_reports", "terminal_table"]
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return "" if not math.isfinite(value) else format(value, ".10g")
-    if isinstance(value, tuple):
-        return ",".join(_cell(v) for v in value)
-    return str(value)
+__all__ = ["write_csv", "write_frontier_csv", "groups_frame", "write_groups_csv", "write_runs_csv",
+           "write_predicted_csv", "write_reports", "terminal_table"]
 
 
 def _num(value: float, digits: int = 4) -> str:
     return "n/a" if not math.isfinite(value) else format(value, f".{digits}g")
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows([[_cell(v) for v in row] for row in rows])
-    os.replace(tmp, path)
-    return path
+def _csv_cell(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """``frame`` as CSV through pandas, atomically: NaN/NA/None is an empty cell, floats have ten
+    significant digits, booleans are ``true``/``false``, tuples ``a,b``."""
+    return write_atomic(path, frame.map(_csv_cell).to_csv(index=False, float_format="%.10g", na_rep=""))
 
 
 def _notes(result: GroupResult, i: int) -> list[str]:
@@ -63,58 +56,36 @@ def _notes(result: GroupResult, i: int) -> list[str]:
         notes.append("tied on " + ", ".join(result.ties[i]))
     if i in result.excluded:
         notes.append("excluded: " + result.excluded[i])
+    if i in result.uncertain:
+        notes.append("uncertain: " + result.uncertain[i])
     return notes
 
 
 def write_frontier_csv(path: Path, results: Sequence[GroupResult]) -> Path:
-    """One row per configuration: its group, rank (0 = frontier; empty when excluded), flags and
-    each objective's mean, std, 95% CI half-width and n."""
-    objectives = results[0].objectives if results else ()
-    header = ["group", *CONFIG_COLUMNS, "label", "rank", "on_frontier", "knee", "duplicate_of",
-              "tied_on", "excluded_reason", "n_runs"]
-    for o in objectives:
-        header += [f"{o.name}_mean", f"{o.name}_std", f"{o.name}_ci95", f"{o.name}_n"]
-    header += ["group_hypervolume", "group_hypervolume_normalised", "run_ids"]
+    """:func:`analysis.frames.frontier_frame` of ``results`` as CSV."""
+    return write_csv(frontier_frame(results), path)
+
+
+def groups_frame(results: Sequence[GroupResult]) -> pd.DataFrame:
+    """One row per group: sizes, knee, hypervolume and the reference point it was taken against."""
     rows = []
     for r in results:
-        for i, p in enumerate(r.points):
-            row: list[object] = [r.title, *(p.get(c) for c in CONFIG_COLUMNS), r.label(i),
-                                 None if r.ranks[i] == EXCLUDED else r.ranks[i],
-                                 r.ranks[i] == 0, i == r.knee,
-                                 "; ".join(r.label(j) for j in r.duplicates.get(i, ())),
-                                 ",".join(r.ties.get(i, ())), r.excluded.get(i), len(p.runs)]
-            for o in objectives:
-                s = p.stats[o.name]
-                row += [s.mean, s.std, s.ci95, s.n]
-            row += [r.hypervolume, r.hypervolume_normalised, " ".join(x.run_id for x in p.runs)]
-            rows.append(row)
-    return _write_csv(path, header, rows)
+        rows.append({"group": r.title, **dict(r.group), "configurations": len(r.points),
+                     "frontier_size": len(r.frontier), "excluded": len(r.excluded),
+                     "knee": r.label(r.knee) if r.knee is not None else None,
+                     "hypervolume": r.hypervolume,
+                     "hypervolume_normalised": r.hypervolume_normalised,
+                     **{f"reference_{o.name}": v for o, v in zip(r.objectives, r.reference)}})
+    return pd.DataFrame(rows)
 
 
 def write_groups_csv(path: Path, results: Sequence[GroupResult]) -> Path:
-    """One row per group: sizes, knee, hypervolume and the reference point it was taken against."""
-    objectives = results[0].objectives if results else ()
-    group_cols = [c for c, _ in results[0].group] if results else []
-    header = ["group", *group_cols, "configurations", "frontier_size", "excluded", "knee",
-              "hypervolume", "hypervolume_normalised",
-              *(f"reference_{o.name}" for o in objectives)]
-    rows = [[r.title, *(v for _, v in r.group), len(r.points), len(r.frontier), len(r.excluded),
-             r.label(r.knee) if r.knee is not None else None, r.hypervolume,
-             r.hypervolume_normalised, *r.reference] for r in results]
-    return _write_csv(path, header, rows)
+    return write_csv(groups_frame(results), path)
 
 
-def write_runs_csv(path: Path, points: Sequence[ConfigPoint]) -> Path:
+def write_runs_csv(path: Path, runs: pd.DataFrame) -> Path:
     """One row per loaded run, with its configuration and every metric of the metric table."""
-    header = ["path", "source", "run_id", "sweep_id", "repeat", *CONFIG_COLUMNS, "valid",
-              *METRICS]
-    rows = []
-    for p in points:
-        for run in p.runs:
-            rows.append([str(run.path), run.source, run.run_id, run.sweep_id, run.repeat,
-                         *(getattr(run, c) for c in CONFIG_COLUMNS), run.valid,
-                         *(run.metrics[m] for m in METRICS)])
-    return _write_csv(path, header, rows)
+    return write_csv(runs.drop(columns=[*VECTOR_COLUMNS, "num_stages"]), path)
 
 
 # --- reports --------------------------------------------------------------------------------
@@ -159,7 +130,7 @@ def _group_table(r: GroupResult, frontier_only: bool = False) -> _Table:
         if frontier_only and r.ranks[i] != 0:
             continue
         rows.append((r.label(i), "-" if r.ranks[i] == EXCLUDED else str(r.ranks[i]),
-                     *(_mean_ci(p, o) for o in r.objectives), str(len(p.runs)),
+                     *(_mean_ci(p, o) for o in r.objectives), str(len(p.run_ids)),
                      "; ".join(_notes(r, i))))
     return _Table(header, tuple(rows))
 
@@ -168,7 +139,8 @@ def write_predicted_csv(path: Path, comparisons: Sequence[Comparison]) -> Path:
     """Predicted against measured, one row per prediction file and measured split."""
     from analysis import predicted
 
-    return _write_csv(path, predicted.CSV_HEADER, predicted.csv_rows(comparisons))
+    return write_csv(pd.DataFrame(predicted.csv_rows(comparisons), columns=predicted.CSV_HEADER),
+                     path)
 
 
 def _predicted_blocks(comparisons: Sequence[Comparison]) -> list[_Block]:
@@ -189,14 +161,61 @@ def _predicted_blocks(comparisons: Sequence[Comparison]) -> list[_Block]:
     return b
 
 
-def _blocks(load: LoadResult, points: Sequence[ConfigPoint], results: Sequence[GroupResult],
+def _fidelity_blocks(fidelity: Sequence[GroupResult], plots: Sequence[Plot]) -> list[_Block]:
+    b: list[_Block] = [
+        _Heading(2, "Fidelity: rate and the three-objective frontier"),
+        _Para("Agreement is the top-1 agreement of a run's logits with the unsplit, uncoded "
+              "model's on the same inputs (summary.fidelity); a codec trades it for bytes on "
+              "the wire. The frontier below is that of latency (min), throughput (max) and "
+              "agreement (max) in every group where agreement was measured, whatever "
+              "--objectives says; frontier_fidelity.csv has every configuration's rank."),
+    ]
+    by_stem = {p.stem.name: p for p in plots}
+    b += [_Image(p) for p in plots if p.stem.name.startswith("rate_fidelity_")]
+    for r in fidelity:
+        b += [_Heading(3, r.title), _group_table(r, frontier_only=True)]
+        stem = "frontier3_" + slug(*(v for _, v in r.group))
+        if stem in by_stem:
+            b.append(_Image(by_stem[stem]))
+    return b
+
+
+def _repeats_blocks(records: Sequence[RepeatRecord]) -> list[_Block]:
+    from analysis import repeats
+
+    reached = [r for r in records if r.verdict == "reached"]
+    hit = [r for r in records if r.verdict == "max"]
+    return [
+        _Heading(2, "Repeats (repeats=auto)"),
+        _Para(f"{len(reached)} of {len(records)} configurations reached the target (95% CI half-width of latency "
+              f"and of throughput within the target fraction of the mean); {len(hit)} hit the maximum number of "
+              f"runs first" + (": " + "; ".join(f"{r.group} {r.label}" for r in hit) if hit else "") + "."),
+        _Table(repeats.HEADER, tuple(repeats.summary_rows(records))),
+    ]
+
+
+def _uncertain_para(results: Sequence[GroupResult]) -> _Para:
+    items = [f"{r.title}: {r.label(i)} ({'frontier' if r.ranks[i] == 0 else 'dominated'})"
+             for r in results for i in sorted(r.uncertain)]
+    if not items:
+        return _Para("Frontier memberships given the 95% confidence intervals: none is uncertain (no "
+                     "frontier point could be dominated, and every dominated point is surely dominated, "
+                     "within the intervals; configurations with one run count as exact).")
+    return _Para(f"Uncertain frontier memberships given the 95% confidence intervals ({len(items)}): "
+                 + "; ".join(items) + ". A frontier point is uncertain when another configuration's "
+                 "interval could dominate it, a dominated one when no configuration surely dominates it.")
+
+
+def _blocks(runs: pd.DataFrame, points: Sequence[ConfigPoint], results: Sequence[GroupResult],
             plots: Sequence[Plot], inputs: Sequence[Path], group_by: Sequence[str],
-            comparisons: Sequence[Comparison] = ()) -> list[_Block]:
+            comparisons: Sequence[Comparison] = (), fidelity: Sequence[GroupResult] = (),
+            fidelity_plots: Sequence[Plot] = (), records: Sequence[RepeatRecord] = ()) -> list[_Block]:
     objectives = results[0].objectives
+    skipped = runs.attrs["skipped"]
     b: list[_Block] = [
         _Heading(1, "ParetoPipe analysis"),
-        _Para(f"Inputs: {', '.join(str(p) for p in inputs)}. {load.files_seen} JSON files seen, "
-              f"{len(load.runs)} runs loaded, {len(load.skipped)} skipped; {len(points)} "
+        _Para(f"Inputs: {', '.join(str(p) for p in inputs)}. {runs.attrs['files_seen']} JSON files seen, "
+              f"{len(runs)} runs loaded, {len(skipped)} skipped; {len(points)} "
               f"configurations (repeats aggregated: mean ± 95% CI, Student t) in "
               f"{len(results)} groups by {', '.join(group_by) or 'nothing'}."),
         _Heading(2, "Objectives"),
@@ -217,7 +236,10 @@ def _blocks(load: LoadResult, points: Sequence[ConfigPoint], results: Sequence[G
                tuple((r.title, str(len(r.points)), str(len(r.frontier)), str(len(r.excluded)),
                       r.label(r.knee) if r.knee is not None else "-", _num(r.hypervolume),
                       _num(r.hypervolume_normalised, 3)) for r in results)),
+        _uncertain_para(results),
     ]
+    if records:
+        b += _repeats_blocks(records)
     by_stem = {p.stem.name: p for p in plots}
     for r in results:
         b += [_Heading(2, r.title), _group_table(r)]
@@ -230,9 +252,11 @@ def _blocks(load: LoadResult, points: Sequence[ConfigPoint], results: Sequence[G
         b += [_Image(p) for p in rest]
     if comparisons:
         b += _predicted_blocks(comparisons)
-    if load.skipped:
-        b += [_Heading(2, f"Skipped files ({len(load.skipped)})"),
-              _Table(("file", "reason"), tuple((str(s.path), s.reason) for s in load.skipped))]
+    if fidelity:
+        b += _fidelity_blocks(fidelity, fidelity_plots)
+    if len(skipped):
+        b += [_Heading(2, f"Skipped files ({len(skipped)})"),
+              _Table(("file", "reason"), tuple(skipped.itertuples(index=False, name=None)))]
     return b
 
 
@@ -289,14 +313,19 @@ def _render_html(blocks: Sequence[_Block]) -> str:
     return "\n".join(parts)
 
 
-def write_reports(out: Path, load: LoadResult, points: Sequence[ConfigPoint],
+def write_reports(out: Path, runs: pd.DataFrame, points: Sequence[ConfigPoint],
                   results: Sequence[GroupResult], plots: Sequence[Plot], inputs: Sequence[Path],
-                  group_by: Sequence[str], comparisons: Sequence[Comparison] = ()
-                  ) -> tuple[Path, Path]:
-    blocks = _blocks(load, points, results, plots, inputs, group_by, comparisons)
+                  group_by: Sequence[str], comparisons: Sequence[Comparison] = (),
+                  fidelity: Sequence[GroupResult] = (), fidelity_plots: Sequence[Plot] = (),
+                  records: Sequence[RepeatRecord] = ()) -> tuple[Path, Path]:
+    """``report.md`` and ``report.html``; ``fidelity`` (:func:`analysis.aggregate.analyse_fidelity`)
+    and its ``fidelity_plots`` (:func:`analysis.plots.draw_fidelity`) add the fidelity section,
+    ``records`` (repeats=auto verdicts) the repeats section."""
+    blocks = _blocks(runs, points, results, plots, inputs, group_by, comparisons, fidelity,
+                     fidelity_plots, records)
     md, page = out / "report.md", out / "report.html"
-    md.write_text(_render_md(blocks, out), encoding="utf-8")
-    page.write_text(_render_html(blocks), encoding="utf-8")
+    write_atomic(md, _render_md(blocks, out))
+    write_atomic(page, _render_html(blocks))
     return md, page
 
 

@@ -42,8 +42,8 @@ def local_worker(*args: str, threads: int | None = 1) -> Iterator[str]:
 def machine() -> str:
     import platform
 
-    from paretopipe.results import _cpu_model
+    from paretopipe.environment import cpu_model
 
     load = os.getloadavg()
-    return (f"{_cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
             f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start")

@@ -234,10 +234,10 @@ def evaluate(full_dir: Path, prediction: Path, selected_dir: Path) -> dict:
     return {
         "splits_total": len(preds[0].predicted),
         "splits_measured_full": len(full.rows),
-        "selected": sorted(preds[0].selected),
-        "predicted_frontier": sorted(preds[0].frontier),
-        "measured_frontier": full.measured_frontier,
-        "found": full.found,
+        "selected": sorted(k[0] for k in preds[0].selected),
+        "predicted_frontier": sorted(k[0] for k in preds[0].frontier),
+        "measured_frontier": [k[0] for k in full.measured_frontier],
+        "found": [k[0] for k in full.found],
         "recall": full.recall,
         "latency_mape_pct": full.latency_mape,
         "throughput_mape_pct": full.throughput_mape,
@@ -321,10 +321,10 @@ def main() -> int:
             net = json.dumps({"configured": {"delay_ms": c.delay_ms, "jitter_ms": c.jitter_ms,
                                              "loss_pct": c.loss_pct, "rate_mbit": c.rate_mbit}})
             sel = predict(args, profiles, cond, out / "predicted" / cond / "prediction.json")
-            chosen = [s[0] for s in sel["selected"] if s[0] in every]
+            chosen = [s["splits"][0] for s in sel["selected"] if s["splits"][0] in every]
             selections[cond] = (chosen, net)
-            say(f"  {cond}: predicted frontier {sel['frontier']}; measuring {len(chosen)} of {sel['total']}: "
-                f"{sel['splits']}")
+            say(f"  {cond}: predicted frontier {[f['splits'] for f in sel['frontier']]}; measuring {len(chosen)} of "
+                f"{sel['total']}: {','.join(map(str, chosen))}")
             run_splits(dev, args, cond, chosen, out / "predicted" / cond, net, logs)
         t_pred = time.monotonic() - t_pred0
 

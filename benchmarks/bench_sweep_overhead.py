@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
 """How much of a sweep's wall time is spent outside measured runs (goal: at most 25%).
 
-Runs `ansible-playbook playbooks/sweep.yml` for real on a private emulated testbed (its own
-topology, state folder and inventory under a temporary folder; needs root) and reads the
-sweep's summary (results/<sweep-id>/sweep-summary.yml). Defaults: a full MobileNetV2 sweep,
+Runs `playbooks/sweep.yml` for real through ansible-runner (`paretopipe.orchestrate.sweep`) on
+a private emulated testbed (its own topology, state folder and inventory under a temporary
+folder; needs root) and reads the sweep's summary (results/<sweep-id>/sweep-summary.yml). Defaults: a full MobileNetV2 sweep,
 every split point, source pi1 (an rpi4 slice) and worker gpu, condition lan, backend tcp,
 batch 8, 50 counted batches after 5 warm-up batches, 224 px.
 
-Prints the playbook's wall time (measured outside Ansible, from process start to exit, and
-the summary's own, from the first task), the sum of measured (counted-batch) run durations,
+Prints the playbook's wall time (measured outside Ansible, from the ansible-runner call to its
+return, and the summary's own, from the first task), the sum of measured (counted-batch) run durations,
 the share outside measured runs and its ratio to the 25% bound, and how the outside time
 splits: inside run sessions (set-up, warm-up) and between runs (testbed, provisioning, shaping
-and its measurement, worker start, fetching, Ansible's own round trips). Exit status 0 when
-the bound is met.
+and its measurement, worker start, fetching, Ansible's own round trips), and the slowest tasks
+from ansible-runner's task events. Exit status 0 when the bound is met.
 
     sudo .venv/bin/python benchmarks/bench_sweep_overhead.py [--splits 0,6,12,18,23] [--batches 20]
 """
@@ -29,8 +29,9 @@ from pathlib import Path
 
 import yaml
 
+from paretopipe.orchestrate import sweep
+
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 BOUND = 0.25
 
 TOPOLOGY = """\
@@ -45,21 +46,6 @@ devices:
   - {name: pi2, group: edge, profile: rpi4, ip: 10.187.0.12}
   - {name: gpu, group: servers, profile: gpu-server, ip: 10.187.0.21}
 """
-
-
-def _slowest_tasks(log: Path, count: int) -> list[tuple[float, str]]:
-    """Time from each task's start to the next one's, from Ansible's time-stamped log."""
-    import datetime as dt
-    import re
-
-    marks = []
-    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
-        m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) .*?\| (TASK|PLAY) \[(.*?)\]", line)
-        if m:
-            marks.append((dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), m.group(3)))
-    spans = [((b[0] - a[0]).total_seconds(), a[1]) for a, b in zip(marks, marks[1:])]
-    spans = [s for s in spans if "Run the list" not in s[1]]
-    return sorted(spans, reverse=True)[:count]
 
 
 def main() -> int:
@@ -86,39 +72,37 @@ def main() -> int:
     inventory.mkdir(exist_ok=True)
     if not (inventory / "group_vars").exists():
         (inventory / "group_vars").symlink_to(REPO / "inventory" / "emulated" / "group_vars")
-    timeline = root / "ansible-timeline.log"  # Ansible's log: a time stamp on every task line
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_LOG_PATH": str(timeline), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     sweep_id = f"bench-{int(time.time())}"
     extra = {"model": args.model, "splits": args.splits, "conditions": args.conditions,
-             "backends": args.backends, "chain": args.chain, "batch_size": args.batch_size,
+             "backends": args.backends, "chain": args.chain, "batch_sizes": args.batch_size,
              "batches": args.batches, "warmup": args.warmup, "input_size": args.input_size,
              "sweep_id": sweep_id, "results_dir": str(root / "results"),
              "testbed_topology": str(topology), "testbed_state_dir": str(state)}
-    argv = [str(BIN / "ansible-playbook"), "-i", str(inventory), "playbooks/sweep.yml"]
-    for key, value in extra.items():
-        argv += ["-e", f"{key}={value}"]
-    log = root / "sweep.log"
     print(f"sweep {sweep_id}: {args.model}, splits {args.splits}, {args.conditions}, {args.backends}, "
-          f"chain {args.chain}; log {log}", flush=True)
+          f"chain {args.chain}; ansible-runner artifacts under {root / 'runner'}", flush=True)
+
+    def progress(event: dict) -> None:  # one line per play, so a long sweep shows it is alive
+        if event.get("event") == "playbook_on_play_start":
+            print(f"  play: {event['event_data'].get('play', '')}", flush=True)
+
     t0 = time.monotonic()
     try:
-        with open(log, "w") as out:
-            rc = subprocess.run(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+        run = sweep(inventory=inventory, on_event=progress, artifacts_dir=root / "runner", **extra)
         wall = time.monotonic() - t0
     finally:
         subprocess.run([sys.executable, "-m", "paretopipe", "testbed", "down", "--topology", str(topology),
                         "--state-dir", str(state)], cwd=REPO, capture_output=True, check=False)
     summary_file = root / "results" / sweep_id / "sweep-summary.yml"
-    if rc != 0 or not summary_file.exists():
-        print(f"the sweep failed (exit {rc}); see {log}", file=sys.stderr)
+    if not run.ok or not summary_file.exists():
+        print(f"the sweep failed ({run.status}, exit {run.rc}; failed tasks: {run.failed_tasks()}); "
+              f"see {run.artifacts / 'stdout'}", file=sys.stderr)
         return 1
     s = yaml.safe_load(summary_file.read_text())
     t = s["time_s"]
     measured = t["measured_runs"]
     outside_total = wall - measured
     print(f"runs: {s['runs']['ok']} ok, {s['runs']['failed']} failed")
-    print(f"wall (ansible-playbook process): {wall:.1f} s; wall from the first task: {t['wall']:.1f} s "
+    print(f"wall (ansible-runner call): {wall:.1f} s; wall from the first task: {t['wall']:.1f} s "
           f"(the rest is the analysis after the summary and Ansible's start-up)")
     print(f"measured runs: {measured:.1f} s")
     print(f"outside measured runs, playbook start to summary: {t['outside_measured']:.1f} s = "
@@ -128,11 +112,12 @@ def main() -> int:
           f"between runs: {t['outside_runs']:.1f} s")
     print(f"outside measured runs, whole process: {outside_total:.1f} s = {outside_total / wall:.1%} "
           f"(ratio to the bound {outside_total / wall / BOUND:.2f})")
-    print("slowest tasks (outside the run lists):")
-    for seconds, task in _slowest_tasks(timeline, 8):
+    print("slowest tasks (outside the run lists), from ansible-runner's task events:")
+    spans = sorted((s for s in run.task_spans() if "Run the list" not in s[1]), reverse=True)
+    for seconds, task in spans[:8]:
         print(f"  {seconds:6.1f} s  {task}")
     if not args.keep:
-        print(f"(results and log kept in {root})")
+        print(f"(results and ansible-runner artifacts kept in {root})")
     return 0 if s["overhead"]["fraction_outside_measured"] <= BOUND else 1
 
 

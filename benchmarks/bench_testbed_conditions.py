@@ -3,7 +3,8 @@
 Brings up a private testbed (prefix ppb-, 10.77.6.0/24, state in a temporary directory),
 applies every named condition from the conditions file (plus 100 Mbit/s at 5 ms, the top of
 the promised range), runs `testbed check` between pi1 and pi2 and prints configured against
-achieved, with each error as a fraction of its bound (<= 1.0 passes). Always tears down.
+achieved, with each error as a fraction of its bound (<= 1.0 passes); then unshapes and checks
+that the hop is back to an unshaped RTT (within the 2 ms bound). Always tears down.
 
     sudo .venv/bin/python benchmarks/bench_testbed_conditions.py [--conditions FILE] [--repeat N]
 """
@@ -62,6 +63,16 @@ def main() -> int:
                     print(f"{cond.name:18} {ck['rtt']['expected_ms']:8.1f} {m['rtt_ms']:8.2f} "
                           f"{rtt_ratio:9.2f} {cond.rate_mbit or 0:9.1f} {m['rate_mbit']:9.2f} "
                           f"{rate_txt}  {res['method']}", flush=True)
+            # Unshaped again: the shaping must leave no delay behind (the bound of an unshaped
+            # hop is the tolerance's 2 ms, so this row's err/bound is the RTT over 2 ms).
+            tb.unshape(state_dir=state)
+            for _ in range(args.repeat):
+                res = tb.check(state_dir=state, duration_s=0.5)
+                rtt, ck = res["measured"]["rtt_ms"], res["checks"]["rtt"]
+                failures += not ck["ok"]
+                print(f"{'unshaped (after)':18} {ck['expected_ms']:8.1f} {rtt:8.2f} "
+                      f"{abs(rtt - ck['expected_ms']) / ck['bound_ms']:9.2f} {'-':>9} "
+                      f"{res['measured']['rate_mbit']:9.2f} {'-':>9}  none", flush=True)
             print("(* loss configured: rate reported, not judged; rate is TCP goodput)")
             print(f"{failures} check(s) outside tolerance")
             return 1 if failures else 0

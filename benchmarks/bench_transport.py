@@ -2,7 +2,7 @@
 """Transport alone: one large tensor over loopback, our framing vs pickle-and-concatenate.
 
 - ours: the wire header + raw tensor bytes, received with recv_into into a buffer preallocated
-  from the expected shape (paretopipe.wire), then viewed as a tensor;
+  from the expected shape (paretopipe.transport.wire), then viewed as a tensor;
 - baseline (re-implemented here only for comparison; never used by ParetoPipe): what the
   upstream TCP backend does per batch: pickle a dict holding the tensor, send it behind an
   8-byte length, receive by concatenating the chunks `recv` returns, then unpickle.
@@ -63,7 +63,7 @@ def ours(tensor, repeats: int) -> list[float]:
     import torch
 
     from paretopipe.transport.tcp import _tensor_bytes
-    from paretopipe.wire import FrameReader, recv_payload_into, send_data
+    from paretopipe.transport.wire import FrameReader, recv_payload_into, send_data
 
     tx, rx = _pair()
     reader = FrameReader(rx)

@@ -1,5 +1,3 @@
-import sys
+from paretopipe.cli import entry
 
-from paretopipe.cli import main
-
-sys.exit(main())
+entry()

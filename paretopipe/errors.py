@@ -29,6 +29,10 @@ class TransportError(ParetoPipeError):
     """A peer could not be reached, broke the protocol, or timed out."""
 
 
+class ProtocolError(TransportError):
+    """A peer sent something the protocol does not allow (a bad frame, a malformed message)."""
+
+
 class StageError(ParetoPipeError):
     """A stage failed while serving or running a session."""
 

@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-log = logging.getLogger("paretopipe.metrics")
+from paretopipe.threads import spawn
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,11 @@ class BatchRecord:
     hop_transfer_s: tuple[float, ...]
     window_wait_s: float  # the source waiting for a free window slot before this batch
     correct: int | None = None  # top-1 hits in this batch, when labels are known
+    # per hop, as hop_bytes (which holds the bytes on the wire): the decoded tensor's bytes, the
+    # sender's encode time and the receiver's decode time (codecs; 0 for the raw codec)
+    hop_raw_bytes: tuple[int, ...] = ()
+    hop_encode_s: tuple[float, ...] = ()
+    hop_decode_s: tuple[float, ...] = ()
 
     @property
     def latency_s(self) -> float:
@@ -48,10 +55,34 @@ class BatchRecord:
             "latency_s": self.latency_s,
             "queue_wait_s": sum(self.stage_queue_s),
             "compute_s": list(self.compute_s),
-            "hops": [{"bytes": b, "transfer_s": t} for b, t in zip(self.hop_bytes, self.hop_transfer_s)],
+            "hops": [_hop(self, i) for i in range(len(self.hop_bytes))],
             "stage_queue_s": list(self.stage_queue_s),
             "window_wait_s": self.window_wait_s,
         }
+
+
+def _hop(rec: BatchRecord, i: int) -> dict[str, Any]:
+    raw = rec.hop_raw_bytes[i] if rec.hop_raw_bytes else rec.hop_bytes[i]
+    return {"bytes": rec.hop_bytes[i], "raw_bytes": raw, "transfer_s": rec.hop_transfer_s[i],
+            "encode_s": rec.hop_encode_s[i] if rec.hop_encode_s else 0.0,
+            "decode_s": rec.hop_decode_s[i] if rec.hop_decode_s else 0.0}
+
+
+def _hop_summary(records: Sequence[BatchRecord], i: int) -> dict[str, Any]:
+    """One hop over the counted batches: mean bytes on the wire (an integer when every batch
+    sent the same), raw bytes, their ratio, and the mean transfer, encode and decode times."""
+    if not records:
+        return {"bytes": None, "raw_bytes": None, "ratio": None, "transfer_s": None, "encode_s": None,
+                "decode_s": None}
+    hops = [_hop(r, i) for r in records]
+    wire = [h["bytes"] for h in hops]
+    mean_wire: float | int = wire[0] if len(set(wire)) == 1 else sum(wire) / len(wire)
+    raw = hops[0]["raw_bytes"]
+    return {
+        "bytes": mean_wire, "raw_bytes": raw, "ratio": raw / mean_wire if mean_wire else None,
+        "transfer_s": _mean([h["transfer_s"] for h in hops]),
+        "encode_s": _mean([h["encode_s"] for h in hops]), "decode_s": _mean([h["decode_s"] for h in hops]),
+    }
 
 
 def _stats(values: Sequence[float]) -> dict[str, float | None]:
@@ -83,11 +114,7 @@ def summarize(
     span = (max(r.done_s for r in records) - min(r.send_s for r in records)) if records else 0.0
     lat = [r.latency_s for r in records]
     compute = [_mean([r.compute_s[i] for r in records]) for i in range(num_stages)]
-    hops = [
-        {"bytes": records[0].hop_bytes[i] if records else None,
-         "transfer_s": _mean([r.hop_transfer_s[i] for r in records])}
-        for i in range(num_stages)
-    ]
+    hops = [_hop_summary(records, i) for i in range(num_stages)]
     correct = [r.correct for r in records if r.correct is not None]
     return {
         "throughput_img_s": n * batch_size / span if span > 0 else None,
@@ -96,7 +123,7 @@ def summarize(
         "latency_per_image_s": _stats([x / batch_size for x in lat]),
         "compute_s": compute,
         "hops": hops,
-        "payload_bytes": sum(records[0].hop_bytes) if records else None,
+        "payload_bytes": sum(h["bytes"] for h in hops) if records else None,
         "queue_wait_s": _mean([sum(r.stage_queue_s) for r in records]),
         "stage_queue_s": [_mean([r.stage_queue_s[i] for r in records]) for i in range(num_stages)],
         "window_wait_s": _mean([r.window_wait_s for r in records]),
@@ -139,8 +166,7 @@ class ResourceSampler:
         self._cpu0 = self._cpu_time()
         self._t0 = time.monotonic()
         self._peak_rss = self._proc.memory_info().rss
-        self._thread = threading.Thread(target=self._loop, name="resource-sampler", daemon=True)
-        self._thread.start()
+        self._thread = spawn(self._loop, name="resource-sampler")
         return self
 
     def _cpu_time(self) -> float:
@@ -194,6 +220,8 @@ class ResourceSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if not hasattr(self, "_proc"):  # never started
+            return {}
         self._sample()
         wall = time.monotonic() - self._t0
         out: dict[str, Any] = {

@@ -502,6 +502,47 @@ def parse_ping(text: str) -> dict:
     return out
 
 
+# --- the tolerance rule -----------------------------------------------------------------------
+
+#: What a shaped hop must achieve: RTT within 2 ms + 10% of the configured RTT (2 x one-way
+#: delay), rate (TCP goodput) within 10% of the configured rate. One rule for `testbed check`,
+#: the netem role and its measure_hop.py.
+RATE_TOLERANCE = 0.10
+DELAY_TOLERANCE_MS = 2.0
+DELAY_TOLERANCE_REL = 0.10
+
+
+def judge(cond: Condition, *, rtt_ms: float | None, rate_mbit: float | None) -> dict[str, Any]:
+    """Judge a hop's measured RTT (ms, a median) and rate (Mbit/s, TCP goodput) against `cond`.
+
+    Returns ``{"checks": {"rtt": {...}, "rate": {...}}, "ok": bool, "expected": {...},
+    "tolerance": {...}}``. A check is ``ok: None`` (not judged) when the condition sets no rate,
+    or sets loss (TCP backs off on loss by design); a missing measurement fails its check.
+    ``ok`` is False when any check failed."""
+    expected_rtt = 2 * cond.delay_ms
+    bound = DELAY_TOLERANCE_MS + DELAY_TOLERANCE_REL * expected_rtt
+    checks: dict[str, dict[str, Any]] = {"rtt": {
+        "ok": rtt_ms is not None and abs(rtt_ms - expected_rtt) <= bound,
+        "expected_ms": expected_rtt, "bound_ms": round(bound, 3)}}
+    if cond.rate_mbit is None:
+        checks["rate"] = {"ok": None, "reason": "no rate configured"}
+    elif cond.loss_pct:
+        checks["rate"] = {"ok": None, "reason": "loss configured: TCP backs off, rate not judged"}
+    else:
+        checks["rate"] = {
+            "ok": rate_mbit is not None and abs(rate_mbit - cond.rate_mbit) <= RATE_TOLERANCE * cond.rate_mbit,
+            "expected_mbit": cond.rate_mbit,
+            "bound_mbit": round(RATE_TOLERANCE * cond.rate_mbit, 3),
+        }
+    return {
+        "checks": checks,
+        "ok": all(c["ok"] is not False for c in checks.values()),
+        "expected": {"rtt_ms": expected_rtt},
+        "tolerance": {"rate_pct": RATE_TOLERANCE * 100,
+                      "rtt": f"{DELAY_TOLERANCE_MS:g} ms + {DELAY_TOLERANCE_REL:.0%} of expected"},
+    }
+
+
 # --- command line ------------------------------------------------------------------------------
 
 

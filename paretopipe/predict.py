@@ -8,7 +8,7 @@ The model (docs/predict.md). For a chain of ``S`` stages with split indices ``k_
 
 * ``c_i`` = the sum of device ``i``'s block medians over its blocks (0 for an empty stage);
 * hop ``i`` (``i < S - 1``) carries the tensor crossing ``k_{i+1}`` from device ``i`` to ``i + 1``;
-  the last hop returns the logits from the last device to the source (DESIGN decision 3);
+  the last hop returns the logits from the last device to the source (latency is one clock, the source's);
 * a hop of ``b`` bytes takes ``t(b) = 8 b / rate + delay + overhead`` (``overhead``: the backend's
   measured per-message cost) and keeps its link busy for ``o(b) = 8 b / rate + overhead``;
 * unloaded latency ``L0 = sum(c_i) + sum(t(b_hop))``;
@@ -42,7 +42,7 @@ from typing import Any
 from paretopipe.errors import ConfigError
 
 SCHEMA = "paretopipe.prediction"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every prediction names its window and batch size (v1: one of each per file)
 
 #: The runtime's own cost per message (one hop of one batch), in seconds, per backend: framing,
 #: thread hand-offs and syscalls on both ends, beyond bytes / rate + delay. Measured with
@@ -62,7 +62,8 @@ STATISTICS = ("median", "mean")
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "BACKEND_OVERHEAD_S", "Link", "DeviceProfile", "Prediction",
            "backend_overhead", "device_profile", "load_profile_files", "chains", "predict_chain",
-           "predict_all", "select", "prediction_document", "write_prediction"]
+           "predict_all", "predict_configurations", "select", "select_configurations", "prediction_document",
+           "write_prediction"]
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,12 @@ class Prediction:
     batch_size: int
     bottleneck: str  # "stage I", "hop I" or "window"
     rank: int = -1  # non-dominated rank; 0 = on the predicted frontier
+    window: int = 1
+
+    @property
+    def configuration(self) -> tuple[tuple[int, ...], int, int]:
+        """(splits, window, batch size): what a sweep runs (paretopipe.plan.Configuration)."""
+        return self.splits, self.window, self.batch_size
 
     @property
     def throughput_img_s(self) -> float:
@@ -195,6 +202,8 @@ class Prediction:
     def as_dict(self) -> dict[str, Any]:
         return {
             "splits": list(self.splits),
+            "window": self.window,
+            "batch_size": self.batch_size,
             "latency_s": self.latency_s,
             "latency_unloaded_s": self.latency_unloaded_s,
             "throughput_img_s": self.throughput_img_s,
@@ -261,7 +270,8 @@ def predict_chain(profiles: Sequence[DeviceProfile], splits: Sequence[int], link
         throughput = batches / ((batches - 1) / steady + latency)
     return Prediction(splits=tuple(splits), compute_s=compute, hop_bytes=hop_bytes, hop_transfer_s=transfer,
                       latency_unloaded_s=latency0, latency_s=latency, throughput_batch_s=throughput,
-                      throughput_steady_batch_s=steady, batch_size=devs[0].batch_size, bottleneck=bottleneck)
+                      throughput_steady_batch_s=steady, batch_size=devs[0].batch_size, bottleneck=bottleneck,
+                      window=window)
 
 
 def _ranked(preds: list[Prediction]) -> list[Prediction]:
@@ -284,43 +294,84 @@ def predict_all(profiles: Sequence[DeviceProfile], link: Link, *, window: int = 
     return _ranked([predict_chain(profiles, ks, link, window, batches) for ks in todo])
 
 
+def predict_configurations(profile_sets: Sequence[Sequence[DeviceProfile]], link: Link, *,
+                           windows: Sequence[int] = (1,), stages: int | None = None,
+                           batches: int | None = None) -> list[Prediction]:
+    """Every (split, window, batch size) configuration, ranked together (one frontier per group):
+    one profile set per batch size (each set: one profile per device, in chain order), every
+    window for each."""
+    if not profile_sets:
+        raise ConfigError("give at least one set of profiles")
+    sizes = [s[0].batch_size for s in profile_sets]
+    if len(set(sizes)) != len(sizes):
+        raise ConfigError(f"two profile sets have the same batch size ({sorted(sizes)}); give one set per batch size")
+    first = profile_sets[0][0]
+    for s in profile_sets[1:]:
+        if (s[0].model, s[0].num_classes, s[0].input_size) != (first.model, first.num_classes, first.input_size):
+            raise ConfigError(f"profile sets disagree on the model: {first.source} and {s[0].source}; profile every "
+                              "batch size of the same model and input size")
+    preds: list[Prediction] = []
+    for profiles in profile_sets:
+        n_stages = stages if stages is not None else max(2, len(profiles))
+        _profiles_for(profiles, n_stages)
+        for w in windows:
+            preds += [predict_chain(profiles, ks, link, w, batches) for ks in chains(profiles[0].num_blocks, n_stages)]
+    return _ranked(preds)
+
+
 def _near_frontier(p: Prediction, frontier: Sequence[Prediction], tolerance: float) -> bool:
     """No frontier point beats ``p`` by more than ``tolerance`` (relative) in both objectives."""
     return not any(f.latency_s * (1 + tolerance) < p.latency_s
                    and f.throughput_batch_s > p.throughput_batch_s * (1 + tolerance) for f in frontier)
 
 
-def select(preds: Sequence[Prediction], num_blocks: int, *, tolerance: float = 0.0) -> list[tuple[int, ...]]:
-    """The chains to measure: the predicted frontier, chains within ``tolerance`` of it, each of
-    those chains' neighbours (one split index moved by one) and the two ends. Sorted."""
+def select_configurations(preds: Sequence[Prediction], num_blocks: int, *, tolerance: float = 0.0
+                          ) -> list[tuple[tuple[int, ...], int, int]]:
+    """The (splits, window, batch size) configurations to measure: the predicted frontier,
+    those within ``tolerance`` of it, each of those's neighbours (one split index moved by one,
+    same window and batch size) and the two ends at every window and batch size. Sorted."""
     if tolerance < 0:
         raise ConfigError(f"--tolerance must be >= 0 (got {tolerance})")
     if not preds:
         return []
-    known = {p.splits for p in preds}
+    known = {p.configuration for p in preds}
     frontier = [p for p in preds if p.on_frontier]
-    core = {p.splits for p in preds if p.on_frontier or (tolerance > 0 and _near_frontier(p, frontier, tolerance))}
+    core = {p.configuration for p in preds
+            if p.on_frontier or (tolerance > 0 and _near_frontier(p, frontier, tolerance))}
     chosen = set(core)
-    for ks in core:
+    for ks, w, b in core:
         for i in range(len(ks)):
             for step in (-1, 1):
                 moved = list(ks)
                 moved[i] += step
-                nb = tuple(moved)
+                nb = (tuple(moved), w, b)
                 if nb in known:
                     chosen.add(nb)
     width = len(preds[0].splits)
-    for end in ((num_blocks,) * width, (0,) * width):
-        if end in known:
-            chosen.add(end)
+    for _, w, b in known:
+        for end in ((num_blocks,) * width, (0,) * width):
+            if (end, w, b) in known:
+                chosen.add((end, w, b))
     return sorted(chosen)
 
 
+def select(preds: Sequence[Prediction], num_blocks: int, *, tolerance: float = 0.0) -> list[tuple[int, ...]]:
+    """:func:`select_configurations` for predictions of one window and batch size: the splits."""
+    if len({(p.window, p.batch_size) for p in preds}) > 1:
+        raise ConfigError("predictions of several windows or batch sizes: use select_configurations")
+    return [ks for ks, _, _ in select_configurations(preds, num_blocks, tolerance=tolerance)]
+
+
+def _config_dict(c: tuple[tuple[int, ...], int, int]) -> dict[str, Any]:
+    return {"splits": list(c[0]), "window": c[1], "batch_size": c[2]}
+
+
 def prediction_document(preds: Sequence[Prediction], profiles: Sequence[DeviceProfile], link: Link, *,
-                        window: int, backend: str, condition: str, selected: Sequence[Sequence[int]],
+                        backend: str, condition: str, selected: Sequence[tuple[tuple[int, ...], int, int]],
                         tolerance: float, created_utc: str, batches: int | None = None,
                         statistic: str = "median") -> dict[str, Any]:
-    """The prediction file (schema ``paretopipe.prediction`` v1; docs/predict.md)."""
+    """The prediction file (schema ``paretopipe.prediction`` v2; docs/predict.md). ``profiles``:
+    every profile used (all batch sizes); ``selected``: configurations (splits, window, batch)."""
     first = profiles[0]
     return {
         "schema": SCHEMA,
@@ -328,15 +379,17 @@ def prediction_document(preds: Sequence[Prediction], profiles: Sequence[DevicePr
         "created_utc": created_utc,
         "config": {
             "model": first.model, "num_classes": first.num_classes, "input_size": first.input_size,
-            "batch_size": first.batch_size, "window": window, "backend": backend,
+            "batch_sizes": sorted({p.batch_size for p in preds}), "windows": sorted({p.window for p in preds}),
+            "backend": backend,
             "network": {"label": condition, **link.as_dict()},
             "num_blocks": first.num_blocks, "stages": len(preds[0].splits) + 1 if preds else None,
-            "profiles": [{"path": p.source, "host": p.host, "device": p.device} for p in profiles],
+            "profiles": [{"path": p.source, "host": p.host, "device": p.device, "batch_size": p.batch_size}
+                         for p in profiles],
             "tolerance": tolerance, "batches": batches, "statistic": statistic,
         },
         "predictions": [p.as_dict() for p in preds],
-        "frontier": [list(p.splits) for p in preds if p.on_frontier],
-        "selected": [list(s) for s in selected],
+        "frontier": [_config_dict(p.configuration) for p in preds if p.on_frontier],
+        "selected": [_config_dict(c) for c in selected],
     }
 
 

@@ -103,7 +103,8 @@ def profile_model(cfg: ProfileConfig, *, progress: Progress | None = None) -> di
     import torch
 
     from paretopipe.models import build_model, weights_spec
-    from paretopipe.results import environment_info, utc_now
+    from paretopipe.environment import environment_info
+    from paretopipe.results import utc_now
     from paretopipe.splitting import block_graph, split_points
 
     cfg.validate()

@@ -1,7 +1,8 @@
 """Result files (schema ``paretopipe.run`` v1, docs/results.md): build, check, write.
 
-Files are written atomically (a temporary file in the same folder, then ``os.link`` to the final
-name, which fails if the name is taken) and never overwritten.
+Files are written atomically and never overwritten (:func:`paretoio.files.write_atomic` with
+``exclusive``: a temporary file in the same folder, then ``os.link`` to the final name, which
+fails if the name is taken).
 """
 
 from __future__ import annotations
@@ -9,101 +10,28 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import platform
-import socket
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from paretopipe import __version__
+from paretoio.files import write_json_atomic
 from paretopipe.errors import ConfigError
 
 SCHEMA = "paretopipe.run"
 SCHEMA_VERSION = 1
-
-_TOP_KEYS = ("schema", "schema_version", "run_id", "sweep_id", "created_utc", "status", "error",
-             "config", "environment", "batches", "summary", "validity")
-_CONFIG_KEYS = ("model", "num_classes", "input_size", "weights", "splits", "num_blocks", "backend",
-                "batch_size", "window", "warmup", "batches", "duration_s", "min_batches",
-                "min_duration_s", "input", "seed", "threads", "repeat", "stages", "network")
-_BATCH_KEYS = ("batch_id", "send_s", "done_s", "latency_s", "queue_wait_s", "compute_s", "hops")
-_SUMMARY_KEYS = ("throughput_img_s", "throughput_batch_s", "latency_s", "latency_per_image_s",
-                 "compute_s", "hops", "payload_bytes", "queue_wait_s", "prefetch_stalls",
-                 "accuracy_top1", "stages")
-_VALIDITY_KEYS = ("warmup_batches", "counted_batches", "duration_s", "min_batches", "min_duration_s",
-                  "min_batches_met", "min_duration_met", "valid")
-_ENV_KEYS = ("index", "hostname", "cpu_model", "cores", "python", "torch", "torchvision",
-             "paretopipe", "device", "device_name", "commit")
-
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def run_id(*, model: str, splits: Sequence[int], backend: str, network: str, batch_size: int,
-           window: int, repeat: int) -> str:
-    """The file-name stem of a run, e.g. ``resnet18-s5-tcp-lan-b8-w4-r0`` (``s3_9`` for 3 stages)."""
+           window: int, repeat: int, codec: str = "none") -> str:
+    """The file-name stem of a run, e.g. ``resnet18-s5-tcp-lan-b8-w4-r0`` (``s3_9`` for 3 stages);
+    a codec other than ``none`` adds ``-c<codec>`` before the repeat (``-cint8+zstd``)."""
     split_part = "_".join(str(k) for k in splits)
     safe_net = "".join(c if c.isalnum() or c in "-." else "_" for c in network)
-    return f"{model}-s{split_part}-{backend}-{safe_net}-b{batch_size}-w{window}-r{repeat}"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware"):
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_commit() -> str | None:
-    repo = Path(__file__).resolve().parent.parent
-    if not (repo / ".git").exists():
-        return None
-    try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def host_label() -> str:
-    """The name this device goes by in result files.
-
-    ``PARETOPIPE_DEVICE`` when set (the emulated testbed's sshd sets it to ``pi1``, ``gpu``, ...,
-    since its devices share one hostname; set it on real devices to name them), else the hostname.
-    """
-    return os.environ.get("PARETOPIPE_DEVICE") or socket.gethostname()
-
-
-def environment_info(device: str, *, index: int = 0) -> dict[str, Any]:
-    """This machine and its software, for the ``environment.stages`` section."""
-    import torch
-    import torchvision
-
-    device_name = None
-    if device.startswith("cuda") and torch.cuda.is_available():
-        device_name = torch.cuda.get_device_name(torch.device(device))
-    return {
-        "index": index,
-        "hostname": socket.gethostname(),
-        "host": host_label(),
-        "cpu_model": _cpu_model(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "paretopipe": __version__,
-        "device": device,
-        "device_name": device_name,
-        "commit": _git_commit(),
-    }
+    codec_part = "" if codec == "none" else f"-c{codec}"
+    return f"{model}-s{split_part}-{backend}-{safe_net}-b{batch_size}-w{window}{codec_part}-r{repeat}"
 
 
 def validity(*, warmup: int, counted: int, duration_s: float, min_batches: int,
@@ -133,49 +61,24 @@ def build_result(*, run_id: str, sweep_id: str | None, status: str, error: str |
 
 
 def validate_result(doc: Any) -> list[str]:
-    """Problems with a result document (empty when it follows schema v1)."""
-    problems: list[str] = []
-    if not isinstance(doc, dict):
-        return ["not a JSON object"]
+    """Problems with a result document (empty when it follows schema v1).
 
-    def need(obj: Any, keys: Sequence[str], where: str) -> None:
-        if not isinstance(obj, dict):
-            problems.append(f"{where} is not an object")
-            return
-        problems.extend(f"{where}.{k} missing" for k in keys if k not in obj)
+    The schema is the JSON Schema file the analysis reads files with
+    (``analysis/schemas/paretopipe.run.v1.schema.json``, published in docs/results.md), checked
+    with ``jsonschema``; on top of it, the two cross-field rules a JSON Schema cannot state:
+    one stage more than splits, and per batch one compute time and one hop per stage.
+    """
+    from analysis.schema import run_schema_problems  # jsonschema is loaded only when writing
 
-    need(doc, _TOP_KEYS, "$")
+    problems = run_schema_problems(doc)
     if problems:
         return problems
-    if doc["schema"] != SCHEMA or doc["schema_version"] != SCHEMA_VERSION:
-        problems.append(f"schema {doc['schema']!r} v{doc['schema_version']} is not {SCHEMA} v{SCHEMA_VERSION}")
-    if doc["status"] not in ("ok", "failed"):
-        problems.append(f"status {doc['status']!r} is not ok/failed")
-    if doc["status"] == "failed" and not doc["error"]:
-        problems.append("a failed run needs an error")
-    cfg = doc["config"]
-    need(cfg, _CONFIG_KEYS, "config")
-    if isinstance(cfg, dict) and "stages" in cfg and "splits" in cfg:
-        if len(cfg["stages"]) != len(cfg["splits"]) + 1:
-            problems.append("config.stages must have one entry more than config.splits")
-        for i, st in enumerate(cfg["stages"]):
-            need(st, ("index", "host", "device", "address", "blocks"), f"config.stages[{i}]")
-        need(cfg.get("network"), ("label", "configured", "measured", "extra"), "config.network")
-    env = doc["environment"]
-    need(env, ("stages",), "environment")
-    if isinstance(env, dict):
-        for i, st in enumerate(env.get("stages") or []):
-            need(st, _ENV_KEYS, f"environment.stages[{i}]")
-    nstages = len(cfg.get("stages", [])) if isinstance(cfg, dict) else 0
-    if not isinstance(doc["batches"], list):
-        problems.append("batches is not a list")
-    else:
-        for i, b in enumerate(doc["batches"]):
-            need(b, _BATCH_KEYS, f"batches[{i}]")
-            if isinstance(b, dict) and nstages and (len(b.get("compute_s", [])) != nstages or len(b.get("hops", [])) != nstages):
-                problems.append(f"batches[{i}] needs {nstages} compute_s entries and {nstages} hops")
-    need(doc["summary"], _SUMMARY_KEYS, "summary")
-    need(doc["validity"], _VALIDITY_KEYS, "validity")
+    nstages = len(doc["config"]["stages"])
+    if nstages != len(doc["config"]["splits"]) + 1:
+        problems.append("$.config.stages: must have one entry more than config.splits")
+    for i, b in enumerate(doc["batches"]):
+        if len(b["compute_s"]) != nstages or len(b["hops"]) != nstages:
+            problems.append(f"$.batches[{i}]: needs {nstages} compute_s entries and {nstages} hops")
     return problems
 
 
@@ -200,25 +103,68 @@ def write_result(doc: dict[str, Any], path: str | os.PathLike[str]) -> Path:
 
 
 def write_json_exclusive(doc: Any, path: str | os.PathLike[str], *, what: str) -> Path:
-    """Write JSON atomically (temporary file, then ``os.link``); ConfigError if the name is taken."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=1, allow_nan=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Write JSON atomically, never over an existing file; ConfigError if the name is taken."""
     try:
-        os.link(tmp, path)  # atomic, and fails if the name exists: never overwrites
+        return write_json_atomic(path, doc, exclusive=True)
     except FileExistsError:
         raise ConfigError(f"{what} {path} already exists; not overwritten") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def read_result(path: str | os.PathLike[str]) -> dict[str, Any]:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
 
+
+
+def _exit_text(returncode: int) -> str:
+    if returncode < 0:
+        import signal
+
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def judge_run(path: str | os.PathLike[str], returncode: int, *, reason: str | None = None,
+              failed_doc: Any = None) -> tuple[str, str | None]:
+    """The one rule for a source process's run: ``("ok", None)`` or ``("failed", why)``.
+
+    A run is ok only when its process exited with status 0 *and* its file says ok. After that
+    the file at `path` always says what was judged:
+
+    - exit 0, file ok: ok;
+    - file failed (whatever the exit): failed, the file's own error;
+    - non-zero exit and no file: failed; ``failed_doc(why)`` (a failed result document) is
+      written at `path`;
+    - non-zero exit but the file says ok (the process died after writing it): failed. The file
+      is kept beside it as ``<name>.died`` (not read as a result) and a failed document naming
+      the exit takes its place, so that no count, resume or analysis can take it for ok.
+
+    `reason` is the process's own last error line, when it printed one."""
+    path = Path(path)
+    doc: dict[str, Any] | None = None
+    if path.exists():
+        try:
+            doc = read_result(path)
+        except (OSError, ValueError) as exc:
+            doc = {"status": "failed", "error": f"unreadable result file {path}: {exc}"}
+    if returncode == 0 and doc is not None and doc.get("status") == "ok":
+        return "ok", None
+    if doc is not None and doc.get("status") != "ok":
+        return "failed", str(doc.get("error") or reason or f"the source {_exit_text(returncode)}")
+    if doc is None:
+        why = reason or f"the source {_exit_text(returncode)} without writing {path.name}"
+        if returncode == 0:
+            why = f"the source exited with status 0 but wrote no result file {path.name}"
+        if failed_doc is not None:
+            write_result(failed_doc(why), path)
+        return "failed", why
+    kept = path.with_name(path.name + ".died")
+    why = (f"the source {_exit_text(returncode)} after writing an ok result; that file is kept as "
+           f"{kept.name} and not counted")
+    os.replace(path, kept)
+    if failed_doc is not None:
+        write_result(failed_doc(why), path)
+    return "failed", why

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from paretoio.files import write_atomic, write_json_atomic
 from paretopipe import __version__
 from paretopipe.errors import ShardError
 from paretopipe.models import DEFAULT_NUM_CLASSES, DEFAULT_SEED, file_sha256, get_model_info
@@ -32,19 +31,6 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.json"
 FORMAT = "paretopipe.shards"
 FORMAT_VERSION = 1
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_shards(
@@ -77,7 +63,7 @@ def write_shards(
         state = {k: v.detach().contiguous() for k, v in stage.state_dict().items()}
         fname = f"block-{block.index:03d}.safetensors"
         data = st_save(state, metadata={"model": model, "block": str(block.index)})
-        _atomic_write_bytes(out / fname, data)
+        write_atomic(out / fname, data)
         blocks.append(
             {
                 "index": block.index,
@@ -100,7 +86,7 @@ def write_shards(
         "blocks": blocks,
     }
     path = out / MANIFEST
-    _atomic_write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_json_atomic(path, manifest, indent=2)
     return path
 
 

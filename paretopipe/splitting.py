@@ -1,6 +1,6 @@
 """Split points of a model and the stage modules for a chosen split. No I/O.
 
-How a model is cut (DESIGN decision 1):
+How a model is cut:
 
 1. The model is traced with ``torch.fx`` (on the ``meta`` device: no weights, no compute).
 2. Every compute node is given a *block key*: the module path of the code that runs it, cut at

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Set everything up, then run the main job and its analysis: a sweep on the emulated testbed
 # (ansible-playbook playbooks/sweep.yml), which ends with `python -m analysis.pareto`.
-# A modest default that finishes in a few minutes on 2 cores; override with the variables
-# below, e.g. MODEL=resnet18 SPLITS=all CONDITIONS=lan,wan ./scripts/demo.sh. Running it again
-# resumes the same sweep (finished runs are skipped).
+# A modest default that finishes in under 10 minutes on 2 cores; override with the variables
+# below, e.g. MODEL=resnet18 SPLITS=all CONDITIONS=lan,wan WINDOWS=1,8 ./scripts/demo.sh. It
+# covers sequential runs (window 1) and pipelined ones (window 4) at two batch sizes: with
+# window 1 alone throughput is batch / latency and every split lands on one hyperbola (a
+# one-point frontier); windows and batch sizes make the trade-off. Running it again resumes the
+# same sweep (finished runs are skipped, failed ones rerun).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh"
@@ -12,7 +15,9 @@ export PATH="$ROOT/.venv/bin:$PATH"
 
 MODEL="${MODEL:-mobilenet_v2}"
 INPUT_SIZE="${INPUT_SIZE:-96}"
-SPLITS="${SPLITS:-0,4,8,12,16,20,23}"
+SPLITS="${SPLITS:-0,8,16,23}"
+WINDOWS="${WINDOWS:-1,4}"
+BATCH_SIZES="${BATCH_SIZES:-1,8}"
 CONDITIONS="${CONDITIONS:-lan,wifi}"
 BACKENDS="${BACKENDS:-tcp}"
 CHAIN="${CHAIN:-pi1,gpu}"
@@ -25,6 +30,7 @@ paretopipe testbed up
 ansible-playbook playbooks/sweep.yml \
     -e model="$MODEL" -e input_size="$INPUT_SIZE" -e splits="$SPLITS" \
     -e conditions="$CONDITIONS" -e backends="$BACKENDS" -e chain="$CHAIN" \
+    -e windows="$WINDOWS" -e batch_sizes="$BATCH_SIZES" \
     -e batches="$BATCHES" -e warmup=3 -e min_batches=10
 
 SWEEP="results/${MODEL}-${INPUT_SIZE}px-${CHAIN//,/-}"

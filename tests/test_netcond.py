@@ -244,3 +244,19 @@ def test_cli_rejects_mixed_and_empty_conditions(capsys):
     assert "not both" in capsys.readouterr().err
     assert netcond.main(["apply", "--dev", "eth0", "--peers", "10.0.0.2", "--dry-run"]) == 2
     assert "nothing to apply" in capsys.readouterr().err
+
+
+def test_judge_is_the_one_tolerance_rule():
+    c20 = Condition("c20", delay_ms=20, rate_mbit=20)
+    ok = netcond.judge(c20, rtt_ms=45.9, rate_mbit=18.1)  # bound 2 ms + 10% of 40 ms; 10% of 20
+    assert ok["ok"] is True and ok["checks"]["rtt"]["bound_ms"] == 6.0 and ok["expected"] == {"rtt_ms": 40.0}
+    slow = netcond.judge(c20, rtt_ms=46.1, rate_mbit=20.0)
+    assert slow["ok"] is False and slow["checks"]["rtt"]["ok"] is False and slow["checks"]["rate"]["ok"] is True
+    throttled = netcond.judge(c20, rtt_ms=40.0, rate_mbit=17.9)
+    assert throttled["ok"] is False and throttled["checks"]["rate"]["ok"] is False
+    missing = netcond.judge(c20, rtt_ms=None, rate_mbit=None)
+    assert missing["ok"] is False  # nothing measured is not "within tolerance"
+    lossy = netcond.judge(Condition("l", delay_ms=5, loss_pct=1, rate_mbit=10), rtt_ms=10.0, rate_mbit=3.0)
+    assert lossy["ok"] is True and lossy["checks"]["rate"]["ok"] is None  # rate not judged under loss
+    unshaped = netcond.judge(Condition("unshaped"), rtt_ms=0.1, rate_mbit=900.0)
+    assert unshaped["ok"] is True and unshaped["checks"]["rate"]["ok"] is None

@@ -190,3 +190,31 @@ def test_bad_inputs_are_config_errors():
     with pytest.raises(ConfigError, match="tolerance"):
         select(predict_all([PI], LINK), 4, tolerance=-0.1)
     assert math.isfinite(predict_chain([PI], [4], Link()).throughput_batch_s)
+
+
+def test_configurations_cover_windows_and_batch_sizes_and_select_across_them():
+    from dataclasses import replace
+
+    from paretopipe.predict import predict_configurations, select_configurations
+
+    big = [replace(PI, batch_size=8, block_s=tuple(2 * b for b in PI.block_s), crossing_bytes=tuple(2 * b for b in BYTES)),
+           replace(SERVER, batch_size=8, block_s=tuple(2 * b for b in SERVER.block_s),
+                   crossing_bytes=tuple(2 * b for b in BYTES))]
+    preds = predict_configurations([[PI, SERVER], big], LINK, windows=(1, 4))
+    assert {(p.window, p.batch_size) for p in preds} == {(1, 4), (4, 4), (1, 8), (4, 8)}
+    assert len(preds) == 4 * 5
+    # one frontier across the group: a pipelined window beats W=1 on throughput at the same split
+    w1 = {p.splits: p for p in preds if (p.window, p.batch_size) == (1, 4)}
+    w4 = {p.splits: p for p in preds if (p.window, p.batch_size) == (4, 4)}
+    assert w4[(2,)].throughput_img_s > w1[(2,)].throughput_img_s
+    chosen = select_configurations(preds, 4)
+    for p in preds:
+        if p.on_frontier:
+            assert p.configuration in chosen
+    for w in (1, 4):
+        for b in (4, 8):
+            assert ((0,), w, b) in chosen and ((4,), w, b) in chosen  # the ends at every window and batch
+    with pytest.raises(ConfigError, match="same batch size"):
+        predict_configurations([[PI, SERVER], [PI, SERVER]], LINK)
+    with pytest.raises(ConfigError, match="select_configurations"):
+        select(preds, 4)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from paretopipe import __version__
 from paretopipe.errors import ParetoPipeError
+from paretopipe.threads import exit_code
 
 # Command families, in the order `paretopipe --help` lists them.
 _COMMAND_MODULES = (
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from paretopipe.runtime.cores import quiet_waiting
+
+    quiet_waiting()  # before any command imports torch: OpenMP reads its wait policy once
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
@@ -54,19 +58,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(func(args) or 0)
+        code = int(func(args) or 0)
     except ParetoPipeError as exc:
         print(f"paretopipe: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        code = exc.exit_code
     except BrokenPipeError:  # `paretopipe splits vgg16 | head`
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        code = 0
     except KeyboardInterrupt:
         print("paretopipe: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    return code
+
+
+def entry() -> None:
+    """The program's entry point (``paretopipe``, ``python -m paretopipe``): run the command,
+    then end the process once no thread of ours is left to meet interpreter shutdown
+    (see :mod:`paretopipe.threads`)."""
+    sys.exit(exit_code(main()))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -56,8 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                "  paretopipe predict --profiles pi.json --delay 20ms --rate 10mbit --window 4 --select\n"
                "  paretopipe predict --profiles pi.json --condition wifi --select --json   # for Ansible\n"
                "See docs/predict.md.")
-    pred.add_argument("--profiles", required=True, metavar="P1.json[,P2.json...]",
-                      help="profile files, one per device in chain order (or one used for every device)")
+    pred.add_argument("--profiles", required=True, action="append", metavar="P1.json[,P2.json...]",
+                      help="profile files, one per device in chain order (or one used for every device); repeat "
+                           "the option for more batch sizes: one set per batch size, each profiled at its batch size")
     cond = pred.add_mutually_exclusive_group()
     cond.add_argument("--condition", metavar="NAME",
                       help="a named network condition (see --conditions); without it or --delay/--rate: unshaped")
@@ -76,7 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     pred.add_argument("--statistic", choices=("median", "mean"), default="median",
                       help="each block's time from the profile: median (default) or mean (for devices "
                            "with a CPU quota, whose throttling makes timings bimodal)")
-    pred.add_argument("--window", type=_positive_int, default=1, metavar="W", help="max batches in flight (default: 1)")
+    pred.add_argument("--windows", "--window", default="1", metavar="W,...",
+                      help="max batches in flight, a comma list: every window is predicted (default: 1)")
     pred.add_argument("--batches", type=_positive_int, metavar="N",
                       help="predict the throughput a run of N counted batches reports (first send to last "
                            "completion: (N-1) periods + one latency) instead of the steady state's")
@@ -86,8 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                       help="--select also takes splits within this relative margin of the frontier, "
                            "e.g. 0.05 (default: 0)")
     pred.add_argument("--select", action="store_true",
-                      help="print only the splits to measure: the predicted frontier, its neighbours and the two "
-                           "ends, as sweep's --splits list (K or K1:K2, comma-separated)")
+                      help="print only the configurations to measure: the predicted frontier, its neighbours and "
+                           "the two ends at every window and batch size (one line per window and batch size: "
+                           "`w4 b8: K,K,...`, the splits as sweep's --splits list)")
     pred.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pred.add_argument("--out", metavar="FILE", help="also write the prediction file (JSON) here, e.g. next to the results")
     pred.set_defaults(func=_cmd_predict)
@@ -147,17 +150,32 @@ def splits_arg(selected: list[tuple[int, ...]]) -> str:
     return ",".join(":".join(str(k) for k in ks) for ks in selected)
 
 
+def _by_window_batch(selected: list[tuple[tuple[int, ...], int, int]]) -> list[str]:
+    groups: dict[tuple[int, int], list[tuple[int, ...]]] = {}
+    for ks, w, b in selected:
+        groups.setdefault((w, b), []).append(ks)
+    return [f"w{w} b{b}: {splits_arg(sorted(ks))}" for (w, b), ks in sorted(groups.items())]
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from paretopipe.predict import load_profile_files, predict_all, prediction_document, select, write_prediction
+    from paretopipe.plan import parse_positive_list
+    from paretopipe.predict import (
+        load_profile_files,
+        predict_configurations,
+        prediction_document,
+        select_configurations,
+        write_prediction,
+    )
     from paretopipe.results import utc_now
 
-    paths = [p.strip() for p in args.profiles.split(",") if p.strip()]
-    profiles = load_profile_files(paths, args.statistic)
+    windows = parse_positive_list(args.windows, "--windows", "1,4")
+    sets = [load_profile_files([p.strip() for p in group.split(",") if p.strip()], args.statistic)
+            for group in args.profiles]
     label, link = link_from_args(args)
-    stages = args.stages or max(2, len(profiles))
-    preds = predict_all(profiles, link, window=args.window, stages=stages, batches=args.batches)
-    selected = select(preds, profiles[0].num_blocks, tolerance=args.tolerance)
-    doc = prediction_document(preds, profiles, link, window=args.window, backend=args.backend, condition=label,
+    stages = args.stages or max(2, len(sets[0]))
+    preds = predict_configurations(sets, link, windows=windows, stages=stages, batches=args.batches)
+    selected = select_configurations(preds, sets[0][0].num_blocks, tolerance=args.tolerance)
+    doc = prediction_document(preds, [p for s in sets for p in s], link, backend=args.backend, condition=label,
                               selected=selected, tolerance=args.tolerance, created_utc=utc_now(),
                               batches=args.batches, statistic=args.statistic)
     if args.out:
@@ -165,29 +183,33 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     total = len(preds)
     if args.select:
         if args.json:
-            print(json.dumps({"splits": splits_arg(selected), "selected": [list(s) for s in selected],
-                              "frontier": doc["frontier"], "total": total, "saved": total - len(selected)}))
+            print(json.dumps({"selected": doc["selected"], "frontier": doc["frontier"], "total": total,
+                              "saved": total - len(selected)}))
         else:
-            print(splits_arg(selected))
+            print("\n".join(_by_window_batch(selected)))
         return 0
     if args.json:
         print(json.dumps(doc, indent=1))
         return 0
-    print(_table(preds, selected, label, link, args.window, profiles[0]))
+    print(_table(preds, selected, label, link, sets[0][0]))
     return 0
 
 
-def _table(preds: list[Any], selected: list[tuple[int, ...]], label: str, link: Any, window: int, first: Any) -> str:
+def _table(preds: list[Any], selected: list[tuple[tuple[int, ...], int, int]], label: str, link: Any,
+           first: Any) -> str:
     rate = "no cap" if link.rate_bit_s is None else f"{link.rate_bit_s / 1e6:g} Mbit/s"
-    lines = [f"{first.model}, batch {first.batch_size}, {first.input_size} px, window {window}; network {label}: "
+    lines = [f"{first.model}, {first.input_size} px; network {label}: "
              f"{rate}, {link.delay_s * 1e3:g} ms one-way, {link.overhead_s * 1e3:.3f} ms per message",
-             f"{'split':>8} {'latency ms':>11} {'img/s':>9} {'compute ms':>22} {'transfer ms':>20}  bottleneck  mark"]
+             f"{'configuration':>16} {'latency ms':>11} {'img/s':>9} {'compute ms':>22} {'transfer ms':>20}  "
+             f"bottleneck  mark"]
     chosen = set(selected)
     for p in preds:
-        mark = ("frontier" if p.on_frontier else "") + (" *" if p.splits in chosen else "")
-        lines.append(f"{':'.join(map(str, p.splits)):>8} {p.latency_s * 1e3:11.2f} {p.throughput_img_s:9.2f} "
+        mark = ("frontier" if p.on_frontier else "") + (" *" if p.configuration in chosen else "")
+        name = f"k={','.join(map(str, p.splits))} w{p.window} b{p.batch_size}"
+        lines.append(f"{name:>16} {p.latency_s * 1e3:11.2f} {p.throughput_img_s:9.2f} "
                      f"{'/'.join(f'{c * 1e3:.1f}' for c in p.compute_s):>22} "
                      f"{'/'.join(f'{t * 1e3:.1f}' for t in p.hop_transfer_s):>20}  {p.bottleneck:<10}  {mark.strip()}")
-    lines.append(f"frontier: {', '.join(':'.join(map(str, p.splits)) for p in preds if p.on_frontier)}; "
-                 f"* = measure ({len(selected)} of {len(preds)}): {splits_arg(selected)}")
+    front = [f"k={','.join(map(str, p.splits))} w{p.window} b{p.batch_size}" for p in preds if p.on_frontier]
+    lines.append(f"frontier: {', '.join(front)}; * = measure ({len(selected)} of {len(preds)}): "
+                 + "; ".join(_by_window_batch(selected)))
     return "\n".join(lines)

@@ -51,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     serve.add_argument("--token-file", metavar="F", help="require peers to prove they hold the secret in F (HMAC-SHA256)")
     serve.add_argument("--threads", type=_positive_int, metavar="N", help="torch intra-op threads (default: torch's)")
     serve.add_argument("--backend", default="tcp", help=f"{_BACKEND_HELP} (default: tcp)")
+    serve.add_argument("--codec", metavar="LIST",
+                       help="codecs this worker accepts for the tensor at the split, comma-separated (default: all: "
+                            "none, fp16, bf16, int8, each also +zstd or +lz4); a session asking for another is "
+                            "refused at the handshake")
     _add_rpc_args(serve, master=False)
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.set_defaults(func=_cmd_serve)
@@ -80,27 +84,72 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     run.add_argument("--check", action="store_true",
                      help="compare the returned logits of up to 16 counted batches with the unsplit model on the "
                           "same inputs, after the run (fails the run if they differ)")
+    run.add_argument("--codec", default="none", metavar="NAME",
+                     help="codec of the tensor crossing each split: none, fp16, bf16, int8, each optionally +zstd "
+                          "or +lz4 (default: none); docs/codecs.md")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(func=_cmd_run)
 
     # ---- sweep
     sweep = subparsers.add_parser(
-        "sweep", help="run every split (x repeats) with local workers on loopback",
-        description="Start stage worker processes on loopback, run the source for each split and repeat, and "
-                    "write one result file per run into --out. Runs whose file exists are skipped (resume); a "
-                    "failed run is recorded and the sweep goes on.")
+        "sweep", help="run every configuration (splits x windows x batch sizes) x repeats with local workers on loopback",
+        description="Start stage worker processes on loopback, run the source for each configuration (split "
+                    "points x window x batch size) and repeat, and write one result file per run into --out. "
+                    "Runs whose file says ok are skipped (resume); a failed run's file is set aside as "
+                    "<run-id>.failed-<time>.json and the sweep goes on, so running it again redoes only those. "
+                    "Planning, resume and repeats are the Ansible suite's own (paretopipe.plan; docs/ansible.md).")
     _add_model_args(sweep)
-    sweep.add_argument("--splits", default="all", metavar="all|K,...",
-                       help="'all' (every split point), or a comma list; K1:K2 is a three-stage chain (default: all)")
-    sweep.add_argument("--repeats", type=_positive_int, default=1, metavar="R", help="runs per split (default: 1)")
-    _add_session_args(sweep)
+    sweep.add_argument("--splits", default="all", metavar="all|K,...|K1:K2,...",
+                       help="split points: 'all' (every point 0..N) and K name points, each run takes DEVICES-1 of "
+                            "them (every non-decreasing tuple); K1:K2 names a chain directly (default: all)")
+    sweep.add_argument("--devices", type=_positive_int, default=2, metavar="D",
+                       help="devices in the chain: the source and D-1 local workers (default: 2)")
+    sweep.add_argument("--windows", default="1", metavar="W,...",
+                       help="max batches in flight, a comma list; 1 = sequential (default: 1)")
+    sweep.add_argument("--batch-sizes", default="8", metavar="B,...", help="images per batch, a comma list (default: 8)")
+    sweep.add_argument("--repeats", default="1", metavar="R|auto",
+                       help="runs per configuration, or auto: repeat until the 95%% CI of latency and throughput "
+                            "is within --repeats-target of the mean (default: 1)")
+    sweep.add_argument("--repeats-target", type=float, default=0.05, metavar="F",
+                       help="auto: CI half-width as a fraction of the mean (default: 0.05)")
+    sweep.add_argument("--min-repeats", type=int, default=3, metavar="N", help="auto: at least N runs (default: 3)")
+    sweep.add_argument("--max-repeats", type=int, default=10, metavar="N", help="auto: at most N runs (default: 10)")
+    _add_session_args(sweep, single=False)
     sweep.add_argument("--batches", type=_positive_int, default=50, metavar="N", help="counted batches per run (default: 50)")
     sweep.add_argument("--out", required=True, metavar="DIR", help="folder for the result files (results/<sweep-id>)")
     sweep.add_argument("--sweep-id", metavar="ID", help="sweep id (default: the name of --out)")
     sweep.add_argument("--device", default="cpu", help="device for the workers: cpu or cuda[:N] (default: cpu)")
     sweep.add_argument("--network-label", default="none", metavar="LABEL", help="network condition name (default: none)")
+    sweep.add_argument("--codec", "--codecs", dest="codec", default="none", metavar="LIST",
+                       help="codec(s) at the split, comma-separated; every split runs with each "
+                            "(e.g. none,fp16,int8; default: none)")
     sweep.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sweep.set_defaults(func=_cmd_sweep)
+    _register_train(subparsers)
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    train = subparsers.add_parser(
+        "train-digits", help="train a model on scikit-learn's bundled digits (offline) for fidelity runs",
+        description="Train MODEL on the digits that scikit-learn ships (no download) and write its state_dict; "
+                    "use it with --weights FILE --input digits --input-size PX so fidelity (top-1 agreement) is "
+                    "measured on a model whose predictions vary.")
+    train.add_argument("--model", required=True, metavar="M", help="model name (see `paretopipe models`)")
+    train.add_argument("--out", required=True, metavar="FILE", help="state_dict file to write (never overwritten)")
+    train.add_argument("--input-size", type=_positive_int, default=32, metavar="PX", help="input size (default: 32)")
+    train.add_argument("--epochs", type=_positive_int, default=6, metavar="N", help="epochs (default: 6)")
+    train.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    train.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from paretopipe.digits import train
+
+    _setup_logging(False)
+    out = train(args.model, args.out, input_size=args.input_size, epochs=args.epochs, seed=args.seed)
+    print(f"{args.out}: {args.model} at {args.input_size} px, held-out top-1 accuracy {out['test_accuracy']:.3f} "
+          f"on {out['test_images']} images ({out['train_s']:.0f} s)")
+    return 0
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -124,14 +173,15 @@ def _add_rpc_args(p: argparse.ArgumentParser, *, master: bool = True) -> None:
 
 
 def _apply_rpc_args(args: argparse.Namespace) -> None:
-    from paretopipe.transport.rpc import apply_cli_options
+    from paretopipe.transport.rpc_group import apply_cli_options
 
     apply_cli_options(backend=args.backend, master=getattr(args, "rpc_master", None), ifname=args.rpc_ifname)
 
 
-def _add_session_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per batch (default: 8)")
-    p.add_argument("--window", type=_positive_int, default=1, metavar="W", help="max batches in flight; 1 = sequential (default: 1)")
+def _add_session_args(p: argparse.ArgumentParser, *, single: bool = True) -> None:
+    if single:  # a sweep takes lists instead (--batch-sizes, --windows)
+        p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per batch (default: 8)")
+        p.add_argument("--window", type=_positive_int, default=1, metavar="W", help="max batches in flight; 1 = sequential (default: 1)")
     p.add_argument("--warmup", type=int, default=5, metavar="N", help="warm-up batches, not counted (default: 5)")
     p.add_argument("--min-batches", type=int, default=20, metavar="N", help="validity: minimum counted batches (default: 20)")
     p.add_argument("--min-duration", type=float, default=0.0, metavar="S", help="validity: minimum counted duration (default: 0)")
@@ -141,6 +191,9 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect-timeout", type=float, default=60.0, metavar="S",
                    help="keep retrying to connect to the workers for S seconds (default: 60)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="receive timeout (default: 60)")
+    p.add_argument("--fidelity-batches", type=int, default=16, metavar="N",
+                   help="compare the logits of the first N counted batches with the unsplit, uncoded model's "
+                        "after the run (summary.fidelity; 0: off; default: 16)")
     _add_rpc_args(p)
 
 
@@ -174,7 +227,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _check_backend(args.backend)
     _apply_rpc_args(args)
     serve(listen=args.listen, device=args.device, shards=args.shards, token_file=args.token_file,
-          threads=args.threads, backend=args.backend)
+          threads=args.threads, backend=args.backend, codecs=args.codec)
     return 0
 
 
@@ -182,12 +235,13 @@ def _run_config(args: argparse.Namespace, **over: Any) -> Any:
     from paretopipe.runtime.source import RunConfig
 
     fields: dict[str, Any] = {
-        "model": args.model, "backend": args.backend, "batch_size": args.batch_size, "window": args.window,
-        "warmup": args.warmup, "min_batches": args.min_batches, "min_duration_s": args.min_duration,
+        "model": args.model, "backend": args.backend, "batch_size": getattr(args, "batch_size", 8),
+        "window": getattr(args, "window", 1), "warmup": args.warmup, "min_batches": args.min_batches, "min_duration_s": args.min_duration,
         "input": args.input, "num_classes": args.num_classes, "input_size": args.input_size,
         "weights": args.weights, "seed": args.seed, "threads": args.threads, "token_file": args.token_file,
         "connect_timeout_s": args.connect_timeout, "timeout_s": args.timeout,
         "network_label": args.network_label, "sweep_id": args.sweep_id,
+        "fidelity_batches": args.fidelity_batches,
     }
     fields.update(over)
     return RunConfig(**fields)
@@ -203,7 +257,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args, splits=tuple(args.split), stages=tuple(s for s in args.stages.split(",") if s), out=Path(args.out),
         batches=args.batches if args.batches is not None else (None if args.duration is not None else 50),
         duration_s=args.duration, device=args.device, network=_network(args.network_json),
-        repeat=args.repeat, run_id=args.run_id, check=args.check,
+        repeat=args.repeat, run_id=args.run_id, check=args.check, codec=args.codec,
     )
     try:
         doc = run(cfg)
@@ -226,10 +280,18 @@ def format_summary(doc: dict[str, Any], path: Path) -> str:
         lines.append(f"  throughput {s['throughput_img_s']:.2f} img/s; latency mean {lat['mean'] * 1e3:.2f} ms, "
                      f"p50 {lat['p50'] * 1e3:.2f}, p90 {lat['p90'] * 1e3:.2f}, p99 {lat['p99'] * 1e3:.2f} ms per batch")
         lines.append("  compute per stage (ms): " + ", ".join(f"{c * 1e3:.2f}" for c in s["compute_s"]))
-        lines.append("  hops (bytes / transfer ms): " + ", ".join(f"{h['bytes']} / {h['transfer_s'] * 1e3:.3f}" for h in s["hops"]))
+        lines.append("  hops (wire bytes / ratio / transfer ms / encode+decode ms): " + ", ".join(
+            f"{h['bytes']:.0f} / {h.get('ratio') or 1:.2f}x / {h['transfer_s'] * 1e3:.3f} / "
+            f"{((h.get('encode_s') or 0) + (h.get('decode_s') or 0)) * 1e3:.3f}" for h in s["hops"]))
         lines.append(f"  queue wait {s['queue_wait_s'] * 1e3:.2f} ms, prefetch stalls {s['prefetch_stalls']}")
     if s.get("accuracy_top1") is not None:
         lines.append(f"  top-1 accuracy {s['accuracy_top1']:.4f}")
+    fid = s.get("fidelity")
+    if fid:
+        agree = "n/a (degenerate model)" if fid["agreement_top1"] is None else f"{fid['agreement_top1']:.4f}"
+        lines.append(f"  fidelity ({doc['config'].get('codec', 'none')}) vs unsplit uncoded model over {fid['images']} "
+                     f"images: top-1 agreement {agree}, max |err| {fid['max_abs_error']:.3g}, "
+                     f"rel L2 {fid['rel_l2_error']:.3g}")
     if doc.get("check"):
         c = doc["check"]
         lines.append(f"  check vs unsplit model: max |diff| {c['max_abs_diff']:.3g} over {c['batches']} batches: {'ok' if c['ok'] else 'MISMATCH'}")
@@ -238,13 +300,23 @@ def format_summary(doc: dict[str, Any], path: Path) -> str:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from paretopipe.plan import parse_positive_list, parse_repeats
     from paretopipe.runtime.sweep import SweepConfig, sweep
 
     _setup_logging(args.verbose)
     _check_backend(args.backend)
     _apply_rpc_args(args)
-    template = _run_config(args, splits=(), stages=(), out=Path(), batches=args.batches)
-    cfg = SweepConfig(run=template, out=Path(args.out), splits=args.splits, repeats=args.repeats,
+    if args.devices < 2:
+        raise ConfigError(f"--devices must be at least 2 (a source and a worker), got {args.devices}")
+    from paretopipe.codecs import parse_codec_list
+
+    codecs = tuple(c.name for c in parse_codec_list(args.codec))
+    template = _run_config(args, splits=(), stages=(), out=Path(), batches=args.batches, codec=codecs[0])
+    cfg = SweepConfig(run=template, out=Path(args.out), splits=args.splits, devices=args.devices, codecs=codecs,
+                      windows=parse_positive_list(args.windows, "--windows", "1,4"),
+                      batch_sizes=parse_positive_list(args.batch_sizes, "--batch-sizes", "1,8"),
+                      repeats=parse_repeats(args.repeats, target=args.repeats_target, minimum=args.min_repeats,
+                                            maximum=args.max_repeats, flag="--repeats"),
                       sweep_id=args.sweep_id, device=args.device)
     return sweep(cfg)
 

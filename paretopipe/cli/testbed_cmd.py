@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from paretopipe.errors import ConfigError
 
@@ -15,8 +17,14 @@ slice of this machine, not a Raspberry Pi). Ansible reaches the devices through 
 inventory `up` writes (inventory/emulated/hosts.yml). Needs root. See docs/testbed.md."""
 
 
-def _progress(msg: str) -> None:
-    print(f"  {msg}", flush=True)
+def _human(args: argparse.Namespace) -> Any:
+    """Where headers and progress go: stdout, or stderr with --json (stdout is then JSON only)."""
+    return sys.stderr if getattr(args, "json", False) else sys.stdout
+
+
+def _progress_to(args: argparse.Namespace) -> Callable[[str], None]:
+    stream = _human(args)
+    return lambda msg: print(f"  {msg}", file=stream, flush=True)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -37,19 +45,19 @@ def _parse_between(text: str | None) -> list[str] | None:
 def _up(args: argparse.Namespace) -> int:
     from paretopipe import testbed
 
-    print(f"testbed up ({args.kind}):")
+    print(f"testbed up ({args.kind}):", file=_human(args), flush=True)
     if args.kind == "vm":
         from paretopipe.testbed import vm
 
         result = vm.up(args.topology, state_dir=args.state_dir, inventory=args.inventory,
                        cache_dir=args.image_cache, wheelhouse=args.wheelhouse,
                        boot_timeout_s=args.boot_timeout or vm.BOOT_TIMEOUT_S,
-                       progress=_progress)
+                       progress=_progress_to(args))
     elif args.wheelhouse or args.image_cache or args.boot_timeout is not None:
         raise ConfigError("--wheelhouse, --image-cache and --boot-timeout are for --kind vm")
     else:
         result = testbed.up(args.topology, state_dir=args.state_dir, inventory=args.inventory,
-                            progress=_progress)
+                            progress=_progress_to(args))
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -63,8 +71,8 @@ def _up(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     from paretopipe import testbed
 
-    print("testbed down:")
-    result = testbed.down(state_dir=args.state_dir, topology=args.topology, progress=_progress)
+    print("testbed down:", file=_human(args), flush=True)
+    result = testbed.down(state_dir=args.state_dir, topology=args.topology, progress=_progress_to(args))
     if args.json:
         print(json.dumps(result, indent=1))
     elif not result["changed"]:
@@ -138,9 +146,9 @@ def _shape(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("say what to apply: --condition NAME (see --list) or "
                           "--delay/--jitter/--loss/--rate")
-    print(f"testbed shape {cond.describe()}:")
+    print(f"testbed shape {cond.describe()}:", file=_human(args), flush=True)
     result = testbed.shape(cond, _parse_between(args.between), state_dir=args.state_dir,
-                           progress=_progress)
+                           progress=_progress_to(args))
     if args.json:
         print(json.dumps(result, indent=1))
     return 0
@@ -150,7 +158,7 @@ def _unshape(args: argparse.Namespace) -> int:
     from paretopipe import testbed
 
     print("testbed unshape:")
-    result = testbed.unshape(state_dir=args.state_dir, progress=_progress)
+    result = testbed.unshape(state_dir=args.state_dir, progress=_progress_to(args))
     if not result["changed"]:
         print("  nothing was shaped")
     return 0
@@ -162,8 +170,7 @@ def _check(args: argparse.Namespace) -> int:
     pair = None
     if args.pair:
         pair = [n.strip() for n in args.pair.split(",")]
-    if not args.json:
-        print("testbed check: measuring RTT (ping) and rate (bulk TCP)...", flush=True)
+    print("testbed check: measuring RTT (ping) and rate (bulk TCP)...", file=_human(args), flush=True)
     res = testbed.check(pair, state_dir=args.state_dir, duration_s=args.duration)
     if args.json:
         print(json.dumps(res, indent=1))

@@ -12,6 +12,21 @@ import queue
 import time
 from typing import Any
 
+from paretopipe.errors import ConfigError
+
+
+def check_device(device: str) -> str:
+    """The device a stage runs on, checked: cpu, or cuda[:N] when CUDA is available."""
+    import torch
+
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__})")
+        return device
+    raise ConfigError(f"--device {device!r}: use cpu or cuda[:N]")
+
 
 class HostBuffers:
     """Pinned host buffers for CUDA outputs, reused once the sender is done with them."""

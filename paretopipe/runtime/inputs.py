@@ -7,6 +7,7 @@ the pipeline had to wait for one (``prefetch_stalls``).
 
 from __future__ import annotations
 
+import logging
 import pickle
 import queue
 import threading
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from paretopipe.errors import ConfigError
+from paretopipe.threads import join, spawn
+
+log = logging.getLogger(__name__)
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,14 +84,20 @@ class _ArrayInput(InputSource):
 
     def batch(self, batch_id: int) -> Batch:
         import torch
-        import torch.nn.functional as F
 
         n = self._images.shape[0]
         idx = torch.arange(batch_id * self.batch_size, (batch_id + 1) * self.batch_size) % n
+        images, labels = self.take(idx)
+        return Batch(batch_id, images, labels)
+
+    def take(self, idx: Any) -> tuple[Any, Any]:
+        """The images at `idx` (an index tensor), resized and normalised, and their labels."""
+        import torch.nn.functional as F
+
         x = self._images[idx].float().div_(255.0)
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        return Batch(batch_id, (x - self._mean) / self._std, self._labels[idx])
+        return (x - self._mean) / self._std, self._labels[idx]
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -187,9 +197,13 @@ class FolderInput(_ArrayInput):
 
 def open_input(spec: str, *, batch_size: int, input_size: int, seed: int) -> InputSource:
     kind = spec.split(":", 1)[0]
+    if spec == "digits":  # scikit-learn's bundled digits, the held-out part (paretopipe.digits)
+        from paretopipe.digits import DigitsInput
+
+        return DigitsInput(spec, batch_size=batch_size, input_size=input_size, seed=seed)
     kinds = {"synthetic": SyntheticInput, "cifar10": Cifar10Input, "folder": FolderInput}
     if kind not in kinds or (kind != "synthetic" and ":" not in spec) or (kind == "synthetic" and spec != "synthetic"):
-        raise ConfigError(f"bad --input {spec!r}: use synthetic, cifar10:PATH or folder:PATH")
+        raise ConfigError(f"bad --input {spec!r}: use synthetic, digits, cifar10:PATH or folder:PATH")
     return kinds[kind](spec, batch_size=batch_size, input_size=input_size, seed=seed)
 
 
@@ -202,8 +216,7 @@ class Prefetcher:
         self._stop = threading.Event()
         self.stalls = 0
         self.stall_s = 0.0
-        self._thread = threading.Thread(target=self._fill, name="prefetch", daemon=True)
-        self._thread.start()
+        self._thread = spawn(self._fill, name="prefetch")
 
     def _fill(self) -> None:
         batch_id = 0
@@ -218,7 +231,8 @@ class Prefetcher:
                         continue
                 batch_id += 1
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
-            self._queue.put(exc)
+            if not self._stop.is_set():
+                self._queue.put(exc)
 
     def next(self, *, count_stall: bool = True) -> Batch:
         try:
@@ -237,5 +251,14 @@ class Prefetcher:
         while True:
             yield self.next()
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop making batches and join the thread (within `timeout_s`: one batch in the
+        making, then at most one queue wait)."""
         self._stop.set()
+        while True:  # make room, so a put in progress ends at once
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        if join([self._thread], timeout_s):
+            log.warning("the input prefetch thread did not stop within %.0f s", timeout_s)

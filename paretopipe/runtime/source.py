@@ -16,6 +16,7 @@ All of it is backend-neutral: the transport is a :class:`~paretopipe.transport.b
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import threading
@@ -27,14 +28,20 @@ from typing import Any
 from paretopipe.errors import ConfigError, ParetoPipeError, StageError
 from paretopipe.metrics import BatchRecord, ResourceSampler, summarize
 from paretopipe.runtime.compute import HostBuffers, compute
+from paretopipe.threads import join, spawn
 from paretopipe.transport.base import SessionPlan, SessionSpec, StageInfo
 
-log = logging.getLogger("paretopipe.source")
+log = logging.getLogger(__name__)
 
 #: Logits of at most this many counted batches are kept for --check.
 CHECK_BATCHES = 16
+#: Counted batches whose logits the source compares with the unsplit, uncoded model (fidelity).
+FIDELITY_BATCHES = 16
 #: Seconds between progress lines during a run.
 PROGRESS_S = 10.0
+#: Test hook (fault injection): when set, the source aborts right after writing its result
+#: file, as a process that dies after its file would (see judge_run in paretopipe.results).
+DIE_AFTER_WRITE_ENV = "PARETOPIPE_FAULT_DIE_AFTER_WRITE"
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,8 @@ class RunConfig:
     repeat: int = 0
     run_id: str | None = None
     check: bool = False
+    codec: str = "none"
+    fidelity_batches: int = FIDELITY_BATCHES
 
     def validate(self) -> None:
         """Check a complete run configuration."""
@@ -81,6 +90,11 @@ class RunConfig:
 
     def validate_settings(self) -> None:
         """Check the settings that do not depend on the chain (also used for sweep templates)."""
+        from paretopipe.codecs import parse_codec
+
+        if self.check and parse_codec(self.codec).lossy:
+            raise ConfigError(f"--check compares the logits exactly, which the lossy codec {self.codec} cannot "
+                              f"reproduce; the result file's summary.fidelity reports how far they differ")
         if (self.batches is None) == (self.duration_s is None):
             raise ConfigError("give exactly one of --batches N or --duration S")
         for name, value, low in (("--batch-size", self.batch_size, 1), ("--window", self.window, 1),
@@ -92,6 +106,11 @@ class RunConfig:
             raise ConfigError(f"--duration must be positive (got {self.duration_s})")
         if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ConfigError("--timeout and --connect-timeout must be positive")
+        from paretopipe.codecs import parse_codec, require_available
+
+        require_available(parse_codec(self.codec))  # an unknown name lists the valid ones
+        if self.fidelity_batches < 0:
+            raise ConfigError(f"--fidelity-batches must be at least 0 (got {self.fidelity_batches})")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1 (got {self.threads})")
         extra = set(self.network) - {"configured", "measured", "extra"}
@@ -135,6 +154,8 @@ class _Run:
         self.prefetch_stall_s = 0.0
         self.labelled_images = 0
         self.compute_cpu_s = 0.0
+        self.fidelity: dict[str, Any] | None = None
+        self._reference: dict[int, Any] | None = None
         self._last_progress = time.monotonic()
 
     # ---------------------------------------------------------------- setup
@@ -142,15 +163,15 @@ class _Run:
         import torch
 
         from paretopipe.models import get_model_info, weights_spec
-        from paretopipe.runtime.worker import check_device
+        from paretopipe.runtime.compute import check_device
         from paretopipe.splitting import build_stages, num_blocks, stage_io_shapes
 
         cfg = self.cfg
         self.device = check_device(cfg.device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         self.input_size = cfg.input_size or get_model_info(cfg.model).input_size
         self.num_blocks = num_blocks(cfg.model, num_classes=cfg.num_classes)
+        self._plan_threads()
+        torch.set_num_threads(self.threads)
         for k in cfg.splits:
             if not 0 <= k <= self.num_blocks:
                 raise ConfigError(f"split {k} is out of range for {cfg.model} (valid: 0..{self.num_blocks}); see `paretopipe splits {cfg.model}`")
@@ -161,8 +182,52 @@ class _Run:
                                                  input_size=self.input_size, num_classes=cfg.num_classes)
         self.logits_shape = (cfg.batch_size, cfg.num_classes)
 
+    def _plan_threads(self) -> None:
+        """Intra-op threads for this source and for the stages on this host.
+
+        --threads applies to every stage. Without it, the stages whose address is on this host
+        (loopback, or one of its interfaces) and this source divide this host's usable cores
+        among those that have blocks to run; stages elsewhere use their own device's cores (the
+        worker's default)."""
+        from paretopipe.runtime.cores import is_local_address, threads_for
+
+        cfg = self.cfg
+        self.local_stages = tuple(is_local_address(a) for a in cfg.stages)
+        if cfg.threads:
+            self.threads = cfg.threads
+            self.stage_threads: tuple[int | None, ...] = tuple(cfg.threads for _ in cfg.stages)
+            return
+        # An empty stage (no blocks: k=0 leaves the source none, k=N the last worker none) only
+        # forwards tensors: it does not count among those that share the cores.
+        bounds = (0, *cfg.splits, self.num_blocks)
+        busy = [bounds[i] < bounds[i + 1] for i in range(len(bounds) - 1)]
+        sharing = max(1, busy[0] + sum(b for b, local in zip(busy[1:], self.local_stages) if local))
+        self.threads = threads_for(sharing)
+        self.stage_threads = tuple(self.threads if local else None for local in self.local_stages)
+
+    def _describe_cores(self, stages: list[dict[str, Any]]) -> None:
+        """Each stage's thread count and whether it shared a host (one kernel: the same boot
+        id) with another stage of the run; None where it is not known (the run failed first)."""
+        from paretopipe.runtime.cores import boot_id
+
+        infos = {i.index: i for i in self.stage_infos}
+        stats = {int(s.get("index", -1)): s for s in self.stage_stats}
+        kernels: dict[int, str | None] = {0: boot_id()}
+        for st in stages[1:]:
+            info = infos.get(st["index"])
+            kernels[st["index"]] = info.environment.get("boot_id") if info else None
+        for st in stages:
+            idx = st["index"]
+            threads = stats.get(idx, {}).get("threads")
+            if threads is None and idx == 0:
+                threads = getattr(self, "threads", None)
+            st["threads"] = threads
+            mine = kernels.get(idx)
+            st["shared_host"] = None if mine is None else any(
+                other == mine for j, other in kernels.items() if j != idx)
+
     def config_section(self) -> dict[str, Any]:
-        from paretopipe.results import host_label
+        from paretopipe.environment import host_label
 
         cfg = self.cfg
         bounds = (0, *cfg.splits, getattr(self, "num_blocks", None))
@@ -179,6 +244,7 @@ class _Run:
                 "address": addr,
                 "blocks": [bounds[i], bounds[i + 1]],
             })
+        self._describe_cores(stages)
         return {
             "model": cfg.model, "num_classes": cfg.num_classes,
             "input_size": getattr(self, "input_size", cfg.input_size),
@@ -190,16 +256,17 @@ class _Run:
             "threads": cfg.threads, "repeat": cfg.repeat, "stages": stages,
             "network": {"label": cfg.network_label, "configured": cfg.network.get("configured"),
                         "measured": cfg.network.get("measured"), "extra": cfg.network.get("extra") or {}},
-            "timeout_s": cfg.timeout_s, "device": cfg.device,
+            "timeout_s": cfg.timeout_s, "device": cfg.device, "codec": cfg.codec,
         }
 
     # ---------------------------------------------------------------- the session
     def execute(self) -> None:
         import torch
 
+        from paretopipe.codecs import parse_codec
         from paretopipe.runtime.inputs import Prefetcher, open_input
         from paretopipe.transport import get_backend
-        from paretopipe.wire import read_token_file
+        from paretopipe.transport.wire import read_token_file
 
         cfg = self.cfg
         inputs = open_input(cfg.input, batch_size=cfg.batch_size, input_size=self.input_size, seed=cfg.seed)
@@ -209,12 +276,12 @@ class _Run:
             input_size=self.input_size, splits=tuple(cfg.splits), stage_index=1,
             num_stages=len(cfg.splits) + 1, batch_size=cfg.batch_size, dtype="float32",
             weights=self.weights, next_address=None, window=cfg.window, timeout_s=cfg.timeout_s,
-            threads=cfg.threads, seed=cfg.seed,
+            threads=cfg.threads, seed=cfg.seed, codec=str(parse_codec(cfg.codec)),
         )
         plan = SessionPlan(addresses=tuple(cfg.stages), spec=spec, head_out_shape=tuple(self.head_out_shape),
                            logits_shape=self.logits_shape,
                            token=read_token_file(cfg.token_file) if cfg.token_file else None,
-                           connect_timeout_s=cfg.connect_timeout_s)
+                           connect_timeout_s=cfg.connect_timeout_s, stage_threads=self.stage_threads)
         link = get_backend(cfg.backend).source_link()
         prefetch = None
         sampler = ResourceSampler(device=self.device)
@@ -231,6 +298,7 @@ class _Run:
             own["compute_cpu_s"] = self.compute_cpu_s
             self.stage_stats = [own, *link.finish()]
         finally:
+            sampler.stop()  # a no-op once stopped; after a failure it ends the sampling thread
             if prefetch is not None:
                 self.prefetch_stalls, self.prefetch_stall_s = prefetch.stalls, prefetch.stall_s
                 prefetch.close()
@@ -330,10 +398,8 @@ class _Run:
                 failure.append(exc)
                 window.release()
 
-        threads = [threading.Thread(target=sender, name="src-send", daemon=True),
-                   threading.Thread(target=collector, name="src-collect", daemon=True)]
-        for t in threads:
-            t.start()
+        threads = [spawn(sender, name="src-send"), spawn(collector, name="src-collect")]
+        broken = False
         try:
             with torch.inference_mode():
                 batch_id = 0
@@ -358,12 +424,22 @@ class _Run:
                     to_send.put((batch_id, out, slot))
                     issued_sem.release()
                     batch_id += 1
+        except BaseException:
+            broken = True
+            raise
         finally:
             issued_sem.release()
             to_send.put(None)
-        while threads[1].is_alive() and not failure:
-            threads[1].join(0.05)
-        threads[0].join(timeout=cfg.timeout_s)
+            # The collector ends when the last result is in, the sender when its queue is done.
+            # After a failure (or an error in this thread) the link is closed first, which
+            # wakes whichever is still waiting on a socket. Either way both are joined.
+            while threads[1].is_alive() and not failure and not broken:
+                threads[1].join(0.05)
+            if failure or broken:
+                link.close()
+            lingering = join(threads, cfg.timeout_s)
+            if lingering:
+                log.warning("source threads did not stop within %g s: %s", cfg.timeout_s, ", ".join(lingering))
         if failure:
             raise failure[0]
 
@@ -396,24 +472,53 @@ class _Run:
             hop_bytes=(*(r.bytes_in for r in recs), res.return_bytes),
             hop_transfer_s=(*(r.transfer_in_s for r in recs), res.return_transfer_s),
             window_wait_s=p.window_wait_s, correct=correct,
+            hop_raw_bytes=(*(r.raw_in for r in recs), res.return_raw_bytes or res.return_bytes),
+            hop_encode_s=(*(r.encode_in_s for r in recs), res.return_encode_s),
+            hop_decode_s=(*(r.decode_in_s for r in recs), res.return_decode_s),
         ))
-        if cfg.check and len(self.kept_logits) < CHECK_BATCHES:
+        keep = max(CHECK_BATCHES if cfg.check else 0, cfg.fidelity_batches)
+        if len(self.kept_logits) < keep:
             self.kept_logits[p.batch_id] = res.logits
 
-    # ---------------------------------------------------------------- --check
-    def run_check(self) -> None:
+    # ---------------------------------------------------------------- fidelity and --check
+    def reference_logits(self) -> dict[int, Any]:
+        """The unsplit, uncoded model's logits for every kept batch, on the same inputs."""
         import torch
 
         from paretopipe.models import build_model
 
+        if self._reference is None:
+            cfg = self.cfg
+            model = build_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights, seed=cfg.seed)
+            with torch.inference_mode():
+                self._reference = {b: model(self.inputs.batch(b).images) for b in sorted(self.kept_logits)}
+        return self._reference
+
+    def run_fidelity(self) -> None:
+        """Compare the returned logits of the first ``fidelity_batches`` counted batches with the
+        unsplit, uncoded model's (docs/results.md, summary.fidelity)."""
+        from paretopipe.fidelity import compare
+
         cfg = self.cfg
-        model = build_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights, seed=cfg.seed)
+        ids = sorted(self.kept_logits)[: cfg.fidelity_batches]
+        if not ids:
+            return
+        ref = self.reference_logits()
+        labels = None
+        if self.weights_trained and self.inputs.has_labels:
+            labels = [self.inputs.batch(b).labels for b in ids]
+        self.fidelity = compare([self.kept_logits[b] for b in ids], [ref[b] for b in ids], labels=labels).to_json()
+        self.fidelity["codec"] = cfg.codec
+        if self.fidelity["degenerate"]:
+            log.warning("fidelity: %s", self.fidelity["degenerate"])
+
+    def run_check(self) -> None:
+        reference = self.reference_logits()
         worst = scale = 0.0
-        with torch.inference_mode():
-            for batch_id, logits in sorted(self.kept_logits.items()):
-                ref = model(self.inputs.batch(batch_id).images)
-                worst = max(worst, float((ref - logits).abs().max()))
-                scale = max(scale, float(ref.abs().max()))
+        for batch_id, logits in sorted(self.kept_logits.items()):
+            ref = reference[batch_id]
+            worst = max(worst, float((ref - logits).abs().max()))
+            scale = max(scale, float(ref.abs().max()))
         # CPU stages run the same kernels as the reference: only summation order differs. CUDA
         # kernels (TF32 convolutions by default) round differently: allow 1% of the logit scale.
         cuda = self.device.startswith("cuda") or any(i.device.startswith("cuda") for i in self.stage_infos)
@@ -426,7 +531,8 @@ class _Run:
 
     # ---------------------------------------------------------------- the file
     def document(self, run_id: str) -> dict[str, Any]:
-        from paretopipe.results import build_result, environment_info, validity
+        from paretopipe.environment import environment_info
+        from paretopipe.results import build_result, validity
 
         cfg = self.cfg
         nstages = len(cfg.splits) + 1
@@ -439,6 +545,7 @@ class _Run:
         summary = summarize(recs, batch_size=cfg.batch_size, num_stages=nstages, stage_stats=stats,
                             prefetch_stalls=self.prefetch_stalls, prefetch_stall_s=self.prefetch_stall_s,
                             labelled_images=self.labelled_images if self.weights_trained else 0)
+        summary["fidelity"] = self.fidelity
         extra = {"check": self.check} if self.check is not None else {}
         return build_result(
             run_id=run_id, sweep_id=cfg.sweep_id, status="failed" if self.error else "ok", error=self.error,
@@ -458,7 +565,7 @@ def default_run_id(cfg: RunConfig) -> str:
     from paretopipe.results import run_id
 
     return cfg.run_id or run_id(model=cfg.model, splits=cfg.splits, backend=cfg.backend, network=cfg.network_label,
-                                batch_size=cfg.batch_size, window=cfg.window, repeat=cfg.repeat)
+                                batch_size=cfg.batch_size, window=cfg.window, repeat=cfg.repeat, codec=cfg.codec)
 
 
 def failed_document(cfg: RunConfig, error: str) -> dict[str, Any]:
@@ -481,12 +588,16 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     state.setup()  # bad model / split / weights: an error, no file
     try:
         state.execute()
+        state.run_fidelity()
         if cfg.check:
             state.run_check()
     except ParetoPipeError as exc:
         state.error = str(exc)
     doc = state.document(default_run_id(cfg))
     write_result(doc, out)
+    if os.environ.get(DIE_AFTER_WRITE_ENV):
+        log.error("fault injection (%s): aborting after writing %s", DIE_AFTER_WRITE_ENV, out)
+        os.abort()
     if state.error:
         raise RunFailed(f"{state.error} (partial result written to {out})", out)
     return doc

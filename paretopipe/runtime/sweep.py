@@ -1,10 +1,12 @@
-"""``paretopipe sweep``: every split x repeat, with local workers on loopback.
+"""``paretopipe sweep``: the sweep's configurations x repeats, with local workers on loopback.
 
-The sweep starts the stage workers as processes on free loopback ports (``paretopipe stage
-serve``), runs the source as a process per run (``paretopipe run``), and writes one result file
-per run into ``--out``. A run whose file exists is skipped (resume). A failed run leaves a file
-marked failed (written by the source, or by the sweep when the source could not) and the sweep
-goes on, restarting any worker that died. Workers are stopped by PID at the end, always.
+What runs, what is done and how repeats stop are :mod:`paretopipe.plan`'s (the same planner and
+runner as the Ansible suite: one split grammar, one resume rule). This module supplies the local
+part: the stage workers as processes on free loopback ports (``paretopipe stage serve``), and the
+source as a process per run (``paretopipe run``), judged by :func:`paretopipe.results.judge_run`.
+A failed run's file is set aside (``<run_id>.failed-<time>.json``) and the sweep goes on,
+restarting any worker that died; running the sweep again reruns it. Workers are stopped by PID
+at the end, always.
 """
 
 from __future__ import annotations
@@ -14,54 +16,47 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from paretopipe.errors import ConfigError, StageError
-from paretopipe.runtime.source import RunConfig, default_run_id, failed_document
+from paretopipe.errors import StageError
+from paretopipe.plan import Outcome, Progress, RepeatRule, SweepSpec, Task, make_plan, parse_splits, work_through
+from paretopipe.runtime.source import RunConfig, failed_document
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """A sweep: `run` is the template every run starts from (its splits, stages, out and repeat
-    are filled in per run); `device` is the workers' device."""
+    """A local sweep: `run` is the template every run starts from (its splits, stages, out,
+    window, batch size and repeat are filled in per run); `devices` is the chain's length (the
+    source and `devices - 1` local workers); `device` is the workers' device."""
 
     run: RunConfig
     out: Path
     splits: str = "all"
-    repeats: int = 1
+    devices: int = 2
+    windows: tuple[int, ...] | None = None  # None: the template's window
+    batch_sizes: tuple[int, ...] | None = None  # None: the template's batch size
+    repeats: RepeatRule = field(default_factory=RepeatRule)
     sweep_id: str | None = None
     device: str = "cpu"
+    codecs: tuple[str, ...] = ()  # empty: the template's codec
+    codecs: tuple[str, ...] = ()  # every split runs with each codec; empty: the template's codec
 
     @property
     def model(self) -> str:
         return self.run.model
 
+    def spec(self) -> SweepSpec:
+        from paretopipe.splitting import num_blocks
 
-def parse_splits(text: str, model: str, *, num_classes: int) -> list[tuple[int, ...]]:
-    """'all' -> every split point 0..N; '3,5' -> two-stage runs; '3:9' -> a three-stage chain."""
-    from paretopipe.splitting import num_blocks
-
-    n = num_blocks(model, num_classes=num_classes)
-    if text.strip() == "all":
-        return [(k,) for k in range(n + 1)]
-    out: list[tuple[int, ...]] = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            ks = tuple(int(k) for k in item.split(":"))
-        except ValueError:
-            raise ConfigError(f"bad --splits item {item!r}: use all, K or K1:K2 (comma-separated)") from None
-        if list(ks) != sorted(ks) or not all(0 <= k <= n for k in ks):
-            raise ConfigError(f"--splits item {item!r}: split indices must be non-decreasing within 0..{n} for {model}; "
-                              f"see `paretopipe splits {model}`")
-        out.append(ks)
-    if not out:
-        raise ConfigError("--splits is empty")
-    return out
+        n = num_blocks(self.model, num_classes=self.run.num_classes)
+        chains = parse_splits(self.splits, n, self.devices, model=self.model, flag="--splits")
+        return SweepSpec(model=self.model, num_blocks=n, devices=self.devices, splits=tuple(chains),
+                         windows=self.windows or (self.run.window,),
+                         batch_sizes=self.batch_sizes or (self.run.batch_size,),
+                         codecs=self.codecs or (self.run.codec,), conditions=(self.run.network_label,),
+                         backends=(self.run.backend,), repeats=self.repeats)
 
 
 def free_port() -> int:
@@ -137,7 +132,8 @@ def _run_args(rc: RunConfig) -> list[str]:
            "--warmup", str(rc.warmup), "--min-batches", str(rc.min_batches),
            "--min-duration", str(rc.min_duration_s), "--input", rc.input, "--num-classes", str(rc.num_classes),
            "--seed", str(rc.seed), "--connect-timeout", str(rc.connect_timeout_s), "--timeout", str(rc.timeout_s),
-           "--network-label", rc.network_label, "--repeat", str(rc.repeat), "--out", str(rc.out)]
+           "--network-label", rc.network_label, "--repeat", str(rc.repeat), "--out", str(rc.out),
+           "--codec", rc.codec, "--fidelity-batches", str(rc.fidelity_batches)]
     for k in rc.splits:
         cmd += ["--split", str(k)]
     for flag, value in (("--input-size", rc.input_size), ("--weights", rc.weights), ("--threads", rc.threads),
@@ -151,63 +147,62 @@ def _run_args(rc: RunConfig) -> list[str]:
 
 def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
     """Run the sweep; 0 when every run is ok (or was already done), 1 when any failed."""
-    from paretopipe.results import read_result, write_result
+    from paretopipe.results import judge_run, read_result
 
     stream = stream or sys.stdout
     cfg.run.validate_settings()
-    chains = parse_splits(cfg.splits, cfg.model, num_classes=cfg.run.num_classes)
+    spec = cfg.spec()
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     sweep_id = cfg.sweep_id or out.resolve().name
     log_dir = out / "_logs"
     log_dir.mkdir(exist_ok=True)
-    runs = [(splits, r) for splits in chains for r in range(cfg.repeats)]
+    plan = make_plan(spec, out)
     template = replace(cfg.run, sweep_id=sweep_id, run_id=None)
-    workers = [LocalWorker(i + 1, cfg, log_dir) for i in range(max(len(s) for s in chains))]
-    counts = {"ok": 0, "skipped": 0, "failed": 0}
+    workers = [LocalWorker(i + 1, cfg, log_dir) for i in range(cfg.devices - 1)]
     t_sweep = time.monotonic()
-    print(f"sweep {sweep_id}: {cfg.model}, {len(chains)} split configuration(s) x {cfg.repeats} repeat(s) "
-          f"= {len(runs)} runs -> {out}", file=stream, flush=True)
+    rule = "auto (95% CI within {:.0%} of the mean, {}..{} runs)".format(
+        cfg.repeats.target, cfg.repeats.minimum, cfg.repeats.maximum) if cfg.repeats.auto else str(cfg.repeats.count)
+    print(f"sweep {sweep_id}: {cfg.model}, {len(spec.splits)} split configuration(s) x {len(spec.windows)} window(s) "
+          f"x {len(spec.batch_sizes)} batch size(s) x {len(spec.codecs)} codec(s) = {len(spec.configurations())} configurations, repeats {rule}: "
+          f"{plan.total} runs, {plan.done} already done, {plan.pending} to run -> {out}", file=stream, flush=True)
+
+    def execute(task: Task, repeat: int, path: Path) -> Outcome:
+        for w in workers:
+            if not w.alive():
+                if w.proc is not None:
+                    print(f"  worker {w.index} is gone (exit {w.proc.returncode}); restarting it", file=stream, flush=True)
+                w.stop()
+                w.start()
+        c = task.config
+        rc = replace(template, splits=c.splits, window=c.window, batch_size=c.batch_size, codec=c.codec, repeat=repeat,
+                     out=path,
+                     stages=tuple(w.address for w in workers))
+        t0 = time.monotonic()
+        proc = subprocess.run(_run_args(rc), capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+        took = time.monotonic() - t0
+        (log_dir / f"{path.stem}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
+        lines = [ln for ln in (proc.stderr or "").splitlines() if "error" in ln.lower()]
+        outcome, reason = judge_run(path, proc.returncode, reason=lines[-1] if lines else None,
+                                    failed_doc=lambda why, rc=rc: failed_document(rc, why))
+        if outcome == "ok":
+            return Outcome(True, read_result(path), wall_s=took)
+        return Outcome(False, error=reason, wall_s=took)
+
+    def progress(p: Progress) -> None:
+        print(f"[{p.done}/{p.done + p.left}] {p.last}", file=stream, flush=True)
+
     try:
-        for n, (splits, repeat) in enumerate(runs, start=1):
-            rc = replace(template, splits=splits, repeat=repeat)
-            rid = default_run_id(rc)
-            path = out / f"{rid}.json"
-            tag = f"[{n}/{len(runs)}] split {':'.join(map(str, splits))} repeat {repeat}"
-            if path.exists():
-                counts["skipped"] += 1
-                print(f"{tag}: skipped (result file exists)", file=stream, flush=True)
-                continue
-            for w in workers:
-                if not w.alive():
-                    if w.proc is not None:
-                        print(f"{tag}: worker {w.index} is gone (exit {w.proc.returncode}); restarting it", file=stream, flush=True)
-                    w.stop()
-                    w.start()
-            t0 = time.monotonic()
-            rc = replace(rc, out=path, stages=tuple(w.address for w in workers[: len(splits)]))
-            proc = subprocess.run(_run_args(rc), capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
-            took = time.monotonic() - t0
-            (log_dir / f"{rid}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
-            if proc.returncode == 0:
-                doc = read_result(path)
-                counts["ok"] += 1
-                thr = doc["summary"]["throughput_img_s"]
-                lat = doc["summary"]["latency_s"]["mean"]
-                print(f"{tag}: ok, {thr:.2f} img/s, latency {lat * 1e3:.1f} ms ({took:.1f} s)", file=stream, flush=True)
-                continue
-            counts["failed"] += 1
-            lines = [ln for ln in (proc.stderr or "").splitlines() if "error" in ln.lower()]
-            reason = lines[-1] if lines else f"source exited with status {proc.returncode}"
-            if not path.exists():  # the source died without describing the run: record it ourselves
-                write_result(failed_document(rc, reason), path)
-            print(f"{tag}: FAILED ({took:.1f} s): {reason}", file=stream, flush=True)
+        reports = work_through(cfg.model, plan.tasks, cfg.repeats, out, execute, progress=progress,
+                               describe=lambda t: {"sweep_id": sweep_id})
     finally:
         for w in workers:
             w.stop()
+    counts = {k: sum(r.status == k for r in reports) for k in ("ok", "skipped", "failed")}
     print(f"sweep {sweep_id} done in {time.monotonic() - t_sweep:.1f} s: {counts['ok']} ok, "
-          f"{counts['skipped']} skipped, {counts['failed']} failed"
-          + (" (failed runs keep their files; delete them to retry)" if counts["failed"] else ""),
+          f"{counts['skipped'] + plan.done} skipped, {counts['failed']} failed"
+          + (" (failed runs' files are set aside as *.failed-*.json; run the sweep again to redo them)"
+             if counts["failed"] else ""),
           file=stream, flush=True)
     return 1 if counts["failed"] else 0
 

@@ -23,11 +23,12 @@ from typing import Any
 
 from paretopipe.errors import ConfigError, StageError
 from paretopipe.metrics import ResourceSampler
-from paretopipe.runtime.compute import HostBuffers, compute
-from paretopipe.transport.base import InBatch, SessionSpec, StageInfo, StageLink
-from paretopipe.wire import StageRecord
+from paretopipe.runtime.compute import HostBuffers, check_device, compute
+from paretopipe.runtime.cores import usable_cpus
+from paretopipe.threads import spawn
+from paretopipe.transport.base import InBatch, SessionSpec, StageInfo, StageLink, StageRecord
 
-log = logging.getLogger("paretopipe.worker")
+log = logging.getLogger(__name__)
 
 #: Test hook (fault injection): "N" or "N,MARKER". The worker process exits abruptly after
 #: computing N batches of a session, as a crashed worker would; with MARKER it does so only if
@@ -35,18 +36,8 @@ log = logging.getLogger("paretopipe.worker")
 FAULT_ENV = "PARETOPIPE_FAULT_EXIT_AFTER"
 
 _SUPPORTED_DTYPES = ("float32",)
-
-
-def check_device(device: str) -> str:
-    import torch
-
-    if device == "cpu":
-        return device
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__})")
-        return device
-    raise ConfigError(f"--device {device!r}: use cpu or cuda[:N]")
+#: Logged once per session when its first batch is computed (batches are flowing).
+FIRST_BATCH_LOG = "session %d: first batch computed"
 
 
 def _fault_after() -> int | None:
@@ -86,7 +77,7 @@ class StageService:
         return self.device.startswith("cuda")
 
     def _environment(self, index: int) -> dict[str, Any]:
-        from paretopipe.results import environment_info
+        from paretopipe.environment import environment_info
 
         if self._env is None:
             self._env = environment_info(self.device)
@@ -98,9 +89,9 @@ class StageService:
 
         if spec.dtype not in _SUPPORTED_DTYPES:
             raise StageError(f"dtype {spec.dtype} is not supported by this worker (supported: {', '.join(_SUPPORTED_DTYPES)})")
-        threads = self.threads or spec.threads
-        if threads:
-            torch.set_num_threads(threads)
+        # --threads of this worker, else what the source asked for (it divides the cores of the
+        # stages that share its host), else this device's own usable cores
+        torch.set_num_threads(self.threads or spec.threads or usable_cpus())
         num_classes = spec.num_classes
         if self._manifest is not None:
             if self._manifest["model"] != spec.model:
@@ -189,11 +180,12 @@ class StageService:
             finally:
                 link.release(item)
             compute_cpu += cpu
-            record = StageRecord(compute_s=t_ready - t_start, queue_s=t_start - item.t_arrived,
-                                 transfer_in_s=item.transfer_in_s, bytes_in=item.bytes_in)
+            record = _record(item, t_start, t_ready)
             link.send(item.batch_id, out, [*item.records, record], t_ready)
             buffers.give_back(slot)
             count += 1
+            if count == 1:
+                log.info(FIRST_BATCH_LOG, link.spec.session_id)
             if fault is not None and count >= fault:
                 log.error("fault injection (%s): exiting abruptly after %d batches", FAULT_ENV, count)
                 os._exit(17)
@@ -227,10 +219,7 @@ class StageService:
                 failed.append(exc)
                 in_q.put(exc)  # wake the compute loop
 
-        threads = [threading.Thread(target=reader, name="stage-recv", daemon=True),
-                   threading.Thread(target=sender, name="stage-send", daemon=True)]
-        for t in threads:
-            t.start()
+        threads = [spawn(reader, name="stage-recv"), spawn(sender, name="stage-send")]
         count, compute_cpu = 0, 0.0
         try:
             while (item := in_q.get()) is not None:
@@ -239,10 +228,11 @@ class StageService:
                 out, slot, t_start, t_ready, cpu = compute(module, item.tensor, device, buffers)
                 compute_cpu += cpu
                 link.release(item)
-                record = StageRecord(compute_s=t_ready - t_start, queue_s=t_start - item.t_arrived,
-                                     transfer_in_s=item.transfer_in_s, bytes_in=item.bytes_in)
+                record = _record(item, t_start, t_ready)
                 out_q.put((item.batch_id, out, [*item.records, record], t_ready, slot))
                 count += 1
+                if count == 1:
+                    log.info(FIRST_BATCH_LOG, link.spec.session_id)
                 if fault is not None and count >= fault:
                     log.error("fault injection (%s): exiting abruptly after %d batches", FAULT_ENV, count)
                     os._exit(17)
@@ -256,12 +246,25 @@ class StageService:
         return count, compute_cpu
 
 
-def serve(*, listen: str, device: str = "cpu", shards: str | None = None, token_file: str | None = None,
-          threads: int | None = None, backend: str = "tcp", stop: threading.Event | None = None) -> None:
-    """Run a long-lived worker until interrupted (or `stop` is set)."""
-    from paretopipe.transport import get_backend
-    from paretopipe.wire import read_token_file
+def _record(item: InBatch, t_start: float, t_ready: float) -> StageRecord:
+    """This stage's record of one batch: its compute and queue time, and the hop it came in on."""
+    return StageRecord(compute_s=t_ready - t_start, queue_s=t_start - item.t_arrived, transfer_in_s=item.transfer_in_s,
+                       bytes_in=item.bytes_in, raw_in=item.raw_bytes, encode_in_s=item.encode_s,
+                       decode_in_s=item.decode_s)
 
+
+def serve(*, listen: str, device: str = "cpu", shards: str | None = None, token_file: str | None = None,
+          threads: int | None = None, backend: str = "tcp", stop: threading.Event | None = None,
+          codecs: str | None = None) -> None:
+    """Run a long-lived worker until interrupted (or `stop` is set). `codecs`: the codecs this
+    worker accepts, comma-separated (default: every codec this installation can run)."""
+    from paretopipe.codecs import parse_codec_list, require_available
+    from paretopipe.transport import get_backend
+    from paretopipe.transport.wire import read_token_file
+
+    accepted = parse_codec_list(codecs) if codecs else None
+    for codec in accepted or ():
+        require_available(codec)
     token = read_token_file(token_file) if token_file else None
     if threads is not None:
         if threads < 1:
@@ -270,4 +273,4 @@ def serve(*, listen: str, device: str = "cpu", shards: str | None = None, token_
 
         torch.set_num_threads(threads)
     service = StageService(device=device, shards=shards, threads=threads)
-    get_backend(backend).serve(listen, service, token=token, stop=stop)
+    get_backend(backend).serve(listen, service, token=token, stop=stop, codecs=accepted)

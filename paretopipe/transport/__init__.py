@@ -29,9 +29,9 @@ register_backend("tcp", _load_tcp)
 
 
 def _load_rpc() -> Backend:
-    from paretopipe.transport import rpc
+    from paretopipe.transport import rpc, rpc_group
 
-    rpc.require_rpc_support()  # a clear ConfigError on a torch that cannot run it
+    rpc_group.require_rpc_support()  # a clear ConfigError on a torch that cannot run it
     return Backend(
         name="rpc",
         description="PyTorch RPC (torch.distributed.rpc over TensorPipe); pickles, trusted networks only",

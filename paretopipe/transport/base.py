@@ -1,4 +1,4 @@
-"""The backend-neutral interface between the stage runners and a transport (DESIGN decision 8).
+"""The backend-neutral interface between the stage runners and a transport (either backend).
 
 The runners in :mod:`paretopipe.runtime` never touch sockets or RPC. They see two small
 interfaces and the plain data classes below:
@@ -24,7 +24,7 @@ interfaces and the plain data classes below:
                           whose queue time the link extends by the wait from ``t_ready`` (output
                           ready) to the start of the send. Returns the send time.
 
-A backend is registered with :func:`register_backend` under a name (``tcp``; ``rpc`` to come):
+A backend is registered with :func:`register_backend` under a name (``tcp``, ``rpc``):
 it supplies ``source_link()`` and ``serve(...)``, which runs a worker that calls back into a
 backend-neutral :class:`StageHandler` (``prepare(spec) -> StageInfo`` then
 ``run(link) -> stats``). The CLI takes its ``--backend`` choices from :func:`backend_names`.
@@ -39,11 +39,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
-from paretopipe.errors import ConfigError
-from paretopipe.wire import StageRecord
+from paretopipe.errors import ConfigError, ProtocolError
 
 __all__ = [
     "Backend",
@@ -60,6 +59,27 @@ __all__ = [
     "get_backend",
     "register_backend",
 ]
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """What one stage did to one batch; stages append theirs as the batch travels.
+
+    The ``_in`` fields describe the hop the batch arrived on: its bytes on the wire, the raw
+    (decoded) bytes, the sender's encode time and this stage's decode time. Each backend carries
+    records its own way (:mod:`.wire` packs them into a frame, :mod:`.rpc` sends the tuples)."""
+
+    compute_s: float
+    queue_s: float
+    transfer_in_s: float
+    bytes_in: int
+    raw_in: int = 0
+    encode_in_s: float = 0.0
+    decode_in_s: float = 0.0
+
+    def as_tuple(self) -> tuple[float, float, float, int, int, float, float]:
+        return (self.compute_s, self.queue_s, self.transfer_in_s, self.bytes_in, self.raw_in,
+                self.encode_in_s, self.decode_in_s)
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,7 @@ class SessionSpec:
     timeout_s: float
     threads: int | None = None
     seed: int = 0
+    codec: str = "none"  # what crosses every split (paretopipe.codecs); the logits return uncoded
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -89,8 +110,6 @@ class SessionSpec:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> SessionSpec:
-        from paretopipe.wire import ProtocolError
-
         try:
             spec = cls(
                 session_id=int(obj["session_id"]), model=str(obj["model"]),
@@ -101,7 +120,7 @@ class SessionSpec:
                 next_address=None if obj.get("next_address") is None else str(obj["next_address"]),
                 window=int(obj["window"]), timeout_s=float(obj["timeout_s"]),
                 threads=None if obj.get("threads") is None else int(obj["threads"]),
-                seed=int(obj.get("seed", 0)),
+                seed=int(obj.get("seed", 0)), codec=str(obj.get("codec", "none")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed session spec: {exc!r}") from None
@@ -132,8 +151,6 @@ class StageInfo:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any], *, address: str | None) -> StageInfo:
-        from paretopipe.wire import ProtocolError
-
         try:
             return cls(
                 index=int(obj["index"]), address=address,
@@ -155,8 +172,11 @@ class InBatch:
     records: list[StageRecord]
     transfer_in_s: float
     bytes_in: int
-    t_arrived: float
+    t_arrived: float  # when it was received and decoded, ready for compute
     slot: int = -1  # buffer slot, for release()
+    raw_bytes: int = 0  # the decoded tensor's bytes (bytes_in: what crossed the wire)
+    encode_s: float = 0.0  # the sender's encode time
+    decode_s: float = 0.0  # this side's decode time
 
 
 @dataclass
@@ -169,6 +189,9 @@ class ResultBatch:
     return_transfer_s: float
     return_bytes: int
     t_done: float
+    return_raw_bytes: int = 0
+    return_encode_s: float = 0.0
+    return_decode_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +204,15 @@ class SessionPlan:
     logits_shape: tuple[int, ...]  # what the source expects back
     token: bytes | None
     connect_timeout_s: float
+    # intra-op threads per stage 1..N-1 (None: the worker's own default); empty: spec.threads
+    stage_threads: tuple[int | None, ...] = ()
+
+    def stage_spec(self, idx: int) -> SessionSpec:
+        """The spec stage `idx` is told: its index, its successor and its thread count."""
+        n = self.spec.num_stages
+        threads = self.stage_threads[idx - 1] if self.stage_threads else self.spec.threads
+        return replace(self.spec, stage_index=idx, next_address=self.addresses[idx] if idx < n - 1 else None,
+                       threads=threads)
 
 
 class SourceLink(abc.ABC):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from paretopipe.errors import StageError, TransportError
-from paretopipe.wire import FrameReader, Header, MsgType, PeerClosed, parse_json
+from paretopipe.transport.wire import FrameReader, Header, MsgType, PeerClosed, parse_json
 
 Event = tuple[str, int, Any]  # (kind: result|stats|error|eof, stage index, payload)
 

@@ -9,6 +9,7 @@ slowest stage or link.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -164,6 +165,71 @@ def write_sweep(root: Path, seed: int = 0) -> dict[str, Any]:
     return {"ok": ok, "failed": failed, "corrupt": corrupt, "sweep_dir": sweep}
 
 
+CODECS = {  # name -> (size ratio at the split, top-1 agreement, encode + decode s per batch)
+    "none": (1.0, 1.0, 0.0),
+    "fp16": (2.0, 1.0, 0.0008),
+    "int8": (4.0, 0.9875, 0.0015),
+}
+CODEC_CONDITION = "wan-10mbit"
+CODEC_RATE_MBIT = 10.0
+
+
+def make_codec_run(k: int, codec: str, repeat: int, rng: np.random.Generator,
+                   sweep_id: str = "mobilenet_v2-codecs-20261201T090000Z") -> dict[str, Any]:
+    """One schema-v1 run with ``codec`` at split k on a 10 Mbit/s link: the activation crosses
+    ``ratio`` times smaller, the sender encodes and the receiver decodes, and ``summary.fidelity``
+    says how far the logits are from the unsplit model's (agreement slightly noisy, as measured
+    on 160 images; k = 19, where only the logits cross, agrees exactly)."""
+    ratio, agreement, codec_s = CODECS[codec] if k < NUM_BLOCKS else (1.0, 1.0, 0.0)
+    doc = make_run(k, "lan", "tcp", repeat, rng, sweep_id=sweep_id)
+    c0, c1 = doc["summary"]["compute_s"]
+    wire = max(1, round(ACTIVATION_BYTES[k] / ratio))
+    t0 = 8 * wire / (CODEC_RATE_MBIT * 1e6) * float(rng.lognormal(0.0, 0.03)) + 0.002
+    t1 = 8 * RESULT_BYTES / (CODEC_RATE_MBIT * 1e6) + 0.002
+    latency = c0 + c1 + t0 + t1 + codec_s + doc["summary"]["queue_wait_s"]
+    throughput = BATCH / latency  # window 1
+    hops = [{"bytes": wire, "raw_bytes": ACTIVATION_BYTES[k], "transfer_s": t0,
+             "encode_s": codec_s / 2, "decode_s": codec_s / 2},
+            {"bytes": RESULT_BYTES, "raw_bytes": RESULT_BYTES, "transfer_s": t1,
+             "encode_s": 0.0, "decode_s": 0.0}]
+    agree = min(1.0, agreement + (float(rng.integers(-1, 2)) / 160 if agreement < 1.0 else 0.0))
+    lossy = codec != "none" and k < NUM_BLOCKS
+    doc["run_id"] = f"{MODEL}-s{k}-tcp-{CODEC_CONDITION}-{codec}-b{BATCH}-w1-r{repeat}"
+    config = doc["config"]
+    config.update(codec=codec, window=1, weights={"kind": "file", "path": "mnv2-digits.pt"},
+                  input="digits", input_size=32)
+    config["network"].update(label=CODEC_CONDITION,
+                             configured={"delay_ms": 1.0, "jitter_ms": 0.0, "loss_pct": 0.0,
+                                         "rate_mbit": CODEC_RATE_MBIT},
+                             measured={"rtt_ms": 2.1, "rate_mbit": 9.6})
+    for b in doc["batches"]:
+        b.update(latency_s=latency, done_s=b["send_s"] + latency, compute_s=[c0, c1], hops=hops)
+    doc["summary"].update(
+        throughput_img_s=throughput, throughput_batch_s=throughput / BATCH,
+        latency_s={"mean": latency, "p50": latency, "p90": latency, "p99": latency},
+        latency_per_image_s={q: latency / BATCH for q in ("mean", "p50", "p90", "p99")},
+        hops=[{**h, "ratio": h["raw_bytes"] / h["bytes"]} for h in hops],
+        payload_bytes=wire + RESULT_BYTES,
+        fidelity={"batches": 20, "images": 160, "agreement_top1": agree,
+                  "max_abs_error": 0.04 * ratio if lossy else 0.0,
+                  "rel_l2_error": 0.002 * ratio if lossy else 0.0, "reference_classes": 10,
+                  "degenerate": None, "accuracy_top1": None, "reference_accuracy_top1": None})
+    return doc
+
+
+def write_codec_sweep(root: Path, seed: int = 0, repeats: int = 2) -> list[Path]:
+    """Every split of SPLITS with every codec of CODECS (k = 19 with none only), ``repeats``
+    repeats each, under ``root/<sweep-id>/``; returns the files."""
+    rng = np.random.default_rng(seed)
+    written = []
+    for k in SPLITS:
+        for codec in CODECS if k < NUM_BLOCKS else ("none",):
+            for r in range(repeats):
+                doc = make_codec_run(k, codec, r, rng)
+                written.append(write_json(root / doc["sweep_id"] / f"{doc['run_id']}.json", doc))
+    return written
+
+
 def legacy_doc(model: str, k: int, delay_ms: float, latency: float, throughput: float,
                size: int, part1: float = 0.1, part2: float = 0.05, net: float = 0.02
                ) -> dict[str, Any]:
@@ -182,3 +248,50 @@ def legacy_doc(model: str, k: int, delay_ms: float, latency: float, throughput: 
             "network_throughput_mbps": 8 * size / net / 1e6 if net else math.nan,
         },
     }
+
+
+RPC_CSV_HEADER = ("split_block", "run", "status", "start_time", "end_time", "output_file", "error")
+
+
+def write_rpc_session(root: Path, model: str = "mobilenetv2", splits: tuple[int, ...] = (3, 10, 17),
+                      runs: int = 3, failed: frozenset[tuple[int, int]] = frozenset(),
+                      seed: int = 0) -> Path:
+    """A session folder as upstream's RPC tester (RPC_PyTorch/automated_split_tester.py) leaves
+    it: ``split_test_results.csv`` (one row per split and run, status success/failed) and
+    ``consolidated_metrics.json`` (``results: {split: {runN: metrics}}``, split keys strings as
+    ``json.dump`` writes int keys), plus ``consolidated_metrics_averaged.json``. Its metrics:
+    throughput from the log, latency = batch 8 / throughput (upstream's pipelined formula), the
+    static 0.094 ms delay it writes, worker CPU/memory per rank. Returns the session folder."""
+    rng = np.random.default_rng(seed)
+    session = root / "metrics" / "session_20250801_101500"
+    session.mkdir(parents=True, exist_ok=True)
+    results: dict[int, dict[str, Any]] = {}
+    rows = []
+    for k in splits:
+        for run in range(1, runs + 1):
+            ok = (k, run) not in failed
+            rows.append([k, run, "success" if ok else "failed", "2025-08-01 10:15:00",
+                         "2025-08-01 10:17:00", f"{session}/split_{k}/run_{run}/output.log",
+                         "" if ok else "Orchestrator timed out"])
+            throughput = float(13.85 * (0.6 + 0.04 * k) * rng.lognormal(0, 0.03))
+            doc = legacy_doc(model, k, 0.094, latency=8 / throughput, throughput=throughput,
+                             size=int(8 * 32 * 56 * 56 * 4 / (1 + k)), part1=0.01 * k,
+                             part2=0.01 * (19 - k), net=0.004)
+            doc["worker_metrics"] = {f"rank{r}": {"avg_cpu_usage_percent": 50.0 + r,
+                                                  "avg_memory_usage_mb": 400.0} for r in range(3)}
+            results.setdefault(k, {})[f"run{run}"] = doc
+    with (session / "split_test_results.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(RPC_CSV_HEADER)
+        writer.writerows(rows)
+    consolidated = {"session_id": "20250801_101500", "timestamp": "2025-08-01T10:40:00",
+                    "configuration": {"model": model, "dataset": "cifar10", "batch_size": 8,
+                                      "num_samples": 100, "pipelining": True, "world_size": 3},
+                    "device_mapping": {"rank0": "orchestrator (local)", "rank1": "master-pi",
+                                       "rank2": "core-pi"},
+                    "results": results}
+    (session / "consolidated_metrics.json").write_text(json.dumps(consolidated, indent=2))
+    averaged = {**consolidated, "results": {k: runs_[next(iter(runs_))]
+                                            for k, runs_ in results.items()}}
+    (session / "consolidated_metrics_averaged.json").write_text(json.dumps(averaged, indent=2))
+    return session

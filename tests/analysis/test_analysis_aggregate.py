@@ -4,55 +4,84 @@ import math
 import numpy as np
 import pytest
 
-from analysis import AnalysisError
+from scipy import stats
+
+from analysis import AnalysisError, aggregate, load_runs
 from analysis.aggregate import (
-    aggregate,
     analyse,
     default_reference,
     parse_group_by,
     parse_objectives,
     parse_reference,
 )
+from analysis.frames import config_points
 from analysis.frontier import EXCLUDED
-from analysis.loading import load_results
 from analysis.metrics import Sense
 from analysis.report import write_frontier_csv
-from analysis.stats import t_quantile
 
 from .analysis_fixtures import make_run, write_json
 
 
 def _runs(tmp_path, specs, seed=0):
-    """specs: (split, condition, backend, repeat) tuples; returns the loaded runs."""
+    """specs: (split, condition, backend, repeat) tuples; returns the loaded runs (DataFrame)."""
     rng = np.random.default_rng(seed)
     for k, cond, backend, r in specs:
         doc = make_run(k, cond, backend, r, rng)
         write_json(tmp_path / f"{doc['run_id']}.json", doc)
-    result = load_results([tmp_path])
-    assert not result.skipped
-    return result.runs
+    runs = load_runs([tmp_path])
+    assert runs.attrs["skipped"].empty
+    return runs
+
+
+def _points(runs):
+    return config_points(aggregate(runs))
+
+
+def _same_as(runs, target, source, columns=("latency", "throughput")):
+    """Give the run(s) of split ``target`` the objective values of split ``source``."""
+    src = runs[runs["splits"] == (source,)].iloc[0]
+    for c in columns:
+        runs.loc[runs["splits"] == (target,), c] = src[c]
 
 
 def test_repeats_are_aggregated_per_configuration(tmp_path):
     runs = _runs(tmp_path, [(6, "lan", "tcp", r) for r in range(4)] + [(10, "lan", "tcp", 0)])
-    points = aggregate(runs)
-    assert [p.splits for p in points] == [(6,), (10,)]
-    p6 = points[0]
-    lat = np.array([r.metrics["latency"] for r in runs if r.splits == (6,)])
-    s = p6.stats["latency"]
-    assert (s.n, len(p6.runs)) == (4, 4)
-    assert s.mean == pytest.approx(lat.mean())
-    assert s.std == pytest.approx(lat.std(ddof=1))
-    assert s.ci95 == pytest.approx(t_quantile(0.975, 3) * lat.std(ddof=1) / 2)
-    assert math.isnan(points[1].stats["latency"].ci95)  # one repeat: no interval
-    assert len(p6.compute_s) == 2
-    assert p6.compute_s[0] == pytest.approx(np.mean([r.compute_s[0] for r in p6.runs]))
+    table = aggregate(runs)
+    assert table["splits"].tolist() == [(6,), (10,)]
+    assert table["n_runs"].tolist() == [4, 1]
+    six = runs[runs["splits"] == (6,)]
+    lat = six["latency"].to_numpy()
+    row = table.iloc[0]
+    assert row["latency_n"] == 4
+    assert row["latency_mean"] == pytest.approx(lat.mean())
+    assert row["latency_std"] == pytest.approx(lat.std(ddof=1))
+    # the 95% t interval: 3.182 is the two-sided critical value for 3 degrees of freedom
+    assert row["latency_ci95"] == pytest.approx(3.182 * lat.std(ddof=1) / 2, rel=2e-4)
+    low, high = stats.t.interval(0.95, 3, loc=lat.mean(), scale=stats.sem(lat))
+    assert row["latency_ci95"] == pytest.approx((high - low) / 2)
+    assert math.isnan(table.iloc[1]["latency_ci95"])  # one repeat: no interval
+    assert len(row["compute_s"]) == 2
+    assert row["compute_s"][0] == pytest.approx(np.mean([c[0] for c in six["compute_s"]]))
+    assert row["run_ids"].split() == sorted(six["run_id"])
+    p6 = _points(runs)[0]
+    assert (p6.splits, p6.stats["latency"].mean, len(p6.run_ids)) == ((6,), row["latency_mean"], 4)
+
+
+def test_aggregate_leaves_out_nan_and_rejects_other_tables(tmp_path):
+    runs = _runs(tmp_path, [(6, "lan", "tcp", r) for r in range(3)])
+    runs.loc[runs.index[0], "latency"] = math.nan
+    runs.loc[runs.index[1], "throughput"] = math.inf
+    row = aggregate(runs).iloc[0]
+    assert row["latency_n"] == 2 and row["throughput_n"] == 2 and row["n_runs"] == 3
+    assert row["latency_mean"] == pytest.approx(runs["latency"].iloc[1:].mean())
+    with pytest.raises(AnalysisError, match="not a runs table"):
+        aggregate(runs.drop(columns=["model"]))
 
 
 def test_groups_default_and_custom(tmp_path):
     specs = [(k, c, b, 0) for k in (0, 6, 19) for c in ("lan", "wifi-50mbit")
              for b in ("tcp", "rpc")]
-    points = aggregate(_runs(tmp_path, specs))
+    points = _points(_runs(tmp_path, specs))
     objectives = parse_objectives("latency:min,throughput:max")
     results = analyse(points, objectives)
     assert [r.title for r in results] == [
@@ -69,7 +98,7 @@ def test_groups_default_and_custom(tmp_path):
 
 
 def test_frontier_ordering_knee_and_hypervolume_of_a_group(tmp_path):
-    points = aggregate(_runs(tmp_path, [(k, "wifi-50mbit", "tcp", 0) for k in (0, 3, 6, 10, 19)]))
+    points = _points(_runs(tmp_path, [(k, "wifi-50mbit", "tcp", 0) for k in (0, 3, 6, 10, 19)]))
     (result,) = analyse(points, parse_objectives("latency,throughput"))
     ranks = list(result.ranks)
     assert ranks == sorted(ranks)  # frontier first
@@ -94,7 +123,7 @@ def test_frontier_ordering_knee_and_hypervolume_of_a_group(tmp_path):
 
 def test_nan_objective_excludes_points_and_says_why(tmp_path):
     runs = _runs(tmp_path, [(k, "lan", "tcp", 0) for k in (0, 6, 19)])
-    points = aggregate(runs)
+    points = _points(runs)
     objectives = parse_objectives("latency:min,throughput:max,accuracy:max")
     (result,) = analyse(points, objectives)
     assert set(result.ranks) == {EXCLUDED}
@@ -104,10 +133,8 @@ def test_nan_objective_excludes_points_and_says_why(tmp_path):
 
 def test_duplicates_are_kept_and_flagged(tmp_path):
     runs = _runs(tmp_path, [(6, "lan", "tcp", 0), (10, "lan", "tcp", 0)])
-    # give split 10 the same objective values as split 6
-    a, b = sorted(runs, key=lambda r: r.splits)
-    b.metrics.update(latency=a.metrics["latency"], throughput=a.metrics["throughput"])
-    (result,) = analyse(aggregate(runs), parse_objectives("latency,throughput"))
+    _same_as(runs, 10, 6)
+    (result,) = analyse(_points(runs), parse_objectives("latency,throughput"))
     assert result.ranks == (0, 0)
     assert result.duplicates == {0: (1,), 1: (0,)}
 
@@ -138,7 +165,7 @@ def test_parse_group_by_and_reference():
 
 
 def test_explicit_reference_is_used(tmp_path):
-    points = aggregate(_runs(tmp_path, [(k, "lan", "tcp", 0) for k in (0, 3)]))
+    points = _points(_runs(tmp_path, [(k, "lan", "tcp", 0) for k in (0, 3)]))
     objs = parse_objectives("latency,throughput")
     (result,) = analyse(points, objs, reference={"latency": 10.0, "throughput": 0.0})
     assert result.reference == (10.0, 0.0)
@@ -148,10 +175,9 @@ def test_explicit_reference_is_used(tmp_path):
 
 def test_frontier_csv_says_which_points_are_duplicates_and_excluded(tmp_path):
     runs = _runs(tmp_path / "runs", [(k, "lan", "tcp", 0) for k in (3, 6, 10)])
-    a, b, c = sorted(runs, key=lambda r: r.splits)
-    b.metrics.update(latency=a.metrics["latency"], throughput=a.metrics["throughput"])
-    c.metrics.update(throughput=math.nan)
-    results = analyse(aggregate(runs), parse_objectives("latency,throughput"))
+    _same_as(runs, 6, 3)
+    runs.loc[runs["splits"] == (10,), "throughput"] = math.nan
+    results = analyse(_points(runs), parse_objectives("latency,throughput"))
     path = write_frontier_csv(tmp_path / "frontier.csv", results)
     rows = {r["label"]: r for r in csv.DictReader(path.open())}
     assert rows["k=3"]["duplicate_of"] == "k=6" and rows["k=6"]["duplicate_of"] == "k=3"

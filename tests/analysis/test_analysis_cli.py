@@ -1,6 +1,8 @@
 """``python -m analysis.pareto`` end to end on fixture results."""
 
+import contextlib
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from .analysis_fixtures import (
     REPEATS,
     SPLITS,
     legacy_doc,
+    make_run,
     write_json,
     write_sweep,
 )
@@ -27,9 +30,16 @@ from .analysis_fixtures import (
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analysis.pareto", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m analysis.pareto ARGS`, in this process (main(argv)): same exit status, stdout
+    and stderr, without the cost of a new interpreter."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: --help, usage errors
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return subprocess.CompletedProcess(["analysis.pareto", *args], code, out.getvalue(), err.getvalue())
 
 
 def _write_legacy(results: Path) -> list[Path]:
@@ -209,3 +219,32 @@ def test_analysis_does_not_import_torch_or_paretopipe():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_report_says_which_auto_configurations_reached_the_target(tmp_path):
+    import json
+
+    from analysis.pareto import main
+
+    rng = np.random.default_rng(5)
+    results = tmp_path / "results"
+    for k in (0, 6, 19):
+        for r in range(3):
+            write_json(results / f"{MODEL}-s{k}-tcp-lan-r{r}.json", make_run(k, "lan", "tcp", r, rng))
+    for k, verdict, runs in ((0, "reached", 3), (6, "max", 10)):
+        write_json(results / f"{MODEL}-s{k}-tcp-lan-b8-w1.repeats.json", {
+            "schema": "paretopipe.repeats", "schema_version": 1, "created_utc": "2026-12-01T00:00:00Z",
+            "model": MODEL, "network": "lan", "backend": "tcp", "config": {"splits": [k], "window": 1, "batch_size": 8},
+            "label": f"k={k} w1 b8", "rule": {"mode": "auto", "target": 0.05, "min": 3, "max": 10}, "runs": runs,
+            "verdict": verdict, "latency_s": [], "throughput_img_s": [],
+            "relative_ci95": {"latency": 0.01 if verdict == "reached" else 0.2, "throughput": 0.02}})
+    assert main([str(results), "--no-plots"]) == 0
+    report = (results / "analysis" / "report.md").read_text()
+    assert "## Repeats (repeats=auto)" in report
+    assert "1 of 2 configurations reached the target" in report and "hit the maximum" in report
+    assert "k=6 w1 b8" in report.split("## Repeats")[1]
+    assert "frontier memberships given the 95% confidence intervals" in report.lower()
+    front = (results / "analysis" / "frontier.csv").read_text().splitlines()[0]
+    assert "membership_uncertain" in front
+    assert not any("repeats.json" in line for line in report.split("## Skipped")[1:])  # not a skipped file
+    assert json.loads((results / f"{MODEL}-s0-tcp-lan-b8-w1.repeats.json").read_text())["verdict"] == "reached"

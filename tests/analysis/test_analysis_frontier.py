@@ -197,3 +197,17 @@ def test_knee_in_three_objectives_and_ties():
     assert knee_index([[2.0, 2.0], [2.0, 2.0]]) == 0  # no spread at all
     with pytest.raises(ValueError):
         knee_index(np.empty((0, 2)))
+
+
+def test_uncertain_memberships_follow_the_intervals():
+    from analysis.frontier import uncertain_memberships
+
+    # latency (min), throughput (max): A and B on the frontier, C dominated by A
+    values = [[1.0, 10.0], [2.0, 20.0], [1.5, 9.0]]
+    exact = uncertain_memberships(values, [[0, 0]] * 3, ["min", "max"])
+    assert not exact.any()
+    # C's interval reaches past A's: A no longer surely dominates it, and C could dominate A
+    wide = uncertain_memberships(values, [[0.0, 0.0], [0.0, 0.0], [0.6, 2.0]], ["min", "max"])
+    assert wide.tolist() == [True, False, True]
+    # NaN half-widths (one run) count as exact
+    assert not uncertain_memberships(values, [[float("nan")] * 2] * 3, ["min", "max"]).any()

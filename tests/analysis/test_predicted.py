@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.aggregate import aggregate
+from analysis import aggregate, load_runs
+from analysis.frames import config_points
 from analysis.frontier import nondominated_ranks_naive
-from analysis.loading import load_results
 from analysis.pareto import main
 from analysis.predicted import compare, load_predictions, mape
 
@@ -49,7 +49,7 @@ def sweep(tmp_path) -> tuple[Path, dict[tuple[int, ...], tuple[float, float]]]:
     results = tmp_path / "results"
     for k in SPLITS:
         write_json(results / f"{MODEL}-s{k}-lan.json", make_run(k, "lan", "tcp", 0, rng))
-    points = aggregate(load_results([results]).runs)
+    points = config_points(aggregate(load_runs(results)))
     measured = {p.splits: (p.mean("latency"), p.mean("throughput")) for p in points}
     return results, measured
 
@@ -68,16 +68,18 @@ def test_errors_mape_and_recall(sweep):
     write_json(results / "prediction.json", _prediction(measured, selected))
     preds, bad = load_predictions([results])
     assert not bad and len(preds) == 1
-    [c] = compare(preds, aggregate(load_results([results]).runs))
+    [c] = compare(preds, config_points(aggregate(load_runs(results))))
     assert [r.splits for r in c.rows] == [(k,) for k in SPLITS]
     for r in c.rows:
         el, et = ERRORS[r.splits[0]]
         assert r.latency_error == pytest.approx(el) and r.throughput_error == pytest.approx(et)
     assert c.latency_mape == pytest.approx(100 * np.mean([abs(e[0]) for e in ERRORS.values()]))
     assert c.throughput_mape == pytest.approx(100 * np.mean([abs(e[1]) for e in ERRORS.values()]))
-    assert set(c.measured_frontier) == set(front)
+    # a v1 file: one window and batch size, configurations named by their splits
+    assert {key[1:] for key in c.measured_frontier} == {(WINDOW, BATCH)}
+    assert {key[0] for key in c.measured_frontier} == set(front)
     found = {s for s in front if s[0] in selected}
-    assert set(c.found) == found
+    assert {key[0] for key in c.found} == found
     assert c.recall == pytest.approx(len(found) / len(front))
     assert c.full and c.runs_saved == len(SPLITS) - 2
 
@@ -87,7 +89,7 @@ def test_partial_sweep_is_flagged_and_other_conditions_do_not_match(sweep):
     write_json(results / "prediction.json", _prediction(measured, [0], extra_splits=(1, 2)))
     write_json(results / "other.json", _prediction(measured, [0], network="wan"))
     preds, _ = load_predictions([results])
-    by_net = {p.network: c for p, c in zip(preds, compare(preds, aggregate(load_results([results]).runs)))}
+    by_net = {p.network: c for p, c in zip(preds, compare(preds, config_points(aggregate(load_runs(results)))))}
     assert not by_net["lan"].full and len(by_net["lan"].rows) == len(SPLITS)
     assert by_net["wan"].rows == () and math.isnan(by_net["wan"].recall) and math.isnan(by_net["wan"].latency_mape)
 
@@ -120,3 +122,37 @@ def test_cli_reports_the_section(sweep, capsys):
     assert "## Predicted against measured" in md and "| 6 of 6 (full) |" in md
     assert "Predicted against measured" in (analysis / "report.html").read_text()
     assert json.loads((results / "prediction.json").read_text())["schema"] == "paretopipe.prediction"
+
+
+def test_a_v2_prediction_covers_windows_and_batch_sizes(tmp_path):
+    """Schema v2 names each prediction's window and batch size; measured runs match per
+    configuration, so one file compares a whole group (model, network, backend)."""
+    rng = np.random.default_rng(3)
+    results = tmp_path / "results"
+    for k in (0, 6):
+        for window in (1, 4):
+            doc = make_run(k, "lan", "tcp", 0, rng)
+            doc["config"]["window"] = window
+            doc["run_id"] = doc["run_id"].replace(f"-w{WINDOW}-", f"-w{window}-")
+            write_json(results / f"{doc['run_id']}.json", doc)
+    points = config_points(aggregate(load_runs(results)))
+    measured = {(p.splits, p.get("window"), p.get("batch_size")): (p.mean("latency"), p.mean("throughput"))
+                for p in points}
+    assert len(measured) == 4
+    preds = [{"splits": list(key[0]), "window": key[1], "batch_size": key[2], "latency_s": lat * 1.1,
+              "throughput_img_s": thr} for key, (lat, thr) in measured.items()]
+    preds.append({"splits": [19], "window": 4, "batch_size": BATCH, "latency_s": 9.0, "throughput_img_s": 1.0})
+    chosen = [{"splits": [6], "window": 4, "batch_size": BATCH}]
+    write_json(results / "prediction.json", {
+        "schema": "paretopipe.prediction", "schema_version": 2, "created_utc": "2026-12-01T00:00:00Z",
+        "config": {"model": MODEL, "num_classes": 10, "input_size": 224, "batch_sizes": [BATCH],
+                   "windows": [1, 4], "backend": "tcp", "network": {"label": "lan"}, "num_blocks": 19,
+                   "stages": 2, "profiles": [], "tolerance": 0.0},
+        "predictions": preds, "frontier": chosen, "selected": chosen})
+    [pred], bad = load_predictions([results])
+    assert not bad and pred.windows == [1, 4] and pred.batch_sizes == [BATCH]
+    [c] = compare([pred], points)
+    assert {r.key for r in c.rows} == set(measured) and not c.full  # k=19 w4 was never measured
+    assert all(r.latency_error == pytest.approx(0.1) for r in c.rows)
+    assert {r.label for r in c.rows} == {f"k={k} w{w} b{BATCH}" for k in (0, 6) for w in (1, 4)}
+    assert c.title.endswith(f"w1,4 · b{BATCH}")

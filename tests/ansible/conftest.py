@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from paretopipe.orchestrate import PlaybookRun, run_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -66,14 +68,16 @@ class EmulatedTestbed:
         self.inventory = root / "inventory"
         self.results = root / "results"
 
-    def playbook(self, playbook: str, *extra: str, timeout: float = 400) -> subprocess.CompletedProcess:
-        argv = [tool("ansible-playbook"), "-i", str(self.inventory), f"playbooks/{playbook}",
-                "-e", f"testbed_topology={self.topology}", "-e", f"testbed_state_dir={self.state}",
-                "-e", f"results_dir={self.results}", *extra]
-        proc = subprocess.run(argv, cwd=REPO, env=ansible_env(), capture_output=True, text=True,
-                              timeout=timeout)
-        (self.root / f"{playbook}.log").open("a").write(proc.stdout + proc.stderr)
-        return proc
+    def playbook(self, playbook: str, *, check: bool = False, timeout: int = 400,
+                 on_event: Callable[[dict], None] | None = None, **extra_vars: object) -> PlaybookRun:
+        """``playbooks/<playbook>`` on this testbed through ansible-runner
+        (:mod:`paretopipe.orchestrate`); artifacts (stdout, events) under ``root/runner``."""
+        return run_playbook(playbook, inventory=self.inventory, timeout=timeout, on_event=on_event,
+                            cmdline="--check" if check else None,
+                            artifacts_dir=self.root / "runner",
+                            extra_vars={"testbed_topology": str(self.topology),
+                                        "testbed_state_dir": str(self.state),
+                                        "results_dir": str(self.results), **extra_vars})
 
     def paretopipe(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "paretopipe", *args, "--state-dir", str(self.state)],
@@ -115,7 +119,7 @@ def stage_processes(testbed: EmulatedTestbed) -> list[str]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if str(testbed.state) in cmdline and ("stagectl" in cmdline or "run_plan" in cmdline
+        if str(testbed.state) in cmdline and ("stagectl" in cmdline or "paretopipe.plan" in cmdline
                                                or "stage serve" in cmdline):
             found.append(f"{proc.name}: {cmdline}")
         elif "stage serve" in cmdline and testbed.subnet_prefix in cmdline:
@@ -127,7 +131,7 @@ def shaped_devices(testbed: EmulatedTestbed) -> dict[str, object]:
     import json
 
     proc = testbed.paretopipe("testbed", "status", "--json")
-    status = json.loads(proc.stdout[proc.stdout.find("{"):])
+    status = json.loads(proc.stdout)  # --json: stdout is JSON only
     qdiscs = {}
     for name, dev in status["devices"].items():
         out = subprocess.run(["ip", "netns", "exec", dev["netns"], "tc", "qdisc", "show"],

@@ -50,7 +50,7 @@ def test_every_role_documents_and_declares_its_variables() -> None:
 def test_one_place_for_sweep_defaults() -> None:
     """Every extra var the issue names has its default in playbooks/group_vars/all/sweep.yml."""
     defaults = yaml.safe_load((REPO / "playbooks" / "group_vars" / "all" / "sweep.yml").read_text())
-    for name in ("model", "splits", "conditions", "backends", "repeats", "batch_size", "window",
+    for name in ("model", "splits", "conditions", "backends", "repeats", "batch_sizes", "windows", "repeats_target",
                  "input_size", "batches", "duration", "results_dir", "sweep_id"):
         assert name in defaults, name
     assert Path(REPO / "ansible.cfg").read_text().count("inventory = inventory/emulated") == 1

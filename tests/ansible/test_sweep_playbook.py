@@ -1,51 +1,57 @@
 """playbooks/sweep.yml and provision.yml, for real, against a private emulated testbed.
 
 Needs root (network namespaces, sshd, tc). A reduced sweep: MobileNetV2 at 32 px, two split
-points, two conditions, every backend paretopipe offers (tcp, and rpc once it is there).
+points, two conditions, both backends (tcp and rpc).
 """
 
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-from tests.ansible.conftest import REPO, EmulatedTestbed, shaped_devices, stage_processes
+from paretopipe.orchestrate import PlaybookRun
+from tests.ansible.conftest import EmulatedTestbed, shaped_devices, stage_processes
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-SMALL = ["-e", "model=mobilenet_v2", "-e", "input_size=32", "-e", "batch_size=2", "-e", "warmup=1",
-         "-e", "batches=4", "-e", "min_batches=2", "-e", "chain=pi1,gpu"]
+# as strings, exactly what `-e key=value` on the command line gives the playbook
+SMALL = {"model": "mobilenet_v2", "input_size": "32", "batch_sizes": "2", "warmup": "1",
+         "batches": "4", "min_batches": "2", "chain": "pi1,gpu"}
 
 
 def backends() -> list[str]:
-    """tcp, plus rpc when `paretopipe run --help` offers it (issue 6)."""
-    help_text = subprocess.run([sys.executable, "-m", "paretopipe", "run", "--help"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout
-    return ["tcp"] + (["rpc"] if "rpc" in help_text else [])
+    """Both transports, always: a build without one of them fails here rather than covering less."""
+    from paretopipe.transport import backend_names
+
+    assert backend_names() == ["rpc", "tcp"], backend_names()
+    return ["tcp", "rpc"]
 
 
-def recap(proc: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
-    """PLAY RECAP counters per host."""
-    out = {}
-    for host, counters in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", proc.stdout, re.M):
-        out[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counters)}
-    return out
+def ok(run: PlaybookRun) -> str:
+    """What to show when a playbook run is not what a test expects: status, failed tasks,
+    messages, and the tail of Ansible's own output (from ansible-runner's artifacts)."""
+    stdout = (run.artifacts / "stdout").read_text(errors="replace") if (
+        run.artifacts / "stdout").exists() else ""
+    return (f"status={run.status} rc={run.rc} failed={run.failed_tasks()}\n"
+            f"messages={run.messages()[-8:]}\n{stdout[-6000:]}")
 
 
-def ok(proc: subprocess.CompletedProcess) -> str:
-    return f"rc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+def said(run: PlaybookRun, text: str) -> bool:
+    """Whether a task's message (debug, assert) contains ``text``."""
+    return any(text in m for m in run.messages())
 
 
 def test_reduced_sweep_writes_result_files_and_leaves_nothing(testbed: EmulatedTestbed) -> None:
     names = backends()
-    proc = testbed.playbook("sweep.yml", *SMALL, "-e", "splits=0,19", "-e", "conditions=lan,wifi",
-                            "-e", f"backends={','.join(names)}", "-e", "sweep_id=reduced")
-    assert proc.returncode == 0, ok(proc)
+    events = []
+    proc = testbed.playbook("sweep.yml", **SMALL, splits="0,19", conditions="lan,wifi",
+                            backends=",".join(names), sweep_id="reduced", on_event=events.append)
+    assert proc.ok, ok(proc)
+    assert events and [e["uuid"] for e in events] == [e["uuid"] for e in proc.events]  # progress
+    assert {"pi1", "gpu"} <= set(proc.hosts) and all(h.failed == 0 for h in proc.hosts.values())
+    assert said(proc, f"{2 * 2 * len(names)} to run")
     folder = testbed.results / "reduced"
     files = sorted(p for p in folder.glob("*.json"))
     expected = {f"mobilenet_v2-s{k}-{b}-{c}-b2-w1-r0.json"
@@ -70,13 +76,13 @@ def test_reduced_sweep_writes_result_files_and_leaves_nothing(testbed: EmulatedT
 
 def test_killed_worker_fails_that_run_only_and_a_rerun_completes(testbed: EmulatedTestbed) -> None:
     marker = testbed.root / "fault-marker"
-    args = [*SMALL, "-e", "splits=0,19", "-e", "conditions=lan", "-e", "backends=tcp",
-            "-e", "sweep_id=faulty"]
+    args = {**SMALL, "splits": "0,19", "conditions": "lan", "backends": "tcp",
+            "sweep_id": "faulty"}
     # The worker exits abruptly (as a killed process does) after 2 batches of its first session.
-    fault = json.dumps({"worker_env": {"PARETOPIPE_FAULT_EXIT_AFTER": f"2,{marker}"}})
-    proc = testbed.playbook("sweep.yml", *args, "-e", fault)
-    assert proc.returncode != 0, ok(proc)
-    assert "1 run(s) failed" in proc.stdout, ok(proc)
+    fault = {"worker_env": {"PARETOPIPE_FAULT_EXIT_AFTER": f"2,{marker}"}}
+    proc = testbed.playbook("sweep.yml", **args, **fault)
+    assert proc.status == "failed" and proc.rc != 0, ok(proc)
+    assert said(proc, "1 run(s) failed"), ok(proc)
     folder = testbed.results / "faulty"
     ok_files = sorted(p.name for p in folder.glob("*-r0.json"))
     failed = sorted(p.name for p in folder.glob("*.failed-*.json"))
@@ -86,9 +92,9 @@ def test_killed_worker_fails_that_run_only_and_a_rerun_completes(testbed: Emulat
     assert shaped_devices(testbed) == {}
     assert stage_processes(testbed) == []
 
-    rerun = testbed.playbook("sweep.yml", *args)
-    assert rerun.returncode == 0, ok(rerun)
-    assert "1 already done, 1 to run" in rerun.stdout, ok(rerun)
+    rerun = testbed.playbook("sweep.yml", **args)
+    assert rerun.ok, ok(rerun)
+    assert said(rerun, "1 already done, 1 to run"), ok(rerun)
     assert sorted(p.name for p in folder.glob("*-r0.json")) == sorted(
         f"mobilenet_v2-s{k}-tcp-lan-b2-w1-r0.json" for k in (0, 19))
     assert shaped_devices(testbed) == {}
@@ -96,13 +102,15 @@ def test_killed_worker_fails_that_run_only_and_a_rerun_completes(testbed: Emulat
 
 
 def test_second_provisioning_changes_nothing_and_check_mode_works(testbed: EmulatedTestbed) -> None:
-    first = testbed.playbook("provision.yml", "-e", "model=mobilenet_v2", "-e", "input_size=32")
-    assert first.returncode == 0, ok(first)
-    second = testbed.playbook("provision.yml", "-e", "model=mobilenet_v2", "-e", "input_size=32")
-    assert second.returncode == 0, ok(second)
-    counters = recap(second)
-    assert set(counters) >= {"pi1", "pi2", "gpu"}, ok(second)
-    assert all(c["changed"] == 0 and c["failed"] == 0 for c in counters.values()), counters
-    check = testbed.playbook("provision.yml", "-e", "model=mobilenet_v2", "-e", "input_size=32", "--check")
-    assert check.returncode == 0, ok(check)
-    assert all(c["failed"] == 0 for c in recap(check).values())
+    first = testbed.playbook("provision.yml", model="mobilenet_v2", input_size="32")
+    assert first.ok, ok(first)
+    second = testbed.playbook("provision.yml", model="mobilenet_v2", input_size="32")
+    assert second.ok, ok(second)
+    assert set(second.hosts) >= {"pi1", "pi2", "gpu"}, ok(second)
+    assert all(h.changed == 0 and h.failed == 0 for h in second.hosts.values()), second.hosts
+    changed = [e["event_data"]["task"] for e in second.events
+               if e["event"] == "runner_on_ok" and e["event_data"]["res"].get("changed")]
+    assert changed == [], changed
+    check = testbed.playbook("provision.yml", check=True, model="mobilenet_v2", input_size="32")
+    assert check.ok, ok(check)
+    assert all(h.failed == 0 and h.unreachable == 0 for h in check.hosts.values())

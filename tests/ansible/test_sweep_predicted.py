@@ -1,6 +1,7 @@
 """sweep.yml -e strategy=predicted against a private emulated testbed (needs root; slow).
 
-Profiles each device of the chain, predicts every split per condition, runs only the selected
+Profiles each device of the chain at each batch size, predicts every configuration (split x
+window x batch size) per condition, runs only the selected
 splits, says how many runs it saved, and leaves the prediction files next to the results so the
 analysis compares predicted and measured.
 """
@@ -12,35 +13,35 @@ import json
 import pytest
 
 from tests.ansible.conftest import EmulatedTestbed, shaped_devices, stage_processes
-from tests.ansible.test_sweep_playbook import SMALL, ok
+from tests.ansible.test_sweep_playbook import SMALL, ok, said
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 def test_predicted_sweep_measures_only_the_selection(testbed: EmulatedTestbed) -> None:
-    proc = testbed.playbook("sweep.yml", *SMALL, "-e", "strategy=predicted", "-e", "conditions=lan,wan",
-                            "-e", "backends=tcp", "-e", "profile_repeats=3", "-e", "sweep_id=predicted",
-                            timeout=900)
-    assert proc.returncode == 0, ok(proc)
-    said = " ".join(proc.stdout.split())  # the YAML callback wraps long messages
+    proc = testbed.playbook("sweep.yml", **SMALL, windows="1,2", strategy="predicted", conditions="lan,wan",
+                            backends="tcp", profile_repeats="3", sweep_id="predicted", timeout=900)
+    assert proc.ok, ok(proc)
     folder = testbed.results / "predicted"
-    assert {p.name for p in (folder / "profiles").glob("*.json")} == {"pi1.json", "gpu.json"}
+    assert {p.name for p in (folder / "profiles").glob("*.json")} == {"pi1-b2.json", "gpu-b2.json"}
     selected = {}
     for cond in ("lan", "wan"):
         pred = json.loads((folder / f"prediction-{cond}-tcp.json").read_text())
         assert pred["schema"] == "paretopipe.prediction" and pred["config"]["network"]["label"] == cond
-        selected[cond] = {s[0] for s in pred["selected"]}
+        assert pred["schema_version"] == 2 and pred["config"]["windows"] == [1, 2]
+        selected[cond] = {(s["splits"][0], s["window"], s["batch_size"]) for s in pred["selected"]}
         total = len(pred["predictions"])
         assert 0 < len(selected[cond]) < total
-        assert f"measuring {len(selected[cond])} of {total} split configurations" in said
+        assert said(proc, f"measuring {len(selected[cond])} of {total} configurations"), ok(proc)
     runs = {}
     for path in folder.glob("mobilenet_v2-s*.json"):
         doc = json.loads(path.read_text())
         assert doc["status"] == "ok", (path.name, doc.get("error"))
-        runs.setdefault(doc["config"]["network"]["label"], set()).add(doc["config"]["splits"][0])
+        c = doc["config"]
+        runs.setdefault(c["network"]["label"], set()).add((c["splits"][0], c["window"], c["batch_size"]))
     assert runs == selected
     saved = 2 * total - len(selected["lan"]) - len(selected["wan"])
-    assert f"predicted splits save {saved} of {2 * total} runs" in said, ok(proc)
+    assert said(proc, f"predicted configurations save {saved} of {2 * total} runs"), ok(proc)
     report = (folder / "analysis" / "report.md").read_text()
     assert "## Predicted against measured" in report
     assert (folder / "analysis" / "predicted.csv").is_file()

@@ -207,7 +207,7 @@ def test_folder_input(tmp_path):
     assert src.batch(1).labels.tolist() == [1, 0, 0]  # wraps around
     with pytest.raises(ConfigError):
         open_input("folder:/nonexistent", batch_size=1, input_size=24, seed=0)
-    with pytest.raises(ConfigError, match="synthetic, cifar10:PATH or folder:PATH"):
+    with pytest.raises(ConfigError, match="synthetic, digits, cifar10:PATH or folder:PATH"):
         open_input("imagenet", batch_size=1, input_size=24, seed=0)
 
 

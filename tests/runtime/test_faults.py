@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,8 @@ from paretopipe.results import read_result, validate_result
 from paretopipe.runtime.source import RunConfig, RunFailed, run
 from paretopipe.runtime.worker import FAULT_ENV
 from paretopipe.transport.base import SessionSpec
-from paretopipe.transport.tcp import parse_address
-from paretopipe.wire import (
+from paretopipe.transport.control import parse_address
+from paretopipe.transport.wire import (
     HEADER_SIZE,
     FrameReader,
     MsgType,
@@ -162,6 +161,7 @@ def test_last_stage_output_mismatch_is_caught_at_handshake(start_worker, tmp_pat
     assert doc["check"]["ok"]
 
 
+@pytest.mark.slow
 def test_worker_dying_mid_run_names_the_stage_and_writes_a_failed_file(start_worker, tmp_path):
     from paretopipe.cli import main as cli_main
 
@@ -184,6 +184,7 @@ def test_worker_dying_mid_run_names_the_stage_and_writes_a_failed_file(start_wor
     assert doc["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_source_killed_mid_run_worker_serves_the_next_session(start_worker, tmp_path):
     worker = start_worker()
     out = tmp_path / "killed.json"
@@ -195,7 +196,7 @@ def test_source_killed_mid_run_worker_serves_the_next_session(start_worker, tmp_
     )
     try:
         worker.wait_log("built stage 1")
-        time.sleep(1.0)  # batches are flowing
+        worker.wait_log("first batch computed")  # batches are flowing
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

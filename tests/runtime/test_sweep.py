@@ -1,4 +1,5 @@
-"""`paretopipe sweep`: local workers, resume, failures recorded, workers always stopped."""
+"""`paretopipe sweep`: local workers, windows x batch sizes, resume (a failed file is set aside
+and rerun), workers always stopped. The planner's own rules are tested in tests/test_plan.py."""
 
 from __future__ import annotations
 
@@ -6,12 +7,10 @@ import io
 from pathlib import Path
 
 import psutil
-import pytest
 
-from paretopipe.errors import ConfigError
 from paretopipe.results import read_result, validate_result
 from paretopipe.runtime.source import RunConfig
-from paretopipe.runtime.sweep import SweepConfig, parse_splits, sweep
+from paretopipe.runtime.sweep import SweepConfig, sweep
 from paretopipe.runtime.worker import FAULT_ENV
 
 SMALL = {"batch_size": 2, "input_size": 64, "batches": 2, "warmup": 1, "min_batches": 1, "threads": 1,
@@ -33,37 +32,67 @@ def test_sweep_records_a_failure_goes_on_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, f"2,{marker}")
     before = _children()
     log = io.StringIO()
-    rc = sweep(_sweep_cfg("resnet18", out, splits="5,3:7", repeats=1), stream=log)
+    rc = sweep(_sweep_cfg("resnet18", out, splits="5,3:7", devices=3), stream=log)
     text = log.getvalue()
     assert rc == 1, text
     assert _children() == before  # every worker stopped
-    first = read_result(out / "resnet18-s5-tcp-none-b2-w1-r0.json")
-    second = read_result(out / "resnet18-s3_7-tcp-none-b2-w1-r0.json")  # a three-stage chain
-    assert first["status"] == "failed" and "stage 1" in first["error"]
+    # three devices: the points 5 and the pair 3:7 make the chains 5:5 and 3:7
+    failed = list(out.glob("resnet18-s3_7-tcp-none-b2-w1-r0.failed-*.json"))
+    second = read_result(out / "resnet18-s5_5-tcp-none-b2-w1-r0.json")
+    assert len(failed) == 1 and not (out / "resnet18-s3_7-tcp-none-b2-w1-r0.json").exists()
+    first = read_result(failed[0])
+    assert first["status"] == "failed" and "stage" in first["error"]
     assert second["status"] == "ok" and second["sweep_id"] == "sw-resnet18"
-    assert second["config"]["splits"] == [3, 7] and len(second["config"]["stages"]) == 3
+    assert second["config"]["splits"] == [5, 5] and len(second["config"]["stages"]) == 3
     assert validate_result(first) == [] and validate_result(second) == []
-    assert "[1/2] split 5 repeat 0: FAILED" in text and "restarting it" in text
-    assert "[2/2] split 3:7 repeat 0: ok" in text and "1 ok, 0 skipped, 1 failed" in text
+    assert "[1/2] k=3,7 w1 b2 tcp none r0: FAILED" in text and "restarting it" in text
+    assert "[2/2] k=5,5 w1 b2 tcp none r0: ok" in text and "1 ok, 0 skipped, 1 failed" in text
 
-    # resume: both files exist, nothing runs again; a new repeat does run
+    # resume: the ok run is skipped, the failed one runs again
     monkeypatch.delenv(FAULT_ENV)
     log = io.StringIO()
-    rc = sweep(_sweep_cfg("resnet18", out, splits="5,3:7", repeats=2), stream=log)
+    rc = sweep(_sweep_cfg("resnet18", out, splits="5,3:7", devices=3), stream=log)
     text = log.getvalue()
     assert rc == 0, text
-    assert text.count("skipped (result file exists)") == 2
-    assert "2 ok, 2 skipped, 0 failed" in text
-    assert read_result(out / "resnet18-s3_7-tcp-none-b2-w1-r1.json")["config"]["repeat"] == 1
+    assert "1 already done, 1 to run" in text and "1 ok, 1 skipped, 0 failed" in text
+    assert read_result(out / "resnet18-s3_7-tcp-none-b2-w1-r0.json")["status"] == "ok"
     assert _children() == before
 
 
-def test_parse_splits():
-    assert parse_splits("all", "resnet18", num_classes=10) == [(k,) for k in range(16)]
-    assert parse_splits("3, 5,2:9", "resnet18", num_classes=10) == [(3,), (5,), (2, 9)]
-    with pytest.raises(ConfigError, match="0..15"):
-        parse_splits("16", "resnet18", num_classes=10)
-    with pytest.raises(ConfigError, match="non-decreasing"):
-        parse_splits("9:2", "resnet18", num_classes=10)
-    with pytest.raises(ConfigError, match="bad --splits item"):
-        parse_splits("x", "resnet18", num_classes=10)
+def test_windows_and_batch_sizes_are_sweep_dimensions(tmp_path):
+    out = tmp_path / "sw-dims"
+    log = io.StringIO()
+    rc = sweep(_sweep_cfg("resnet18", out, splits="5", windows=(1, 3), batch_sizes=(1, 2)), stream=log)
+    assert rc == 0, log.getvalue()
+    names = sorted(p.name for p in out.glob("*.json"))
+    assert names == sorted(f"resnet18-s5-tcp-none-b{b}-w{w}-r0.json" for b in (1, 2) for w in (1, 3))
+    for name in names:
+        doc = read_result(out / name)
+        assert (doc["config"]["batch_size"], doc["config"]["window"]) == (int(name.split("-b")[1][0]),
+                                                                          int(name.split("-w")[1][0]))
+    assert "= 4 configurations" in log.getvalue()
+
+
+def test_a_source_that_dies_after_writing_an_ok_file_is_failed_everywhere(tmp_path, monkeypatch):
+    """The one rule (results.judge_run): the sweep's count, its line, the file at the run's name
+    and a resume all say failed; the ok file is kept aside under a name no reader takes."""
+    from paretopipe.runtime.source import DIE_AFTER_WRITE_ENV
+
+    out = tmp_path / "sw-died"
+    monkeypatch.setenv(DIE_AFTER_WRITE_ENV, "1")
+    log = io.StringIO()
+    rc = sweep(_sweep_cfg("resnet18", out, splits="5"), stream=log)
+    text = log.getvalue()
+    assert rc == 1, text
+    assert "0 ok, 0 skipped, 1 failed" in text and "killed by SIGABRT after writing an ok result" in text
+    path = out / "resnet18-s5-tcp-none-b2-w1-r0.json"
+    (aside,) = out.glob("resnet18-s5-tcp-none-b2-w1-r0.failed-*.json")  # set aside at once
+    doc = read_result(aside)
+    assert doc["status"] == "failed" and "SIGABRT" in doc["error"] and validate_result(doc) == []
+    kept = read_result(path.with_name(path.name + ".died"))
+    assert kept["status"] == "ok"  # what the process wrote before it died, for inspection
+    assert [p.name for p in out.glob("*.json")] == [aside.name]  # no file says ok
+    monkeypatch.delenv(DIE_AFTER_WRITE_ENV)
+    log = io.StringIO()
+    assert sweep(_sweep_cfg("resnet18", out, splits="5"), stream=log) == 0
+    assert read_result(path)["status"] == "ok"  # the resume rule: failed files are rerun

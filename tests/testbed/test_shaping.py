@@ -54,10 +54,13 @@ def test_between_leaves_other_pairs_and_the_controller_unshaped(unshaped):
     shaped = tb.check(["pi1", "gpu"], state_dir=state)
     other = tb.check(["pi1", "pi2"], state_dir=state)
     assert within(shaped["measured"]["rtt_ms"], 30, 5), shaped
-    assert other["configured"]["name"] == "unshaped" and other["measured"]["rtt_ms"] < 2
-    # The controller (root namespace) reaches the shaped devices without the delay: its SSH.
+    # The other pair and the controller's path (its SSH) carry none of the 15 ms: their fastest
+    # replies are faster than the delay alone allows (the unshaped RTT itself is a benchmark's:
+    # benchmarks/bench_testbed_conditions.py).
+    assert other["configured"]["name"] == "unshaped"
+    assert other["measured"]["rtt_min_ms"] < 15, other
     ping = _system.run(["ping", "-n", "-c", "3", "-i", "0.1", topo.device("pi1").ip]).stdout
-    assert float(re.search(r"= [0-9.]+/([0-9.]+)/", ping).group(1)) < 2
+    assert float(re.search(r"= ([0-9.]+)/", ping).group(1)) < 15, ping
 
 
 def test_unshape_removes_every_trace(unshaped):
@@ -76,7 +79,6 @@ def test_unshape_removes_every_trace(unshaped):
         assert "ifb0" not in _system.links(ns)
         assert "PP-SHAPE" not in _system.run(["iptables", "-t", "mangle", "-S"], ns=ns).stdout
     assert tb.status(state_dir=state)["shaping"] is None
-    assert tb.check(state_dir=state, duration_s=0.5)["measured"]["rtt_ms"] < 2
 
 
 def test_cli_shape_check_unshape(unshaped):
@@ -92,6 +94,10 @@ def test_cli_shape_check_unshape(unshaped):
     assert res["configured"] == {"name": "wan", "delay_ms": 50.0, "jitter_ms": 0.0,
                                  "loss_pct": 0.0, "rate_mbit": 10.0}
     assert res["ok"], res
+    out = run_cli("testbed", "shape", "--condition", "lan", "--between", "pi1,pi2", "--json", *sd)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["condition"]["name"] == "lan"  # stdout is the JSON alone
+    assert "testbed shape" in out.stderr
     out = run_cli("testbed", "shape", "--delay", "5ms", "--condition", "wan", *sd)
     assert out.returncode == 2 and "not both" in out.stderr
     out = run_cli("testbed", "unshape", *sd)

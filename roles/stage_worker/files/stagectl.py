@@ -27,6 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+# stagectl runs with the device's paretopipe environment (stage_worker_python), which python_env
+# provisioned before any worker starts, so it uses the package's helpers rather than copies.
+from paretoio.files import write_atomic
+from paretopipe.polling import poll_until
+
 
 def _start_time(pid: int) -> str | None:
     """Field 22 of /proc/PID/stat (start time in clock ticks): tells a reused PID apart."""
@@ -56,12 +61,6 @@ def _read_pidfile(path: Path) -> tuple[int, str | None] | None:
         return None
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------ supervisor
 def supervise(name: str, rundir: Path, max_restarts: int, command: list[str]) -> int:
     stopping = False
@@ -79,7 +78,7 @@ def supervise(name: str, rundir: Path, max_restarts: int, command: list[str]) ->
     child_pidfile = rundir / f"{name}.child.pid"
     while True:
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-        _write(child_pidfile, f"{child.pid} {_start_time(child.pid) or ''}\n")
+        write_atomic(child_pidfile, f"{child.pid} {_start_time(child.pid) or ''}\n")
         rc = child.wait()
         child_pidfile.unlink(missing_ok=True)
         if stopping:
@@ -109,7 +108,7 @@ def start(name: str, rundir: Path, max_restarts: int, env: dict[str, str], comma
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=child_env,
         start_new_session=True, close_fds=True)
     log.close()
-    _write(pidfile, f"{proc.pid} {_start_time(proc.pid) or ''}\n")
+    write_atomic(pidfile, f"{proc.pid} {_start_time(proc.pid) or ''}\n")
     time.sleep(0.05)
     if proc.poll() is not None:
         raise SystemExit(f"stagectl: {name} exited at once (status {proc.returncode}); see {rundir / (name + '.log')}")
@@ -126,9 +125,7 @@ def stop(name: str, rundir: Path, timeout: float) -> dict:
             os.killpg(pid, signal.SIGTERM)  # the supervisor leads its own session and group
         except ProcessLookupError:
             pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(*rec):
-            time.sleep(0.05)
+        poll_until(lambda: not _alive(*rec), timeout)
         # The worker may outlive the supervisor for a moment; the group takes both.
         try:
             os.killpg(pid, signal.SIGKILL)

@@ -27,16 +27,11 @@ from paretopipe.runtime.worker import FAULT_ENV
 from paretopipe.splitting import build_stages, stage_io_shapes
 from paretopipe.transport import get_backend
 from paretopipe.transport.base import SessionPlan, SessionSpec
-from paretopipe.transport.rpc import (
-    RpcOptions,
-    RpcSourceLink,
-    apply_cli_options,
-    interface_for_address,
-    require_rpc_support,
-)
-from paretopipe.wire import FrameReader, MsgType, send_control, send_json, server_auth
+from paretopipe.transport.rpc import RpcSourceLink
+from paretopipe.transport.rpc_group import RpcOptions, apply_cli_options, interface_for_address, require_rpc_support
+from paretopipe.transport.wire import FrameReader, MsgType, send_control, send_json, server_auth
 
-from .conftest import REPO, WorkerFactory
+from tests.conftest import REPO, WorkerFactory
 
 SMALL = {"batch_size": 2, "input_size": 64, "warmup": 1, "min_batches": 1, "threads": 1, "connect_timeout_s": 30,
          "timeout_s": 30}
@@ -98,6 +93,7 @@ def test_both_backends_give_identical_logits(workers):
     assert not torch.equal(rpc[0], rpc[1])  # the batches really were different
 
 
+@pytest.mark.slow
 def test_rpc_three_stage_chain_pipelined_writes_the_tcp_schema(workers, tmp_path):
     doc = run(RunConfig(model="resnet18", splits=(3, 9), stages=(workers["rpc"].address, workers["rpc2"].address),
                         out=tmp_path / "chain.json", batches=4, window=3, check=True, backend="rpc", **SMALL))
@@ -113,6 +109,7 @@ def test_rpc_three_stage_chain_pipelined_writes_the_tcp_schema(workers, tmp_path
     assert [s["index"] for s in on_disk["summary"]["stages"]] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_sweeps_with_both_backends_write_comparable_files(tmp_path):
     pytest.importorskip("analysis.loading")
     from analysis.loading import load_results
@@ -139,6 +136,7 @@ def test_sweeps_with_both_backends_write_comparable_files(tmp_path):
     assert by_backend["tcp"].metrics.keys() == by_backend["rpc"].metrics.keys()
 
 
+@pytest.mark.slow
 def test_two_sessions_in_a_row_on_one_master_port(workers, tmp_path, monkeypatch):
     port = free_port()
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
@@ -174,7 +172,7 @@ def test_unreachable_stage_is_a_one_line_error_naming_it(tmp_path):
     assert read_result(tmp_path / "x.json")["status"] == "failed"
 
 
-class _SilentStage:
+class SilentRpcStage:
     """A control server that answers the handshake like a worker but never joins the RPC group."""
 
     def __init__(self) -> None:
@@ -207,9 +205,8 @@ class _SilentStage:
 
 
 def test_stage_that_never_joins_the_rpc_group_times_out_naming_it():
-    stage = _SilentStage()
+    stage = SilentRpcStage()
     link = RpcSourceLink(RpcOptions(master_addr="127.0.0.1"))
-    t0 = time.monotonic()
     try:
         with pytest.raises(StageError) as err:
             link.open(SessionPlan(addresses=(stage.address,), spec=_spec((5,)), head_out_shape=(2, 64, 16, 16),
@@ -217,7 +214,7 @@ def test_stage_that_never_joins_the_rpc_group_times_out_naming_it():
     finally:
         link.close()
         stage.close()
-    assert time.monotonic() - t0 < 20  # bounded by the connect timeout, not torch's 30 minutes
+    # how long it takes (the connect timeout, not torch's 30 minutes): benchmarks/bench_failure_bounds.py
     msg = str(err.value)
     assert f"stage 1 ({stage.address}) did not reach the RPC master at 127.0.0.1:" in msg and "\n" not in msg
     assert stage.join is not None and stage.join["rank"] == 1 and stage.join["world_size"] == 2
@@ -267,6 +264,7 @@ def test_master_port_in_use_is_an_error_naming_it(workers, tmp_path, monkeypatch
 
 
 
+@pytest.mark.slow
 def test_source_killed_mid_run_worker_leaves_the_group_and_serves_the_next_session(start_worker, tmp_path):
     worker = start_worker("--backend", "rpc")
     proc = subprocess.Popen(
@@ -276,7 +274,7 @@ def test_source_killed_mid_run_worker_leaves_the_group_and_serves_the_next_sessi
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     try:
         worker.wait_log("joined the RPC group")
-        time.sleep(1.0)  # batches are flowing
+        worker.wait_log("first batch computed")  # batches are flowing
     finally:
         proc.kill()
         proc.wait()

@@ -2,7 +2,7 @@
 
 Every frame is::
 
-    header (fixed, 114 bytes, network byte order)
+    header (fixed, 127 bytes, network byte order)
       magic      4s   b"PPWF"
       version    B    WIRE_VERSION
       msg_type   B    MsgType
@@ -10,14 +10,18 @@ Every frame is::
       ndim       B    number of dims in `shape` (<= MAX_NDIM)
       nrec       B    number of StageRecord entries that follow the header (<= MAX_RECORDS)
       flags      B    per message type (CHALLENGE: bit 0 = token required)
+      codec      B    DATA: the codec of the payload (paretopipe.codecs wire id; 0 = none)
       session_id Q
       batch_id   Q
       t_send     d    sender's monotonic clock when it started sending this frame
-      t_aux      d    per message type (PONG: unused, DATA: unused, reserved)
-      length     Q    payload bytes after the records
-      shape      8q   tensor shape, unused dims 0
-    records  nrec x 32 bytes (compute_s d, queue_s d, transfer_in_s d, bytes_in Q)
-    payload  `length` bytes: raw tensor bytes (DATA), UTF-8 JSON (control), or a fixed binary
+      t_aux      d    per message type (DATA: the sender's encode time in seconds)
+      scale      d    DATA with int8: the affine scale (else 1.0)
+      zero_point i    DATA with int8: the affine zero point (else 0)
+      length     Q    payload bytes after the records (bytes on the wire)
+      shape      8q   tensor shape (the decoded tensor), unused dims 0
+    records  nrec x 48 bytes (compute_s d, queue_s d, transfer_in_s d, bytes_in Q, raw_in Q,
+             encode_in_s d, decode_in_s d)
+    payload  `length` bytes: the encoded tensor (DATA), UTF-8 JSON (control), or a fixed binary
              layout (CHALLENGE/AUTH/AUTH_OK)
 
 Nothing here unpickles anything. Receivers check the header before reading a payload: a wrong
@@ -45,19 +49,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from paretopipe.errors import TransportError
+from paretopipe.errors import ProtocolError, TransportError
+from paretopipe.transport.base import StageRecord
 
 MAGIC = b"PPWF"
-WIRE_VERSION = 1
+#: 2: codecs (codec, scale, zero_point in the header; raw size and encode/decode times per record)
+WIRE_VERSION = 2
 MAX_NDIM = 8
 MAX_RECORDS = 32
 MAX_CONTROL_BYTES = 64 * 1024
 #: Default upper bound for one tensor payload (a VGG16 activation at batch 64 is ~822 MB).
 DEFAULT_MAX_FRAME_BYTES = 2 * 1024**3
 
-_HEADER = struct.Struct("!4sBBBBBBQQddQ8q")
+_HEADER = struct.Struct("!4sBBBBBBBQQdddiQ8q")
 HEADER_SIZE = _HEADER.size
-_RECORD = struct.Struct("!dddQ")
+_RECORD = struct.Struct("!dddQQdd")
 RECORD_SIZE = _RECORD.size
 NONCE_BYTES = 32
 MAC_BYTES = 32
@@ -95,10 +101,6 @@ DTYPE_CODES = {name: code for code, (name, _) in DTYPES.items()}
 _MSG_TYPES = {int(m): m for m in MsgType}
 
 
-class ProtocolError(TransportError):
-    """The peer sent something that is not a valid frame of this protocol."""
-
-
 class PeerClosed(TransportError):
     """The peer closed the connection (cleanly between frames, or in the middle of one)."""
 
@@ -119,16 +121,6 @@ class AuthError(TransportError):
     """Token authentication failed (wrong token, missing token, or a peer that skipped it)."""
 
 
-@dataclass(frozen=True)
-class StageRecord:
-    """What one stage did to one batch; stages append theirs as the batch travels."""
-
-    compute_s: float
-    queue_s: float
-    transfer_in_s: float
-    bytes_in: int
-
-
 @dataclass(slots=True)
 class Header:
     msg_type: MsgType
@@ -141,6 +133,9 @@ class Header:
     t_send: float
     t_aux: float
     length: int
+    codec_id: int = 0
+    scale: float = 1.0
+    zero_point: int = 0
 
     @property
     def dtype(self) -> str | None:
@@ -178,6 +173,9 @@ def pack_header(
     shape: Sequence[int] = (),
     nrec: int = 0,
     flags: int = 0,
+    codec_id: int = 0,
+    scale: float = 1.0,
+    zero_point: int = 0,
 ) -> bytes:
     if len(shape) > MAX_NDIM:
         raise ProtocolError(f"tensor has {len(shape)} dims; the wire carries at most {MAX_NDIM}")
@@ -186,14 +184,15 @@ def pack_header(
     dims = list(shape) + [0] * (MAX_NDIM - len(shape))
     code = dtype_code(dtype) if dtype else 0
     return _HEADER.pack(
-        MAGIC, WIRE_VERSION, int(msg_type), code, len(shape), nrec, flags,
-        session_id, batch_id, t_send, t_aux, length, *dims,
+        MAGIC, WIRE_VERSION, int(msg_type), code, len(shape), nrec, flags, codec_id,
+        session_id, batch_id, t_send, t_aux, scale, zero_point, length, *dims,
     )
 
 
 def unpack_header(raw: bytes | bytearray | memoryview, *, max_length: int) -> Header:
     """Parse and check a header. Raises ProtocolError on anything malformed or too large."""
-    magic, version, mtype, code, ndim, nrec, flags, sid, bid, t_send, t_aux, length, *dims = _HEADER.unpack(raw)
+    (magic, version, mtype, code, ndim, nrec, flags, codec_id, sid, bid, t_send, t_aux, scale, zero_point, length,
+     *dims) = _HEADER.unpack(raw)
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {bytes(magic)!r} (expected {MAGIC!r}): not a ParetoPipe peer")
     if version != WIRE_VERSION:
@@ -212,7 +211,9 @@ def unpack_header(raw: bytes | bytearray | memoryview, *, max_length: int) -> He
     shape = tuple(dims[:ndim])
     if any(d < 0 for d in shape):
         raise ProtocolError(f"negative dimension in shape {shape}")
-    return Header(msg_type, code, shape, nrec, flags, sid, bid, t_send, t_aux, length)
+    if codec_id and msg_type != MsgType.DATA:
+        raise ProtocolError(f"{msg_type.name} frame declares codec {codec_id}; only DATA frames are encoded")
+    return Header(msg_type, code, shape, nrec, flags, sid, bid, t_send, t_aux, length, codec_id, scale, zero_point)
 
 
 def _recv_some(sock: socket.socket, view: memoryview, *, got: int, total: int, what: str) -> int:
@@ -325,10 +326,11 @@ class FrameReader:
 
 
 def recv_payload_into(reader: FrameReader, hdr: Header, out: memoryview) -> None:
-    """Receive a DATA payload into `out`, a buffer preallocated for the expected tensor.
+    """Receive a DATA payload into `out`, a buffer preallocated for the expected tensor (or, for
+    an encoded payload, a staging buffer of the length the codec's bound let through).
 
-    The header must already have been checked against the expected shape and dtype; its length
-    must equal len(out)."""
+    The header must already have been checked against the expected shape, dtype and codec; its
+    length must equal len(out)."""
     if hdr.length != len(out):
         raise ProtocolError(f"payload of {hdr.length} bytes does not fit the {len(out)}-byte buffer for the expected tensor")
     reader.read_into(out, what=f"batch {hdr.batch_id} payload")
@@ -372,18 +374,23 @@ def send_data(
     session_id: int,
     batch_id: int,
     t_send: float,
+    codec_id: int = 0,
+    scale: float = 1.0,
+    zero_point: int = 0,
+    encode_s: float = 0.0,
 ) -> None:
-    """Send one DATA frame: header, records and the raw tensor bytes in one gathered write.
+    """Send one DATA frame: header, records and the (encoded) tensor bytes in one gathered write.
 
     One ``sendmsg`` hands all three to the kernel without joining them into one buffer (the
     tensor bytes are never copied in user space); only what the kernel did not take at once,
     e.g. the rest of a large tensor, needs further calls."""
     head = pack_header(
         MsgType.DATA, length=len(payload), session_id=session_id, batch_id=batch_id,
-        t_send=t_send, dtype=dtype, shape=shape, nrec=len(records),
+        t_send=t_send, t_aux=encode_s, dtype=dtype, shape=shape, nrec=len(records), codec_id=codec_id,
+        scale=scale, zero_point=zero_point,
     )
     if records:
-        head += b"".join(_RECORD.pack(r.compute_s, r.queue_s, r.transfer_in_s, r.bytes_in) for r in records)
+        head += b"".join(_RECORD.pack(*r.as_tuple()) for r in records)
     sent = sock.sendmsg((head, payload))
     if sent < len(head):
         sock.sendall(memoryview(head)[sent:])

@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from paretopipe.wire import (
+from paretopipe.transport.base import StageRecord
+from paretopipe.transport.wire import (
     HEADER_SIZE,
     MAGIC,
     MAX_CONTROL_BYTES,
@@ -17,7 +18,6 @@ from paretopipe.wire import (
     MsgType,
     PeerClosed,
     ProtocolError,
-    StageRecord,
     client_auth,
     nbytes,
     pack_header,
@@ -219,4 +219,4 @@ def test_token_file(tmp_path):
 
 
 def test_magic_is_documented_value():
-    assert MAGIC == b"PPWF" and struct.calcsize("!4sBBBBBBQQddQ8q") == HEADER_SIZE
+    assert MAGIC == b"PPWF" and struct.calcsize("!4sBBBBBBBQQdddiQ8q") == HEADER_SIZE == 127

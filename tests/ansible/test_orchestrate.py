@@ -1,0 +1,57 @@
+"""paretopipe.orchestrate without a testbed: ansible-runner on a syntax check, and the reading of
+events (recap, messages, task spans) on events shaped as ansible-runner emits them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from paretopipe.errors import ConfigError
+from paretopipe.orchestrate import HostStats, PlaybookRun, _host_stats, run_playbook
+
+
+def test_run_playbook_gives_status_events_and_progress(tmp_path):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n")
+    seen = []
+    run = run_playbook("sweep.yml", inventory=inventory, cmdline="--syntax-check",
+                       on_event=seen.append, artifacts_dir=tmp_path / "runner")
+    assert (run.status, run.rc, run.ok) == ("successful", 0, True)
+    assert seen and seen == list(run.events)
+    assert (run.artifacts / "stdout").is_file()
+    assert "playbook: " in (run.artifacts / "stdout").read_text()
+
+
+def test_mistakes_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no playbook .*nope.yml; the suite's playbooks are"):
+        run_playbook("nope.yml", inventory=tmp_path)
+    with pytest.raises(ConfigError, match="inventory .* does not exist"):
+        run_playbook("sweep.yml", inventory=tmp_path / "missing")
+
+
+def _event(kind: str, created: str, **data) -> dict:
+    return {"event": kind, "created": created, "uuid": created, "event_data": data}
+
+
+def test_recap_messages_and_task_spans_come_from_events():
+    events = (
+        _event("playbook_on_play_start", "2026-12-01T10:00:00.000000", play="Sweep"),
+        _event("playbook_on_task_start", "2026-12-01T10:00:01.000000", task="Plan"),
+        _event("runner_on_ok", "2026-12-01T10:00:01.500000", host="pi1", task="Plan",
+               res={"msg": "sweep s: 4 runs;\n  0 already done, 4 to run"}),
+        _event("playbook_on_task_start", "2026-12-01T10:00:04.250000", task="Run the list"),
+        _event("runner_on_failed", "2026-12-01T10:00:30.000000", host="gpu", task="Run the list",
+               res={"msg": "1 run(s) failed: x"}, ignore_errors=None),
+        _event("playbook_on_stats", "2026-12-01T10:00:31.000000"),
+    )
+    run = PlaybookRun("sweep.yml", "failed", 2, _host_stats(
+        {"ok": {"pi1": 3, "gpu": 2}, "changed": {"pi1": 1}, "failures": {"gpu": 1},
+         "dark": {}, "skipped": {"gpu": 4}, "processed": {"pi1": 1, "gpu": 1, "pi2": 1}}),
+        events, Path("/nonexistent"))
+    assert run.hosts == {"gpu": HostStats(ok=2, failed=1, skipped=4), "pi1": HostStats(ok=3, changed=1),
+                         "pi2": HostStats()}
+    assert not run.ok
+    assert run.messages() == ["sweep s: 4 runs; 0 already done, 4 to run", "1 run(s) failed: x"]
+    assert run.failed_tasks() == [("gpu", "Run the list")]
+    assert run.task_spans() == [(1.0, "Sweep"), (3.25, "Plan"), (26.75, "Run the list")]
