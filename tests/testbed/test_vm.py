@@ -27,7 +27,6 @@ import yaml
 from paretopipe import testbed
 from paretopipe.errors import TestbedError
 from paretopipe.testbed import vm
-from tests.ansible.test_sweep_playbook import ok, recap
 
 # Generous per-test limit: the first test's setup builds the image when it is not cached.
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -103,6 +102,18 @@ devices:
   - {{name: pi1, group: edge, profile: rpi5, ip: 10.{idx}.187.11}}
   - {{name: pi2, group: edge, profile: rpi5, ip: 10.{idx}.187.12}}
 """)
+
+
+def recap(proc: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
+    """PLAY RECAP counters per host."""
+    out = {}
+    for host, counters in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", proc.stdout, re.M):
+        out[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counters)}
+    return out
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    return f"rc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
 
 
 @pytest.fixture(scope="module")
