@@ -136,10 +136,13 @@ class GroupResult:
     def label(self, i: int) -> str:
         """Short label of point ``i`` within its group: the split(s), plus what else varies."""
         p = self.points[i]
-        extra = [f"{_SHORT.get(c, '')}{_fmt(p.get(c))}" for c in self.varying]
+        # the sweep dimensions first, in the planner's order (k=8 w4 b8), then anything else
+        order = sorted(self.varying, key=lambda c: (_LABEL_ORDER.index(c) if c in _LABEL_ORDER else len(_LABEL_ORDER)))
+        extra = [f"{_SHORT.get(c, '')}{_fmt(p.get(c))}" for c in order]
         return " ".join([f"k={p.split_label}", *extra])
 
 
+_LABEL_ORDER = ("window", "batch_size", "codec")
 _SHORT = {"batch_size": "b", "window": "w", "input_size": "px", "threads": "t", "codec": ""}
 
 

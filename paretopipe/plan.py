@@ -520,9 +520,9 @@ def _write_repeats_record(path: Path, model: str, task: Task, rule: RepeatRule, 
         "latency_s": [v[0] for v in known], "throughput_img_s": [v[1] for v in known],
         "relative_ci95": {"latency": _finite(rel[0]), "throughput": _finite(rel[1])},
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # a record, not a run file: the latest word on the configuration
+    from paretoio.files import write_json_atomic
+
+    write_json_atomic(path, doc)  # a record, not a run file: replaced, the latest word on the configuration
 
 
 def _finite(x: float) -> float | None:
@@ -633,27 +633,30 @@ def _device_run(job: Mapping[str, Any], status_file: Path | None, log: Callable[
 
 
 def _write_status(path: Path, doc: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({**doc, "pid": os.getpid()}), encoding="utf-8")
-    os.replace(tmp, path)
+    from paretoio.files import write_json_atomic
+
+    write_json_atomic(path, {**doc, "pid": os.getpid()}, indent=0)
 
 
 def _wait(status_file: Path, seconds: float, total: int) -> dict[str, Any]:
     """``wait``: block up to ``seconds`` for the runner to finish; its progress as JSON."""
-    deadline = time.monotonic() + seconds
-    doc: dict[str, Any] = {}
-    while True:
+    from paretopipe.polling import poll_until
+
+    seen: dict[str, Any] = {}
+
+    def over() -> bool:
         try:
             doc = json.loads(status_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             doc = {}
-        if doc.get("finished") or time.monotonic() >= deadline:
-            break
-        if doc.get("pid") and not _alive(int(doc["pid"])):  # the runner died without saying so
-            doc = {**doc, "finished": True, "last": f"the runner (pid {doc['pid']}) is gone"}
-            break
-        time.sleep(1.0)
+        if not doc.get("finished") and doc.get("pid") and not _alive(int(doc["pid"])):
+            doc = {**doc, "finished": True, "last": f"the runner (pid {doc['pid']}) is gone"}  # died without saying so
+        seen.clear()
+        seen.update(doc)
+        return bool(doc.get("finished"))
+
+    poll_until(over, seconds, interval_s=1.0)
+    doc = seen
     p = Progress(int(doc.get("done", 0)), int(doc.get("ok", 0)), int(doc.get("failed", 0)),
                  int(doc.get("skipped", 0)), int(doc.get("left", total)), float(doc.get("elapsed_s", 0.0)),
                  str(doc.get("last", "")))

@@ -2,7 +2,7 @@
 """Summarise a sweep on the controller: runs done and failed, and where the wall time went.
 
 Reads JSON on stdin: ``{"sweep_id", "results_dir", "started": <epoch s>, "plan": {...},
-"reports": [<run_plan report>, ...], "conditions": [{"condition", "configured", "measured",
+"reports": [<`python -m paretopipe.plan run` report>, ...], "conditions": [{"condition", "configured", "measured",
 "ok"}, ...]}``. Writes ``<results_dir>/sweep-summary.yml`` (YAML, so result-file readers that
 take every ``*.json`` do not mistake it for a run) and prints the same figures as text.
 
