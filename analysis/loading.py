@@ -1,7 +1,7 @@
 """Find and read result files: schema ``paretopipe.run`` v1 and upstream ParetoPipe's formats.
 
 Every format becomes the same :class:`RunRecord`. Whether a file follows its format is decided by
-a JSON Schema (``analysis/schemas``, :mod:`analysis.schema`); the code here only maps fields. A
+a JSON Schema (``paretoio/schemas``, :mod:`paretoio.schema`); the code here only maps fields. A
 file that cannot be used is not fatal: it becomes a :class:`Skipped` entry with a one-line
 reason, and loading goes on.
 
@@ -28,7 +28,7 @@ import pandas as pd
 
 from analysis import AnalysisError
 from analysis.metrics import METRICS
-from analysis.schema import UPSTREAM_SCHEMA, run_schema_problems, schema_problems
+from paretoio.schema import UPSTREAM_SCHEMA, run_schema_problems, schema_problems
 
 __all__ = ["RunRecord", "Skipped", "LoadResult", "load_results", "SCHEMA", "SCHEMA_VERSION"]
 

@@ -64,11 +64,11 @@ def validate_result(doc: Any) -> list[str]:
     """Problems with a result document (empty when it follows schema v1).
 
     The schema is the JSON Schema file the analysis reads files with
-    (``analysis/schemas/paretopipe.run.v1.schema.json``, published in docs/results.md), checked
+    (``paretoio/schemas/paretopipe.run.v1.schema.json``, published in docs/results.md), checked
     with ``jsonschema``; on top of it, the two cross-field rules a JSON Schema cannot state:
     one stage more than splits, and per batch one compute time and one hop per stage.
     """
-    from analysis.schema import run_schema_problems  # jsonschema is loaded only when writing
+    from paretoio.schema import run_schema_problems  # jsonschema is loaded only when writing
 
     problems = run_schema_problems(doc)
     if problems:

@@ -45,7 +45,8 @@ def _parse_between(text: str | None) -> list[str] | None:
 def _up(args: argparse.Namespace) -> int:
     from paretopipe import testbed
 
-    print(f"testbed up ({args.kind}):", file=_human(args), flush=True)
+    print("testbed up:" if args.kind == "netns" else "testbed up (virtual machines):",
+          file=_human(args), flush=True)
     if args.kind == "vm":
         from paretopipe.testbed import vm
 

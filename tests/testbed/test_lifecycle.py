@@ -182,7 +182,7 @@ def test_cli_status_json_and_second_up(testbed):
     out = run_cli("testbed", "up", "--json", "--topology", str(testbed.topology_file), "--state-dir",
                   str(testbed.state_dir), "--inventory", str(testbed.inventory))
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["changed"] is False and "testbed up (" in out.stderr
+    assert json.loads(out.stdout)["changed"] is False and "testbed up:" in out.stderr
     out = run_cli("testbed", "up", "--state-dir", str(testbed.state_dir))
     assert out.returncode == 2 and "another topology is up" in out.stderr
 

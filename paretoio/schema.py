@@ -1,11 +1,11 @@
-"""The file formats the analysis reads, as JSON Schema files, and their checker.
+"""The file formats of the project, as JSON Schema files, and their checker.
 
-``analysis/schemas/`` holds them as package data of ``analysis``:
+``paretoio/schemas/`` holds them as package data of ``paretoio``, which both packages import:
 
 * ``paretopipe.run.v1.schema.json``: our result files (schema ``paretopipe.run`` v1). The analysis
-  reads it without importing ``paretopipe``, and ``paretopipe.results.validate_result`` (the
-  writer's check) loads it from here, so writer and reader check one definition. docs/results.md
-  publishes it.
+  reads with it, and ``paretopipe.results.validate_result`` (the writer's check) checks with it,
+  so writer and reader check one definition, and a device that writes results needs only
+  jsonschema for it (not the analysis's pandas). docs/results.md publishes it.
 * ``upstream.schema.json``: upstream ParetoPipe's per-split metrics files and its RPC tester's
   ``consolidated_metrics.json`` (definitions ``split_metrics`` and ``consolidated``).
 """
@@ -27,8 +27,8 @@ UPSTREAM_SCHEMA = "upstream.schema.json"
 
 @lru_cache(maxsize=None)
 def load_schema(name: str) -> dict[str, Any]:
-    """A schema of ``analysis/schemas/`` as a dict."""
-    return json.loads(resources.files("analysis").joinpath("schemas", name).read_text("utf-8"))
+    """A schema of ``paretoio/schemas/`` as a dict."""
+    return json.loads(resources.files("paretoio").joinpath("schemas", name).read_text("utf-8"))
 
 
 @lru_cache(maxsize=None)
