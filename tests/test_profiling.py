@@ -84,8 +84,10 @@ def test_profile_then_predict_select(tmp_path, resnet_profile):
     assert proc.returncode == 0, proc.stderr
     sel = json.loads(proc.stdout)
     assert sel["total"] == 16 and sel["saved"] == 16 - len(sel["selected"])
-    assert sel["splits"] == ",".join(str(s[0]) for s in sel["selected"])
-    assert [0] in sel["selected"] and [15] in sel["selected"]
+    # configurations (prediction v2): one window and the profiles' batch size here
+    assert {(c["window"], c["batch_size"]) for c in sel["selected"]} == {(2, 2)}
+    chosen = [c["splits"] for c in sel["selected"]]
+    assert [0] in chosen and [15] in chosen
     assert all(f in sel["selected"] for f in sel["frontier"])
     doc = json.loads(pred_file.read_text())
     assert doc["schema"] == "paretopipe.prediction" and len(doc["predictions"]) == 16
@@ -97,7 +99,9 @@ def test_profile_then_predict_select(tmp_path, resnet_profile):
 
     proc = run_cli("predict", "--profiles", str(prof), "--stages", "3", "--condition", "wifi", "--select")
     assert proc.returncode == 0, proc.stderr
-    assert "0:0" in proc.stdout.split(",") and "15:15" in proc.stdout.strip().split(",")
+    (line,) = proc.stdout.strip().splitlines()  # one window x batch size: one line of splits
+    label, _, splits = line.partition(": ")
+    assert label == "w1 b2" and "0:0" in splits.split(",") and "15:15" in splits.split(","), line
 
 
 @pytest.mark.parametrize("args, fragment", [
