@@ -129,6 +129,10 @@ def run_playbook(playbook: str, *, inventory: str | os.PathLike[str],
         raise ConfigError(f"inventory {inventory} does not exist")
     private = Path(artifacts_dir) if artifacts_dir else Path(tempfile.mkdtemp(prefix="pp-ansible-"))
     private.mkdir(parents=True, exist_ok=True)
+    if cmdline is None:
+        # ansible-runner reads env/cmdline when no cmdline is given: an earlier run's `--check`
+        # left in a reused folder must not turn this run into a check run.
+        (private / "env" / "cmdline").unlink(missing_ok=True)
     bindir = str(Path(sys.executable).parent)  # ansible-playbook of this environment
     envvars = {"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
                "ANSIBLE_FORCE_COLOR": "0",

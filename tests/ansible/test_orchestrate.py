@@ -55,3 +55,18 @@ def test_recap_messages_and_task_spans_come_from_events():
     assert run.messages() == ["sweep s: 4 runs; 0 already done, 4 to run", "1 run(s) failed: x"]
     assert run.failed_tasks() == [("gpu", "Run the list")]
     assert run.task_spans() == [(1.0, "Sweep"), (3.25, "Plan"), (26.75, "Run the list")]
+
+
+def test_a_reused_artifacts_folder_does_not_carry_check_mode_over(tmp_path):
+    """ansible-runner keeps the options of a run in env/cmdline of its folder and reads them back
+    when none are given: a `--check` run must not make the next run in that folder a check too."""
+    from paretopipe.orchestrate import run_playbook
+
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text("localhost ansible_connection=local\n")
+    folder = tmp_path / "runner"
+    run_playbook("netem.yml", inventory=inventory, cmdline="--syntax-check", artifacts_dir=folder)
+    assert (folder / "env" / "cmdline").read_text().strip() == "--syntax-check"
+    run_playbook("netem.yml", inventory=inventory, cmdline=None, artifacts_dir=folder,
+                 extra_vars={"condition": ""})
+    assert not (folder / "env" / "cmdline").exists()
