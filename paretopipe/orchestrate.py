@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -129,10 +130,10 @@ def run_playbook(playbook: str, *, inventory: str | os.PathLike[str],
         raise ConfigError(f"inventory {inventory} does not exist")
     private = Path(artifacts_dir) if artifacts_dir else Path(tempfile.mkdtemp(prefix="pp-ansible-"))
     private.mkdir(parents=True, exist_ok=True)
-    if cmdline is None:
-        # ansible-runner reads env/cmdline when no cmdline is given: an earlier run's `--check`
-        # left in a reused folder must not turn this run into a check run.
-        (private / "env" / "cmdline").unlink(missing_ok=True)
+    # ansible-runner reads the options of a run back from the folder's env/ (cmdline, extravars,
+    # ...) and adds them to what it is given: an earlier run's `--check` or `-e splits=...` left
+    # in a reused folder must not leak into this run. Each run states all of its own.
+    shutil.rmtree(private / "env", ignore_errors=True)
     bindir = str(Path(sys.executable).parent)  # ansible-playbook of this environment
     envvars = {"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
                "ANSIBLE_FORCE_COLOR": "0",

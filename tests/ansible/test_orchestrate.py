@@ -58,15 +58,18 @@ def test_recap_messages_and_task_spans_come_from_events():
 
 
 def test_a_reused_artifacts_folder_does_not_carry_check_mode_over(tmp_path):
-    """ansible-runner keeps the options of a run in env/cmdline of its folder and reads them back
-    when none are given: a `--check` run must not make the next run in that folder a check too."""
+    """ansible-runner keeps the options of a run in env/ of its folder (cmdline, extravars) and
+    reads them back: a `--check` run, or its `-e splits=`, must not carry over to the next run."""
     from paretopipe.orchestrate import run_playbook
 
     inventory = tmp_path / "hosts.ini"
     inventory.write_text("localhost ansible_connection=local\n")
     folder = tmp_path / "runner"
-    run_playbook("netem.yml", inventory=inventory, cmdline="--syntax-check", artifacts_dir=folder)
+    run_playbook("netem.yml", inventory=inventory, cmdline="--syntax-check", artifacts_dir=folder,
+                 extra_vars={"splits": "0,19"})
     assert (folder / "env" / "cmdline").read_text().strip() == "--syntax-check"
+    assert "splits" in (folder / "env" / "extravars").read_text()
     run_playbook("netem.yml", inventory=inventory, cmdline=None, artifacts_dir=folder,
                  extra_vars={"condition": ""})
     assert not (folder / "env" / "cmdline").exists()
+    assert "splits" not in (folder / "env" / "extravars").read_text()
