@@ -8,7 +8,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${PARETOPIPE_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
-TORCH_PIN="${PARETOPIPE_TORCH_PIN:-torch==2.14.1 torchvision==0.29.1}"
+# The pin lives in requirements/torch.txt (the roles read it too); PARETOPIPE_TORCH_PIN overrides it.
+TORCH_PIN="${PARETOPIPE_TORCH_PIN:-$(sed -e 's/#.*//' "$ROOT/requirements/torch.txt" | xargs)}"
 
 log() { printf '[setup] %s\n' "$*"; }
 
