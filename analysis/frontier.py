@@ -1,5 +1,9 @@
 """Pareto maths on plain arrays: non-dominated sorting, hypervolume, knee point, duplicates.
 
+Non-dominated sorting (and the senses) is :mod:`paretoio.pareto`'s, shared with
+``paretopipe.predict`` so that the predicted and the measured frontier are one computation;
+it is re-exported here. The rest is the analysis package's own.
+
 Conventions (also in docs/analysis.md):
 
 * ``values`` is an (n, m) array, one row per point, one column per objective; ``senses`` says
@@ -22,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from analysis.metrics import Sense
+from paretoio.pareto import EXCLUDED, Sense, nondominated_ranks, nondominated_ranks_naive, to_minimisation
 
 __all__ = [
     "to_minimisation",
@@ -34,70 +38,6 @@ __all__ = [
     "tied_objectives",
     "EXCLUDED",
 ]
-
-EXCLUDED = -1  # rank of a row with a non-finite objective
-
-
-def to_minimisation(values: np.ndarray | Sequence[Sequence[float]],
-                    senses: Sequence[Sense | str]) -> np.ndarray:
-    """Copy of ``values`` as float (n, m) with every ``max`` column negated."""
-    arr = np.array(values, dtype=float, ndmin=2)
-    if arr.size == 0:
-        return arr.reshape(0, len(senses))
-    if arr.shape[1] != len(senses):
-        raise ValueError(f"{arr.shape[1]} objective columns but {len(senses)} senses")
-    sign = np.array([-1.0 if Sense(s) is Sense.MAX else 1.0 for s in senses])
-    return arr * sign
-
-
-def nondominated_ranks(values: np.ndarray | Sequence[Sequence[float]],
-                       senses: Sequence[Sense | str]) -> np.ndarray:
-    """Non-dominated sorting: rank per row (0 = frontier), ``EXCLUDED`` for non-finite rows.
-
-    Builds the full dominance matrix with broadcasting (O(n² m) time and n² bytes of memory, fine
-    for the thousands of configurations a sweep produces), then peels fronts off by counting each
-    point's remaining dominators.
-    """
-    f = to_minimisation(values, senses)
-    n = f.shape[0]
-    ranks = np.full(n, EXCLUDED, dtype=int)
-    idx = np.flatnonzero(np.isfinite(f).all(axis=1))
-    g = f[idx]
-    no_worse = (g[:, None, :] <= g[None, :, :]).all(axis=2)
-    better = (g[:, None, :] < g[None, :, :]).any(axis=2)
-    dominates = no_worse & better  # [i, j]: i dominates j
-    dominators = dominates.sum(axis=0)
-    remaining = np.ones(len(idx), dtype=bool)
-    rank = 0
-    while remaining.any():
-        front = remaining & (dominators == 0)
-        ranks[idx[front]] = rank
-        remaining &= ~front
-        dominators -= dominates[front].sum(axis=0)
-        rank += 1
-    return ranks
-
-
-def nondominated_ranks_naive(values: Sequence[Sequence[float]],
-                             senses: Sequence[Sense | str]) -> list[int]:
-    """Plain-Python O(n² m) per front twin of :func:`nondominated_ranks`, kept for the tests."""
-    signs = [-1.0 if Sense(s) is Sense.MAX else 1.0 for s in senses]
-    rows = [[sign * float(v) for sign, v in zip(signs, row)] for row in values]
-    ranks = [EXCLUDED] * len(rows)
-    left = [i for i, row in enumerate(rows) if all(math.isfinite(v) for v in row)]
-
-    def dominates(a: list[float], b: list[float]) -> bool:
-        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
-
-    rank = 0
-    while left:
-        front = [j for j in left if not any(dominates(rows[i], rows[j]) for i in left)]
-        for j in front:
-            ranks[j] = rank
-        left = [j for j in left if j not in front]
-        rank += 1
-    return ranks
-
 
 def hypervolume(points: np.ndarray | Sequence[Sequence[float]],
                 reference: Sequence[float]) -> float:

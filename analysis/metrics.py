@@ -7,16 +7,10 @@ either file format. ``source`` says where a schema-v1 value comes from.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+
+from paretoio.pareto import Sense  # shared with paretopipe.predict
 
 __all__ = ["Sense", "Metric", "METRICS", "metric"]
-
-
-class Sense(str, Enum):
-    """Whether smaller (``min``) or larger (``max``) values of an objective are better."""
-
-    MIN = "min"
-    MAX = "max"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 helpers that neither package may own, since ``analysis`` never imports ``paretopipe`` and
 ``paretopipe`` should not pull in ``analysis`` (pandas, SciPy) to write a file.
 
-- :mod:`paretoio.files`: the atomic file writer.
+- :mod:`paretoio.files`: the atomic file writer (standard library only);
+- :mod:`paretoio.schema`: the file formats' JSON Schemas and their checker;
+- :mod:`paretoio.pareto`: objective senses and non-dominated sorting (NumPy), with which
+  ``paretopipe.predict`` and ``analysis.frontier`` both rank.
 
-It imports nothing but the standard library. docs/design.md has the layering.
+This package imports none of its modules. docs/design.md has the layering.
 """

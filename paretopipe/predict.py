@@ -21,8 +21,8 @@ The model (docs/predict.md). For a chain of ``S`` stages with split indices ``k_
   before the stamp and the latency stays ``L0``.
 
 The predicted frontier is the non-dominated set of (latency min, throughput max), computed with
-:func:`analysis.frontier.nondominated_ranks` (the analysis package has no torch dependency and
-ships with paretopipe). :func:`select` adds each frontier chain's neighbours (one index +-1) and
+:func:`paretoio.pareto.nondominated_ranks`, the sorting the measured frontier of ``analysis``
+uses too. :func:`select` adds each frontier chain's neighbours (one index +-1) and
 the two ends (everything on the first device, everything on the last), plus any chain within
 ``tolerance`` of the frontier.
 """
@@ -277,7 +277,7 @@ def predict_chain(profiles: Sequence[DeviceProfile], splits: Sequence[int], link
 def _ranked(preds: list[Prediction]) -> list[Prediction]:
     import numpy as np
 
-    from analysis.frontier import nondominated_ranks
+    from paretoio.pareto import nondominated_ranks
 
     values = np.array([[p.latency_s, p.throughput_batch_s] for p in preds], dtype=float)
     ranks = nondominated_ranks(values, ["min", "max"])
