@@ -15,13 +15,13 @@ from paretopipe.plan import (
     RepeatRule,
     SweepSpec,
     Task,
-    _controller_plan,
     make_plan,
     parse_positive_list,
     parse_repeats,
     parse_splits,
     work_through,
 )
+from paretopipe.plan.roles import _controller_plan
 
 
 def test_split_grammar_is_one_for_every_chain_length() -> None:
