@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import pandas as pd
 
@@ -30,7 +30,8 @@ from analysis import AnalysisError
 from analysis.metrics import METRICS
 from paretoio.schema import UPSTREAM_SCHEMA, run_schema_problems, schema_problems
 
-__all__ = ["RunRecord", "Skipped", "LoadResult", "load_results", "SCHEMA", "SCHEMA_VERSION"]
+__all__ = ["RunRecord", "Skipped", "LoadResult", "load_results", "SCHEMA", "SCHEMA_VERSION", "names_schema",
+           "load_side_files"]
 
 SCHEMA = "paretopipe.run"
 SCHEMA_VERSION = 1
@@ -117,6 +118,36 @@ def find_json_files(paths: Sequence[Path], exclude: Iterable[Path] = ()) -> list
                 if name.endswith(".json"):
                     found[here / name] = None
     return list(found)
+
+
+_T = TypeVar("_T")
+
+
+def names_schema(path: Path, schema: str) -> bool:
+    """Whether the start of ``path`` (4 KiB) says ``"schema": "<schema>"``: how a side file (a
+    prediction, a repeats record) is told from a result file without parsing it whole."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            head = fh.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return f'"schema": "{schema}"' in head
+
+
+def load_side_files(paths: Sequence[Path], exclude: Iterable[Path], schema: str, what: str,
+                    parse: Callable[[Path, Any], _T]) -> tuple[list[_T], list[Skipped]]:
+    """Every file of ``schema`` under ``paths``, as ``parse(path, document)`` makes it; a file it
+    cannot parse becomes a :class:`Skipped` entry "malformed <what>: ..."."""
+    found: list[_T] = []
+    skipped: list[Skipped] = []
+    for path in find_json_files(paths, exclude):
+        if not names_schema(path, schema):
+            continue
+        try:
+            found.append(parse(path, json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            skipped.append(Skipped(path, f"malformed {what}: {type(exc).__name__}: {exc}"))
+    return found, skipped
 
 
 def load_results(

@@ -19,7 +19,6 @@ Like the rest of the analysis it reads JSON only and never imports paretopipe or
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 
 from analysis.aggregate import ConfigPoint
 from analysis.frontier import nondominated_ranks
-from analysis.loading import Skipped, find_json_files
+from analysis.loading import Skipped, load_side_files, names_schema
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "PredictionFile", "SplitRow", "Comparison", "is_prediction_file",
            "load_predictions", "compare", "mape"]
@@ -154,12 +153,7 @@ def mape(errors: Iterable[float]) -> float:
 # --- reading ---------------------------------------------------------------------------------
 
 def is_prediction_file(path: Path) -> bool:
-    try:
-        with path.open(encoding="utf-8") as fh:
-            head = fh.read(4096)
-    except (OSError, UnicodeDecodeError):
-        return False
-    return f'"schema": "{SCHEMA}"' in head
+    return names_schema(path, SCHEMA)
 
 
 def _parse(path: Path, doc: Any) -> PredictionFile:
@@ -188,15 +182,7 @@ def _parse(path: Path, doc: Any) -> PredictionFile:
 def load_predictions(paths: Sequence[Path], exclude: Iterable[Path] = ()
                      ) -> tuple[list[PredictionFile], list[Skipped]]:
     """Every prediction file under ``paths``; broken ones become :class:`Skipped` entries."""
-    found, skipped = [], []
-    for path in find_json_files(paths, exclude):
-        if not is_prediction_file(path):
-            continue
-        try:
-            found.append(_parse(path, json.loads(path.read_text(encoding="utf-8"))))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            skipped.append(Skipped(path, f"malformed prediction file: {type(exc).__name__}: {exc}"))
-    return found, skipped
+    return load_side_files(paths, exclude, SCHEMA, "prediction file", _parse)
 
 
 # --- comparing -------------------------------------------------------------------------------

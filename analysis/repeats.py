@@ -7,12 +7,11 @@ runs failed before the minimum). Like the rest of the analysis it reads JSON onl
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from analysis.loading import Skipped, find_json_files
+from analysis.loading import Skipped, load_side_files, names_schema
 
 __all__ = ["SCHEMA", "RepeatRecord", "is_repeats_file", "load_repeat_records", "summary_rows", "HEADER"]
 
@@ -41,12 +40,7 @@ class RepeatRecord:
 
 
 def is_repeats_file(path: Path) -> bool:
-    try:
-        with path.open(encoding="utf-8") as fh:
-            head = fh.read(4096)
-    except (OSError, UnicodeDecodeError):
-        return False
-    return f'"schema": "{SCHEMA}"' in head
+    return names_schema(path, SCHEMA)
 
 
 def _parse(path: Path, doc: Any) -> RepeatRecord:
@@ -62,14 +56,7 @@ def _parse(path: Path, doc: Any) -> RepeatRecord:
 def load_repeat_records(paths: Sequence[Path], exclude: Iterable[Path] = ()
                         ) -> tuple[list[RepeatRecord], list[Skipped]]:
     """Every repeats record under ``paths``; broken ones become :class:`Skipped` entries."""
-    found, skipped = [], []
-    for path in find_json_files(paths, exclude):
-        if not is_repeats_file(path):
-            continue
-        try:
-            found.append(_parse(path, json.loads(path.read_text(encoding="utf-8"))))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            skipped.append(Skipped(path, f"malformed repeats record: {type(exc).__name__}: {exc}"))
+    found, skipped = load_side_files(paths, exclude, SCHEMA, "repeats record", _parse)
     return sorted(found, key=lambda r: (r.group, r.label)), skipped
 
 
