@@ -25,24 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench_predicted_sweep import PY, REPO, Devices, stop
+from _testbed_common import PY, REPO, Devices, raise_on_signals, stop, topology_text
 
 MODEL = "mobilenet_v2"
-TOPOLOGY = """\
-prefix: c16-
-bridge: br-c16
-subnet: 10.77.16.0/24
-controller_ip: 10.77.16.1
-devices:
-  - {name: edge, group: edge, profile: rpi4, ip: 10.77.16.11}
-  - {name: server, group: servers, profile: gpu-server, ip: 10.77.16.21}
-"""
+TOPOLOGY = topology_text("c16", "10.77.16", [("edge", "edge", "rpi4", 11), ("server", "servers", "gpu-server", 21)])
 SERVER = "10.77.16.21:29616"
 GOALS = {"ratio": 3.0, "agreement": 0.99}
 OBJECTIVES = "latency:min,throughput:max,agreement:max"
@@ -98,11 +89,7 @@ def run_all(dev: Devices, args: argparse.Namespace, plan: list[tuple[int, str]],
                    "--network-json", json.dumps(network), "--sweep-id", "bench-codecs-testbed",
                    "--timeout", "120", "--out", str(path)]
             t0 = time.monotonic()
-            proc = dev.popen("edge", cmd, logs / f"s{k}-{codec}.log")
-            try:
-                rc = proc.wait(timeout=600)
-            finally:
-                stop(proc)
+            rc = dev.run("edge", cmd, logs / f"s{k}-{codec}.log", timeout=600)
             if rc == 0:
                 s = json.loads(path.read_text())["summary"]
                 agree = (s.get("fidelity") or {}).get("agreement_top1")
@@ -227,11 +214,7 @@ def main() -> int:
         raise SystemExit(f"{results} holds results of an earlier run: use another --out "
                          f"(or --report-only to print them)")
 
-    def interrupted(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)  # so that `finally` tears the testbed down
-    signal.signal(signal.SIGINT, interrupted)
+    raise_on_signals()  # so that `finally` tears the testbed down
 
     from paretopipe import testbed as tb
     from paretopipe.netcond import Condition

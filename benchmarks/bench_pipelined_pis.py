@@ -28,24 +28,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from _testbed_common import free_index, topology_text, two_pis
+
 REPO = Path(__file__).resolve().parent.parent
 UPSTREAM = (2.17, 13.85)  # img/s, sequential and pipelined (DESIGN.md)
 
 
 def _topology() -> str:
-    idx = 200 + os.getpid() % 50
-    tag = f"bp{idx:02x}"
-    return f"""\
-prefix: {tag}-
-bridge: br-{tag}
-subnet: 10.{idx}.187.0/24
-controller_ip: 10.{idx}.187.1
-nic: eth0
-mtu: 1500
-devices:
-  - {{name: pi1, group: edge, profile: rpi4, ip: 10.{idx}.187.11}}
-  - {{name: pi2, group: edge, profile: rpi4, ip: 10.{idx}.187.12}}
-"""
+    idx = free_index("bp", 200, 50)
+    return topology_text(f"bp{idx:02x}", f"10.{idx}.187", two_pis("rpi4"))
 
 
 def _runs(folder: Path) -> dict[tuple[int, int], dict]:

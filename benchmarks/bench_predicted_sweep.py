@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,20 +37,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PY = sys.executable
-TOPOLOGY = """\
-prefix: i8x-
-bridge: br-i8x
-subnet: 10.88.0.0/24
-controller_ip: 10.88.0.1
-devices:
-  - {{name: pi1, group: edge, profile: {profile}, ip: 10.88.0.11}}
-  - {{name: pi2, group: edge, profile: {profile}, ip: 10.88.0.12}}
-"""
+from _testbed_common import PY, Devices, raise_on_signals, stop, topology_text, two_pis  # noqa: E402
+
 WORKER_IP = "10.88.0.12"
 WORKER_PORT = 29581
-NICE = -10
-CPU_SHARES = 32768  # 32x the default weight
 GOALS = {"recall": 0.9, "mape_pct": 15.0, "speedup": 3.0}
 
 
@@ -83,60 +71,6 @@ def measure_overhead(backend: str, batches: int) -> int:
     return 0
 
 
-# --- processes in a device ---------------------------------------------------------------------
-
-
-class Devices:
-    """Start processes inside a device's namespace and cgroups (what sshd gives an Ansible task)."""
-
-    def __init__(self, topo_path: Path) -> None:
-        from paretopipe.testbed import load_topology
-        from paretopipe.testbed._lifecycle import cgroup_parent
-        from paretopipe.testbed.cgroups import Cgroups
-
-        self.topo = load_topology(topo_path)
-        self.cg = Cgroups(cgroup_parent(self.topo))
-
-    def raise_cpu_weight(self) -> None:
-        """Give the devices' parent cgroup a high CFS weight (cgroup v1 ``cpu.shares``).
-
-        Nice values only order tasks within one cgroup: the testbed's group competes with every
-        task of the root group at the default weight (1024 each), so on this shared host a busy
-        neighbour took two thirds of a device's core. A real device has its cores to itself; the
-        quota still caps each device at its profile's share."""
-        if self.cg.version != "v1":
-            return
-        shares = Path(self.cg.root) / "cpu" / self.cg.parent / "cpu.shares"
-        shares.write_text(str(CPU_SHARES))
-
-    def argv(self, device: str, cmd: list[str]) -> list[str]:
-        # Raised priority (nice -10): this host is shared (other jobs, tests), and an emulated
-        # device should get its CPU slice as a real one would, not what is left over.
-        # Join the cgroups first, then enter the namespace (`ip netns exec` remounts /sys, where
-        # the cgroup hierarchy is not mounted), as the testbed starts each device's sshd.
-        join = "; ".join(f"echo $$ > {shlex.quote(str(f))}" for f in self.cg.procs_files(device))
-        return ["sh", "-c", f"set -e; {join}; exec \"$@\"", "sh", "ip", "netns", "exec", self.topo.netns(device),
-                "nice", "-n", str(NICE), *cmd]
-
-    def popen(self, device: str, cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
-        fh = open(log, "ab")
-        try:
-            return subprocess.Popen(self.argv(device, cmd), stdout=fh, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=REPO)
-        finally:
-            fh.close()
-
-
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 # --- one sweep ---------------------------------------------------------------------------------
 
 
@@ -157,11 +91,7 @@ def run_splits(dev: Devices, args: argparse.Namespace, cond: str, splits: list[i
                    "--network-label", cond, "--network-json", network_json, "--sweep-id",
                    f"{out.parent.name}-{cond}", "--timeout", "120", "--out", str(path)]
             t0 = time.monotonic()
-            proc = dev.popen("pi1", cmd, logs / f"{out.parent.name}-{cond}-s{k}.log")
-            try:
-                rc = proc.wait(timeout=900)
-            finally:
-                stop(proc)
+            rc = dev.run("pi1", cmd, logs / f"{out.parent.name}-{cond}-s{k}.log", timeout=900)
             took[str(k)] = time.monotonic() - t0
             status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {logs})"
             extra = ""
@@ -279,11 +209,7 @@ def main() -> int:
         print("needs root (network namespaces, tc, cgroups)", file=sys.stderr)
         return 2
 
-    def interrupted(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupted)  # so that `finally` tears the testbed down
-    signal.signal(signal.SIGINT, interrupted)  # (a background job ignores SIGINT by default)
+    raise_on_signals()  # so that `finally` tears the testbed down
 
     from paretopipe import testbed as tb
     from paretopipe.netcond import load_conditions
@@ -298,7 +224,7 @@ def main() -> int:
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     topo = out / "topology.yml"
-    topo.write_text(TOPOLOGY.format(profile=args.profile))
+    topo.write_text(topology_text("i8x", "10.88.0", two_pis(args.profile)))
     state = out / "testbed-state"
     say(f"{args.model} at {args.input_size} px, batch {args.batch_size}, window {args.window}, {len(every)} splits, "
         f"conditions {', '.join(conds)}; devices pi1, pi2 = {args.profile}; results in {out}")

@@ -29,23 +29,14 @@ from pathlib import Path
 
 import yaml
 
+from _testbed_common import GPU_SERVER, topology_text, two_pis
+
 from paretopipe.orchestrate import sweep
 
 REPO = Path(__file__).resolve().parent.parent
 BOUND = 0.25
 
-TOPOLOGY = """\
-prefix: p7b-
-bridge: br-p7b
-subnet: 10.187.0.0/24
-controller_ip: 10.187.0.1
-nic: eth0
-mtu: 1500
-devices:
-  - {name: pi1, group: edge, profile: rpi4, ip: 10.187.0.11}
-  - {name: pi2, group: edge, profile: rpi4, ip: 10.187.0.12}
-  - {name: gpu, group: servers, profile: gpu-server, ip: 10.187.0.21}
-"""
+TOPOLOGY = topology_text("p7b", "10.187.0", [*two_pis("rpi4"), GPU_SERVER])
 
 
 def main() -> int:

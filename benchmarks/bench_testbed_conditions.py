@@ -16,18 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _testbed_common import topology_text, two_pis
+
 from paretopipe import testbed as tb
 from paretopipe.netcond import Condition
 
-TOPOLOGY = """\
-prefix: ppb-
-bridge: br-ppb
-subnet: 10.77.6.0/24
-controller_ip: 10.77.6.1
-devices:
-  - {name: pi1, group: edge, profile: rpi4, ip: 10.77.6.11}
-  - {name: pi2, group: edge, profile: rpi4, ip: 10.77.6.12}
-"""
+TOPOLOGY = topology_text("ppb", "10.77.6", two_pis("rpi4"))
 
 
 def main() -> int:

@@ -16,34 +16,20 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks._testbed_common import GPU_SERVER, free_index, topology_text, two_pis
 from paretopipe.orchestrate import PlaybookRun, run_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+
 
 def _topology() -> str:
     """A topology with names and a subnet of its own, so that concurrent test sessions (and other
     testbeds on this machine) never meet: interface names from this process's id, the first free
     one taken. Edge devices are rpi5 slices (a whole core each): the tests are about the
     playbooks, and Ansible's own tasks on a half-core device are slow."""
-    base = os.getpid() % 250
-    for step in range(250):
-        idx = (base + step) % 250
-        tag = f"q{idx:02x}"
-        if not Path(f"/sys/class/net/br-{tag}").exists() and not Path(f"/run/netns/{tag}-pi1").exists():
-            break
-    return f"""\
-prefix: {tag}-
-bridge: br-{tag}
-subnet: 10.{idx}.186.0/24
-controller_ip: 10.{idx}.186.1
-nic: eth0
-mtu: 1500
-devices:
-  - {{name: pi1, group: edge, profile: rpi5, ip: 10.{idx}.186.11}}
-  - {{name: pi2, group: edge, profile: rpi5, ip: 10.{idx}.186.12}}
-  - {{name: gpu, group: servers, profile: gpu-server, ip: 10.{idx}.186.21}}
-"""
+    idx = free_index("q", 0, 250)
+    return topology_text(f"q{idx:02x}", f"10.{idx}.186", [*two_pis("rpi5"), GPU_SERVER])
 
 
 def tool(name: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks._testbed_common import topology_text
 from paretopipe import testbed as tb
 from paretopipe.testbed.topology import Topology, load_topology
 
@@ -34,13 +35,9 @@ def write_topology(path: Path, prefix: str, third_octet: int, *,
                    devices: tuple[tuple[str, str, str], ...] = (
                        ("pi1", "edge", "rpi4"), ("pi2", "edge", "rpi4"),
                        ("gpu", "servers", "gpu-server"))) -> Path:
-    net = f"10.77.{third_octet}"
-    lines = [f"prefix: {prefix}-", f"bridge: br-{prefix}", f"subnet: {net}.0/24",
-             f"controller_ip: {net}.1", "devices:"]
-    for i, (name, group, profile) in enumerate(devices):
-        lines.append(f"  - {{name: {name}, group: {group}, profile: {profile}, "
-                     f"ip: {net}.{11 + i}}}")
-    path.write_text("\n".join(lines) + "\n")
+    """A topology on 10.77.<third_octet>.0/24, the devices at .11, .12, ... in order."""
+    path.write_text(topology_text(prefix, f"10.77.{third_octet}",
+                                  [(name, group, profile, 11 + i) for i, (name, group, profile) in enumerate(devices)]))
     return path
 
 
