@@ -11,6 +11,8 @@ everything in the main thread (head, send, receive). Pipelined runs use three th
 - collector: receives logits from the last stage, stamps ``done_s`` and frees the window slot.
 
 All of it is backend-neutral: the transport is a :class:`~paretopipe.transport.base.SourceLink`.
+What a run is configured with, :class:`RunConfig`, is :mod:`paretopipe.runtime.run_config`'s
+(re-exported here).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import queue
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from paretopipe.errors import ConfigError, ParetoPipeError, StageError
 from paretopipe.metrics import BatchRecord, ResourceSampler, summarize
 from paretopipe.runtime.compute import HostBuffers, compute
+from paretopipe.runtime.run_config import RunConfig  # re-exported: importers say paretopipe.runtime.source
 from paretopipe.threads import join, spawn
 from paretopipe.transport.base import SessionPlan, SessionSpec, StageInfo
 
@@ -35,90 +38,11 @@ log = logging.getLogger(__name__)
 
 #: Logits of at most this many counted batches are kept for --check.
 CHECK_BATCHES = 16
-#: Counted batches whose logits the source compares with the unsplit, uncoded model (fidelity).
-FIDELITY_BATCHES = 16
 #: Seconds between progress lines during a run.
 PROGRESS_S = 10.0
 #: Test hook (fault injection): when set, the source aborts right after writing its result
 #: file, as a process that dies after its file would (see judge_run in paretopipe.results).
 DIE_AFTER_WRITE_ENV = "PARETOPIPE_FAULT_DIE_AFTER_WRITE"
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    model: str
-    splits: tuple[int, ...]
-    stages: tuple[str, ...]
-    out: Path
-    batch_size: int = 8
-    window: int = 1
-    batches: int | None = 50
-    duration_s: float | None = None
-    warmup: int = 5
-    min_batches: int = 20
-    min_duration_s: float = 0.0
-    input: str = "synthetic"
-    num_classes: int = 10
-    input_size: int | None = None
-    weights: str | None = None
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = None
-    token_file: str | None = None
-    connect_timeout_s: float = 60.0
-    timeout_s: float = 60.0
-    backend: str = "tcp"
-    network_label: str = "none"
-    network: dict[str, Any] = field(default_factory=dict)  # configured / measured / extra
-    sweep_id: str | None = None
-    repeat: int = 0
-    run_id: str | None = None
-    check: bool = False
-    codec: str = "none"
-    fidelity_batches: int = FIDELITY_BATCHES
-
-    def validate(self) -> None:
-        """Check a complete run configuration."""
-        self.validate_settings()
-        if not self.splits:
-            raise ConfigError("give at least one --split (k: blocks [0, k) run on the source)")
-        if list(self.splits) != sorted(self.splits):
-            raise ConfigError(f"--split values must be non-decreasing, got {list(self.splits)}")
-        if len(self.stages) != len(self.splits):
-            raise ConfigError(f"{len(self.splits)} split(s) make {len(self.splits) + 1} stages: --stages needs "
-                              f"{len(self.splits)} HOST:PORT address(es) (stage 0 is this source), got {len(self.stages)}")
-
-    def validate_settings(self) -> None:
-        """Check the settings that do not depend on the chain (also used for sweep templates)."""
-        from paretopipe.codecs import parse_codec
-
-        if self.check and parse_codec(self.codec).lossy:
-            raise ConfigError(f"--check compares the logits exactly, which the lossy codec {self.codec} cannot "
-                              f"reproduce; the result file's summary.fidelity reports how far they differ")
-        if (self.batches is None) == (self.duration_s is None):
-            raise ConfigError("give exactly one of --batches N or --duration S")
-        for name, value, low in (("--batch-size", self.batch_size, 1), ("--window", self.window, 1),
-                                 ("--warmup", self.warmup, 0), ("--min-batches", self.min_batches, 0),
-                                 ("--batches", self.batches if self.batches is not None else 1, 1)):
-            if value < low:
-                raise ConfigError(f"{name} must be at least {low} (got {value})")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise ConfigError(f"--duration must be positive (got {self.duration_s})")
-        if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
-            raise ConfigError("--timeout and --connect-timeout must be positive")
-        from paretopipe.codecs import parse_codec, require_available
-
-        require_available(parse_codec(self.codec))  # an unknown name lists the valid ones
-        if self.fidelity_batches < 0:
-            raise ConfigError(f"--fidelity-batches must be at least 0 (got {self.fidelity_batches})")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be at least 1 (got {self.threads})")
-        extra = set(self.network) - {"configured", "measured", "extra"}
-        if extra:
-            raise ConfigError(f"--network-json keys must be configured/measured/extra, got {sorted(extra)}")
-        from paretopipe.transport import get_backend
-
-        get_backend(self.backend)  # an unknown name, or a torch that cannot run it: ConfigError
 
 
 @dataclass
