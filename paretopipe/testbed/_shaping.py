@@ -22,17 +22,24 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from paretopipe import netcond
 from paretopipe.errors import ConfigError, TestbedError
-from paretopipe.netcond import Condition, judge
+from paretopipe.netcond.commands import (
+    DEFAULT_CHAIN,
+    clear_commands,
+    egress_commands,
+    ingress_commands,
+    iptables_clear_commands,
+    iptables_commands,
+)
+from paretopipe.netcond.conditions import Condition, load_conditions
+from paretopipe.netcond.measure import judge, parse_ping, parse_tc_qdisc
 from paretopipe.testbed import _system
-from paretopipe.testbed._lifecycle import Progress, _quiet
-from paretopipe.testbed._state import Paths, State, locked
+from paretopipe.testbed._state import Paths, Progress, State, locked, quiet
 from paretopipe.testbed.topology import Topology
 
 IFB = "ifb0"
 QUEUE = 0
-CHAIN = netcond.DEFAULT_CHAIN
+CHAIN = DEFAULT_CHAIN
 PROBE_PORT = 45201
 DELAYLINE_RT_PRIORITY = 20
 PROBE_RT_PRIORITY = 10
@@ -53,7 +60,7 @@ def _loaded(paths: Paths) -> tuple[Topology, State]:
 def resolve_condition(condition: Condition | str, conditions_file: str | Path | None) -> Condition:
     if isinstance(condition, Condition):
         return condition
-    table = netcond.load_conditions(conditions_file)
+    table = load_conditions(conditions_file)
     if condition not in table:
         raise ConfigError(f"unknown condition {condition!r} (known: {', '.join(table)}); "
                           "see `paretopipe testbed shape --list`")
@@ -112,15 +119,15 @@ def plan(topo: Topology, cond: Condition, names: Sequence[str], *, netem: bool) 
         peers = [ips[p] for p in names if p != name]
         tc: list[list[str]] = []
         if cond.rate_mbit is not None:
-            tc += netcond.egress_commands(topo.nic, peers, cond, netem=False)
+            tc += egress_commands(topo.nic, peers, cond, netem=False)
         if cond.rate_mbit is not None or (netem and not cond.is_null):
-            tc += netcond.ingress_commands(topo.nic, IFB, peers, cond, netem=netem)
+            tc += ingress_commands(topo.nic, IFB, peers, cond, netem=netem)
         user_space = not netem and (cond.has_delay or cond.loss_pct > 0)
         out[name] = {
             "peers": peers,
             "tc": tc,
             "delayline": not netem and cond.has_delay,
-            "iptables": netcond.iptables_commands(
+            "iptables": iptables_commands(
                 peers, loss_pct=cond.loss_pct, queue=QUEUE if cond.has_delay else None,
                 chain=CHAIN) if user_space else [],
         }
@@ -135,7 +142,7 @@ def shape(condition: Condition | str, between: Sequence[str] | None = None, *,
     _system.require_root()
     cond = resolve_condition(condition, conditions_file)
     paths = Paths.at(state_dir)
-    progress = progress or _quiet
+    progress = progress or quiet
     with locked(paths):
         topo, state = _loaded(paths)
         names = list(between) if between else topo.names
@@ -185,9 +192,9 @@ def unshape_locked(topo: Topology, state: State, paths: Paths, progress: Progres
         if ns not in _system.netns_list():
             continue
         if dev.get("iptables"):
-            for cmd in netcond.iptables_clear_commands(dev["peers"], chain=CHAIN):
+            for cmd in iptables_clear_commands(dev["peers"], chain=CHAIN):
                 _system.run(cmd, ns=ns, check=False)
-        for cmd in netcond.clear_commands(topo.nic, IFB):
+        for cmd in clear_commands(topo.nic, IFB):
             _system.run(cmd, ns=ns, check=False)
         left = _shaping_left(topo, name)
         if left:
@@ -210,7 +217,7 @@ def unshape_locked(topo: Topology, state: State, paths: Paths, progress: Progres
 def _shaping_left(topo: Topology, device: str) -> list[str]:
     ns = topo.netns(device)
     left = []
-    qd = netcond.parse_tc_qdisc(_system.run(["tc", "-s", "qdisc", "show"], ns=ns).stdout)
+    qd = parse_tc_qdisc(_system.run(["tc", "-s", "qdisc", "show"], ns=ns).stdout)
     left += [f"qdisc {q['kind']} on {q['dev']}" for q in qd
              if q["kind"] in ("htb", "tbf", "netem", "ingress")]
     if _system.link_exists(IFB, ns=ns):
@@ -228,7 +235,7 @@ def unshape(*, state_dir: str | Path | None = None, progress: Progress | None = 
     with locked(paths):
         topo, state = _loaded(paths)
         was = state.shaping
-        unshape_locked(topo, state, paths, progress or _quiet)
+        unshape_locked(topo, state, paths, progress or quiet)
         return {"changed": bool(was), "removed": was}
 
 
@@ -244,7 +251,7 @@ def _ping(topo: Topology, src: str, dst_ip: str, count: int, expected_rtt_ms: fl
                         "-w", str(deadline), dst_ip], ns=topo.netns(src), check=False,
                        timeout=deadline + 5)
     try:
-        return netcond.parse_ping(proc.stdout)
+        return parse_ping(proc.stdout)
     except ValueError as exc:
         raise TestbedError(f"ping from {src} to {dst_ip} gave no summary: "
                            f"{proc.stderr.strip() or proc.stdout.strip()}") from exc

@@ -11,7 +11,6 @@ import os
 import shlex
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -22,16 +21,15 @@ from paretopipe.testbed._lifecycle import (
     _FOREIGN_HINT,
     _Builder,
     _cgroups,
-    _quiet,
     _topology,
-    roll_back,
+    build_or_roll_back,
+    check_inventory,
 )
-from paretopipe.testbed._state import Paths, State, checkout_root, locked
+from paretopipe.testbed._state import Paths, Progress, State, checkout_root, locked, quiet
 from paretopipe.testbed.cgroups import Limits, allocate_cpus, format_cpulist
 from paretopipe.testbed.topology import Topology
 from paretopipe.testbed.vm._image import Image, ensure_image, ext4_image
 
-Progress = Callable[[str], None]
 KIND = "vm"
 BOOT_TIMEOUT_S = 600.0      # TCG on a loaded 2-core host: 60-120 s is usual
 DEFAULT_MEMORY = 1 << 30    # a profile without a memory limit still needs a machine size
@@ -254,7 +252,7 @@ def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path |
         raise ConfigError(f"--wheelhouse {wheelhouse}: no such folder (build one with "
                           "playbooks/wheelhouse.yml)")
     paths = Paths.at(state_dir)
-    progress = progress or _quiet
+    progress = progress or quiet
     inv = str(Path(inventory).resolve() if inventory else default_vm_inventory_path())
     image = ensure_image(cache_dir, progress=progress)
     with locked(paths):
@@ -262,15 +260,14 @@ def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path |
         if state is not None and (state.topology != topo.to_dict() or state.device_kind != KIND):
             raise TestbedError(f"another testbed ({state.device_kind}) is up in {paths.root}; "
                                "run `paretopipe testbed down` first")
-        if state is not None and state.inventory != inv:
-            raise TestbedError(f"this testbed writes its inventory to {state.inventory}; "
-                               "run `paretopipe testbed down` first to move it")
+        check_inventory(state, inv)
         state = state or State(topology=topo.to_dict(), inventory=inv, device_kind=KIND)
         wheel_img = None
         if wheelhouse is not None:
             wheel_img = paths.root / "run" / "wheelhouse.img"
         builder = _VmBuilder(topo, paths, state, image, wheel_img, boot_timeout_s, progress)
-        try:
+
+        def build() -> None:
             if wheel_img is not None and not state.has("file", path=str(wheel_img)):
                 wheel_img.parent.mkdir(parents=True, exist_ok=True)
                 size_mb = sum(f.stat().st_size for f in Path(wheelhouse).rglob("*")
@@ -279,20 +276,9 @@ def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path |
                 builder.record({"kind": "file", "path": str(wheel_img)},
                                f"made the wheelhouse disk {wheel_img} from {wheelhouse}")
             builder.build()
-        except BaseException as exc:
-            roll_back(exc, builder.made, state, paths, progress)
-            raise
-        return {
-            "changed": bool(builder.actions),
-            "actions": builder.actions,
-            "kind": KIND,
-            "state_dir": str(paths.root),
-            "inventory": inv,
-            "image": str(image.root),
-            "image_build_s": image.build_s,
-            "boot_s": builder.boot_s,
-            "devices": {d.name: d.ip for d in topo.devices},
-        }
+
+        return {**build_or_roll_back(builder, build), "kind": KIND, "image": str(image.root),
+                "image_build_s": image.build_s, "boot_s": builder.boot_s}
 
 
 def status(topo: Topology, state: State, paths: Paths) -> dict:
