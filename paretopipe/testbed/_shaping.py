@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from paretopipe.netcond.commands import (
 )
 from paretopipe.netcond.conditions import Condition, load_conditions
 from paretopipe.netcond.measure import judge, parse_ping, parse_tc_qdisc
+from paretopipe.polling import poll_until
 from paretopipe.testbed import _system
 from paretopipe.testbed._state import Paths, Progress, State, locked, quiet
 from paretopipe.testbed.topology import Topology
@@ -92,14 +92,14 @@ def _start_delayline(paths: Paths, topo: Topology, device: str, cond: Condition)
     with open(log, "w") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline:
+    def outcome() -> str:
         if "delayline: queue" in log.read_text():
-            return {"role": "delayline", "device": device, "pid": proc.pid,
-                    "start": _system.start_time(proc.pid)}
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
+            return "listening"
+        return "exited" if proc.poll() is not None else ""
+
+    if poll_until(outcome, 10.0, interval_s=0.02) == "listening":
+        return {"role": "delayline", "device": device, "pid": proc.pid,
+                "start": _system.start_time(proc.pid)}
     if proc.poll() is None:
         _system.terminate([(proc.pid, _system.start_time(proc.pid))])
     raise TestbedError(f"the delay line for {device} did not start: {log.read_text().strip()}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from paretopipe.errors import ConfigError, TestbedError
+from paretopipe.polling import poll_until
 from paretopipe.testbed import _ssh, _system
 from paretopipe.testbed._lifecycle import (
     _FOREIGN_HINT,
@@ -171,17 +172,18 @@ class _VmBuilder(_Builder):
     def _wait_for_ssh(self, name: str, t0: float) -> None:
         ip = self.topo.device(name).ip
         rec = self.state.find("process", role="qemu", device=name)[0]
-        deadline = t0 + self.boot_timeout_s
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             if not _system.pid_alive(rec["pid"], rec["start"]):
                 raise TestbedError(f"the VM of {name} exited while booting; console: "
                                    f"{_tail(self.paths.rundir(name) / 'console.log')}")
             probe = _system.run(_ssh.ssh_argv(self.paths, ip, "true"), check=False, timeout=30)
-            if probe.returncode == 0:
-                self.boot_s[name] = round(time.monotonic() - t0, 1)
-                self.progress(f"{name} answers ssh on {ip} after {self.boot_s[name]} s")
-                return
-            time.sleep(1.0)
+            return probe.returncode == 0
+
+        if poll_until(answers, t0 + self.boot_timeout_s - time.monotonic(), interval_s=1.0):
+            self.boot_s[name] = round(time.monotonic() - t0, 1)
+            self.progress(f"{name} answers ssh on {ip} after {self.boot_s[name]} s")
+            return
         raise TestbedError(f"{name} did not answer ssh on {ip} within {self.boot_timeout_s:g} s"
                            f"; console: {_tail(self.paths.rundir(name) / 'console.log')}")
 
