@@ -21,17 +21,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from paretopipe import netcond
 from paretopipe.errors import ConfigError, TestbedError
-from paretopipe.netcond.commands import (
-    DEFAULT_CHAIN,
-    clear_commands,
-    egress_commands,
-    ingress_commands,
-    iptables_clear_commands,
-    iptables_commands,
-)
-from paretopipe.netcond.conditions import Condition, load_conditions
-from paretopipe.netcond.measure import judge, parse_ping, parse_tc_qdisc
+from paretopipe.netcond import Condition, judge
 from paretopipe.polling import poll_until
 from paretopipe.testbed import _system
 from paretopipe.testbed._state import Paths, Progress, State, locked, quiet
@@ -39,7 +31,7 @@ from paretopipe.testbed.topology import Topology
 
 IFB = "ifb0"
 QUEUE = 0
-CHAIN = DEFAULT_CHAIN
+CHAIN = netcond.DEFAULT_CHAIN
 PROBE_PORT = 45201
 DELAYLINE_RT_PRIORITY = 20
 PROBE_RT_PRIORITY = 10
@@ -60,7 +52,7 @@ def _loaded(paths: Paths) -> tuple[Topology, State]:
 def resolve_condition(condition: Condition | str, conditions_file: str | Path | None) -> Condition:
     if isinstance(condition, Condition):
         return condition
-    table = load_conditions(conditions_file)
+    table = netcond.load_conditions(conditions_file)
     if condition not in table:
         raise ConfigError(f"unknown condition {condition!r} (known: {', '.join(table)}); "
                           "see `paretopipe testbed shape --list`")
@@ -92,6 +84,7 @@ def _start_delayline(paths: Paths, topo: Topology, device: str, cond: Condition)
     with open(log, "w") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+
     def outcome() -> str:
         if "delayline: queue" in log.read_text():
             return "listening"
@@ -119,15 +112,15 @@ def plan(topo: Topology, cond: Condition, names: Sequence[str], *, netem: bool) 
         peers = [ips[p] for p in names if p != name]
         tc: list[list[str]] = []
         if cond.rate_mbit is not None:
-            tc += egress_commands(topo.nic, peers, cond, netem=False)
+            tc += netcond.egress_commands(topo.nic, peers, cond, netem=False)
         if cond.rate_mbit is not None or (netem and not cond.is_null):
-            tc += ingress_commands(topo.nic, IFB, peers, cond, netem=netem)
+            tc += netcond.ingress_commands(topo.nic, IFB, peers, cond, netem=netem)
         user_space = not netem and (cond.has_delay or cond.loss_pct > 0)
         out[name] = {
             "peers": peers,
             "tc": tc,
             "delayline": not netem and cond.has_delay,
-            "iptables": iptables_commands(
+            "iptables": netcond.iptables_commands(
                 peers, loss_pct=cond.loss_pct, queue=QUEUE if cond.has_delay else None,
                 chain=CHAIN) if user_space else [],
         }
@@ -192,9 +185,9 @@ def unshape_locked(topo: Topology, state: State, paths: Paths, progress: Progres
         if ns not in _system.netns_list():
             continue
         if dev.get("iptables"):
-            for cmd in iptables_clear_commands(dev["peers"], chain=CHAIN):
+            for cmd in netcond.iptables_clear_commands(dev["peers"], chain=CHAIN):
                 _system.run(cmd, ns=ns, check=False)
-        for cmd in clear_commands(topo.nic, IFB):
+        for cmd in netcond.clear_commands(topo.nic, IFB):
             _system.run(cmd, ns=ns, check=False)
         left = _shaping_left(topo, name)
         if left:
@@ -217,7 +210,7 @@ def unshape_locked(topo: Topology, state: State, paths: Paths, progress: Progres
 def _shaping_left(topo: Topology, device: str) -> list[str]:
     ns = topo.netns(device)
     left = []
-    qd = parse_tc_qdisc(_system.run(["tc", "-s", "qdisc", "show"], ns=ns).stdout)
+    qd = netcond.parse_tc_qdisc(_system.run(["tc", "-s", "qdisc", "show"], ns=ns).stdout)
     left += [f"qdisc {q['kind']} on {q['dev']}" for q in qd
              if q["kind"] in ("htb", "tbf", "netem", "ingress")]
     if _system.link_exists(IFB, ns=ns):
@@ -251,7 +244,7 @@ def _ping(topo: Topology, src: str, dst_ip: str, count: int, expected_rtt_ms: fl
                         "-w", str(deadline), dst_ip], ns=topo.netns(src), check=False,
                        timeout=deadline + 5)
     try:
-        return parse_ping(proc.stdout)
+        return netcond.parse_ping(proc.stdout)
     except ValueError as exc:
         raise TestbedError(f"ping from {src} to {dst_ip} gave no summary: "
                            f"{proc.stderr.strip() or proc.stdout.strip()}") from exc

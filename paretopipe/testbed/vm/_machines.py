@@ -281,29 +281,3 @@ def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path |
 
         return {**build_or_roll_back(builder, build), "kind": KIND, "image": str(image.root),
                 "image_build_s": image.build_s, "boot_s": builder.boot_s}
-
-
-def status(topo: Topology, state: State, paths: Paths) -> dict:
-    """What exists of a VM testbed: per device the QEMU process, whether ssh answers, limits."""
-    cg = _cgroups(topo, state.cgroup_version)
-    devices = {}
-    for dev in topo.devices:
-        rec = next(iter(state.find("process", role="qemu", device=dev.name)), None)
-        alive = bool(rec) and _system.pid_alive(rec["pid"], rec.get("start"))
-        port = alive and _ssh.port_open(dev.ip)
-        devices[dev.name] = {
-            "group": dev.group, "ip": dev.ip, "profile": dev.profile, "shaped": None,
-            "limits": cg.read_limits(dev.name), "vm_pid": rec["pid"] if rec else None,
-            "vm_alive": alive, "ssh_port_open": port,
-            # The names the namespace testbed's status uses, for one printing path.
-            "sshd_pid": rec["pid"] if rec else None, "sshd_alive": alive,
-            "console": str(paths.rundir(dev.name) / "console.log"),
-        }
-    return {
-        "up": True, "kind": KIND,
-        "healthy": all(d["vm_alive"] and d["ssh_port_open"] for d in devices.values()),
-        "state_dir": str(paths.root), "inventory": state.inventory, "bridge": topo.bridge,
-        "subnet": topo.subnet, "controller_ip": topo.controller_ip,
-        "cgroup_version": state.cgroup_version, "devices": devices, "shaping": None,
-        "resources": len(state.resources),
-    }
