@@ -6,7 +6,8 @@ Random-weight models often predict one class for every input, which makes fideli
 trained here, offline, in a minute or two on a CPU. ``--input digits`` feeds the held-out images
 (every fifth, never trained on) with their labels; :func:`train` writes a state_dict that
 ``--weights`` loads. Images are upscaled to the model's input size, grey copied to 3 channels,
-normalised as every other input.
+normalised as every other input. The data set itself and ``--input digits`` live in
+:mod:`paretopipe.runtime.inputs` (:func:`~paretopipe.runtime.inputs.digits_part`).
 """
 
 from __future__ import annotations
@@ -14,41 +15,11 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 from paretopipe.errors import ConfigError
-from paretopipe.runtime.inputs import _ArrayInput
+from paretopipe.runtime.inputs import DigitsInput, _ArrayInput, digits_part
 
 log = logging.getLogger("paretopipe.digits")
-
-#: Every HOLDOUT-th image is held out for evaluation (and is what ``--input digits`` feeds).
-HOLDOUT = 5
-
-
-def load(part: str) -> tuple[Any, Any]:
-    """uint8 images [N, 3, 8, 8] and int64 labels of ``part`` ("train" or "test")."""
-    import numpy as np
-    import torch
-
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise ConfigError("the digits data set comes with scikit-learn: pip install 'paretopipe[fidelity]' "
-                          "(or scikit-learn)") from None
-    data = load_digits()
-    images = np.clip(data.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    idx = np.arange(len(images))
-    keep = idx % HOLDOUT == 0 if part == "test" else idx % HOLDOUT != 0
-    x = torch.from_numpy(np.repeat(images[keep][:, None], 3, axis=1).copy())
-    return x, torch.from_numpy(data.target[keep].astype(np.int64))
-
-
-class DigitsInput(_ArrayInput):
-    """``--input digits``: the held-out digits with labels, cycled."""
-
-    def __init__(self, spec: str, *, batch_size: int, input_size: int, seed: int) -> None:
-        super().__init__(spec, batch_size=batch_size, input_size=input_size, seed=seed)
-        self._setup(*load("test"))
 
 
 def train(model: str, out: str | Path, *, input_size: int = 32, epochs: int = 6, batch_size: int = 64,
@@ -67,7 +38,7 @@ def train(model: str, out: str | Path, *, input_size: int = 32, epochs: int = 6,
         raise ConfigError(f"the digits have 10 classes; --num-classes {num_classes} is too few")
     net = build_model(model, num_classes=num_classes, seed=seed).train()
     train_src = _ArrayInput("digits-train", batch_size=batch_size, input_size=input_size, seed=seed)
-    train_src._setup(*load("train"))
+    train_src._setup(*digits_part("train"))
     n = train_src._images.shape[0]
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(seed)

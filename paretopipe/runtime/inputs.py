@@ -1,6 +1,7 @@
 """Input batches for the source: synthetic, CIFAR-10 (local python-batches copy) or an image folder.
 
-``--input`` takes ``synthetic``, ``cifar10:PATH`` or ``folder:PATH``. Nothing is downloaded.
+``--input`` takes ``synthetic``, ``digits`` (scikit-learn's bundled handwritten digits, the
+held-out part; :mod:`paretopipe.digits` trains on the rest), ``cifar10:PATH`` or ``folder:PATH``. Nothing is downloaded.
 A :class:`Prefetcher` prepares batches on a thread ahead of the pipeline and counts the times
 the pipeline had to wait for one (``prefetch_stalls``).
 """
@@ -195,11 +196,41 @@ class FolderInput(_ArrayInput):
         self._setup(torch.from_numpy(np.stack(arrays)), torch.tensor(labels, dtype=torch.int64))
 
 
+#: Every DIGITS_HOLDOUT-th digit image is held out for evaluation (and is what ``--input digits``
+#: feeds); :mod:`paretopipe.digits` trains on the rest.
+DIGITS_HOLDOUT = 5
+
+
+def digits_part(part: str) -> tuple[Any, Any]:
+    """scikit-learn's bundled digits: uint8 images [N, 3, 8, 8] and int64 labels of ``part``
+    ("train" or "test")."""
+    import numpy as np
+    import torch
+
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ConfigError("the digits data set comes with scikit-learn: pip install 'paretopipe[fidelity]' "
+                          "(or scikit-learn)") from None
+    data = load_digits()
+    images = np.clip(data.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    idx = np.arange(len(images))
+    keep = idx % DIGITS_HOLDOUT == 0 if part == "test" else idx % DIGITS_HOLDOUT != 0
+    x = torch.from_numpy(np.repeat(images[keep][:, None], 3, axis=1).copy())
+    return x, torch.from_numpy(data.target[keep].astype(np.int64))
+
+
+class DigitsInput(_ArrayInput):
+    """``--input digits``: the held-out digits with labels, cycled."""
+
+    def __init__(self, spec: str, *, batch_size: int, input_size: int, seed: int) -> None:
+        super().__init__(spec, batch_size=batch_size, input_size=input_size, seed=seed)
+        self._setup(*digits_part("test"))
+
+
 def open_input(spec: str, *, batch_size: int, input_size: int, seed: int) -> InputSource:
     kind = spec.split(":", 1)[0]
-    if spec == "digits":  # scikit-learn's bundled digits, the held-out part (paretopipe.digits)
-        from paretopipe.digits import DigitsInput
-
+    if spec == "digits":  # scikit-learn's bundled digits, the held-out part
         return DigitsInput(spec, batch_size=batch_size, input_size=input_size, seed=seed)
     kinds = {"synthetic": SyntheticInput, "cifar10": Cifar10Input, "folder": FolderInput}
     if kind not in kinds or (kind != "synthetic" and ":" not in spec) or (kind == "synthetic" and spec != "synthetic"):

@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from paretopipe.errors import StageError
 from paretopipe.plan import Outcome, Progress, RepeatRule, SweepSpec, Task, make_plan, parse_splits, work_through
+from paretopipe.polling import poll_until
 from paretopipe.runtime.source import RunConfig, failed_document
 
 
@@ -105,13 +106,10 @@ class LocalWorker:
                 cmd += ["--token-file", cfg.run.token_file]
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - held for the worker's lifetime, closed in stop()
             self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                if b"listening on" in self.log_path.read_bytes()[-4096:]:
-                    return
-                time.sleep(0.05)
-            if self.proc.poll() is None:
-                return  # slow to start; the source retries its connection anyway
+            proc, log_path = self.proc, self.log_path
+            poll_until(lambda: proc.poll() is not None or b"listening on" in log_path.read_bytes()[-4096:], 30)
+            if proc.poll() is None:
+                return  # listening, or slow to start: the source retries its connection anyway
             self._log.close()
         raise StageError(f"could not start a local worker; see {self.log_path}")
 

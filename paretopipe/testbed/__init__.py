@@ -9,6 +9,7 @@ Public API (all need root except :func:`load_conditions`, :func:`load_topology` 
 
     up(topology=None, *, state_dir=None, inventory=None, progress=None) -> dict
     down(*, state_dir=None, topology=None, progress=None) -> dict
+    leftovers(topology, state=None) -> list[Leftover]   # what still exists, by listing
     status(*, state_dir=None) -> dict
     shape(condition, between=None, *, conditions_file=None, state_dir=None) -> dict
     unshape(*, state_dir=None) -> dict
@@ -18,15 +19,17 @@ Public API (all need root except :func:`load_conditions`, :func:`load_topology` 
 See docs/testbed.md.
 """
 
-from paretopipe.netcond import Condition, load_conditions
-from paretopipe.testbed._lifecycle import down, leftovers, status, up
+from paretopipe.netcond.conditions import Condition, load_conditions
+from paretopipe.testbed._lifecycle import Leftover, down, leftovers, up
 from paretopipe.testbed._shaping import check, shape, transfer, unshape
 from paretopipe.testbed._state import default_inventory_path, default_state_dir
+from paretopipe.testbed._status import status
 from paretopipe.testbed.topology import Device, Profile, Topology, load_profiles, load_topology
 
 __all__ = [
     "Condition",
     "Device",
+    "Leftover",
     "Profile",
     "Topology",
     "check",

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from paretopipe import netcond
 from paretopipe.errors import TestbedError
 from paretoio.files import write_atomic
 from paretopipe.testbed import _ssh, _system
-from paretopipe.testbed._state import Paths, State, default_inventory_path, device_python, locked
+from paretopipe.testbed._shaping import unshape_locked
+from paretopipe.testbed._state import (
+    Paths,
+    Progress,
+    State,
+    default_inventory_path,
+    device_python,
+    locked,
+    quiet,
+)
 from paretopipe.testbed.cgroups import (
     Cgroups,
     Limits,
@@ -26,14 +35,9 @@ from paretopipe.testbed.cgroups import (
 )
 from paretopipe.testbed.topology import Topology, load_topology
 
-Progress = Callable[[str], None]
 SSHD_PRIVSEP_DIR = Path("/run/sshd")
 _FOREIGN_HINT = (" (left by a testbed that crashed? `paretopipe testbed down [--topology FILE]` "
                  "removes what exists under the topology's names)")
-
-
-def _quiet(_msg: str) -> None:
-    pass
 
 
 def _topology(topology: Topology | str | Path | None) -> Topology:
@@ -207,7 +211,7 @@ def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path |
     _system.require_tools()
     topo = _topology(topology)
     paths = Paths.at(state_dir)
-    progress = progress or _quiet
+    progress = progress or quiet
     inv = str(Path(inventory).resolve() if inventory else default_inventory_path())
     with locked(paths):
         state = State.load(paths)
@@ -219,23 +223,35 @@ def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path |
                 f"a testbed with another topology is up (state: {paths.state_file}); "
                 "run `paretopipe testbed down` first"
             )
-        if state is not None and state.inventory != inv:
-            raise TestbedError(f"this testbed writes its inventory to {state.inventory}; "
-                               "run `paretopipe testbed down` first to move it")
+        check_inventory(state, inv)
         state = state or State(topology=topo.to_dict(), inventory=inv)
         builder = _Builder(topo, paths, state, progress, _fail_at)
-        try:
-            builder.build()
-        except BaseException as exc:
-            roll_back(exc, builder.made, state, paths, progress)
-            raise
-        return {
-            "changed": bool(builder.actions),
-            "actions": builder.actions,
-            "state_dir": str(paths.root),
-            "inventory": inv,
-            "devices": {d.name: d.ip for d in topo.devices},
-        }
+        return build_or_roll_back(builder, builder.build)
+
+
+def check_inventory(state: State | None, inventory: str) -> None:
+    """A testbed that is up keeps writing its inventory where it did."""
+    if state is not None and state.inventory != inventory:
+        raise TestbedError(f"this testbed writes its inventory to {state.inventory}; "
+                           "run `paretopipe testbed down` first to move it")
+
+
+def build_or_roll_back(builder: _Builder, build: Callable[[], None]) -> dict:
+    """Run ``build`` (which makes things through ``builder.record``); if it fails, undo what it
+    made and raise (:func:`roll_back`). Returns what ``up`` reports: whether anything changed,
+    the actions, the state folder, the inventory and the devices' addresses."""
+    try:
+        build()
+    except BaseException as exc:
+        roll_back(exc, builder.made, builder.state, builder.paths, builder.progress)
+        raise
+    return {
+        "changed": bool(builder.actions),
+        "actions": builder.actions,
+        "state_dir": str(builder.paths.root),
+        "inventory": builder.state.inventory,
+        "devices": {d.name: d.ip for d in builder.topo.devices},
+    }
 
 
 def roll_back(exc: BaseException, made: list[dict], state: State, paths: Paths,
@@ -322,25 +338,47 @@ def _undo_one(res: dict, progress: Progress) -> None:
         raise TestbedError(f"unknown resource kind {kind!r} in the state file")
 
 
-def leftovers(topo: Topology, state: State | None = None) -> list[str]:
+@dataclass(frozen=True)
+class Leftover:
+    """One thing of a topology that still exists: ``kind`` is a state-file resource kind
+    (netns, link, cgroup, process), ``name`` its name, path or pid, ``owner`` what a process
+    is ("sshd of pi1")."""
+
+    kind: str
+    name: str
+    owner: str = ""
+
+    def resource(self) -> dict:
+        """The state-file record that undoes it (``_undo``); processes are found by pid."""
+        key = "path" if self.kind == "cgroup" else "name"
+        return {"kind": self.kind, key: self.name}
+
+    def describe(self) -> str:
+        """"namespace pp-pi1", "process 4242 (sshd of pi1)": how status and errors show it."""
+        label = {"netns": "namespace"}.get(self.kind, self.kind)
+        return f"{label} {self.name}" + (f" ({self.owner})" if self.owner else "")
+
+
+def leftovers(topo: Topology, state: State | None = None) -> list[Leftover]:
     """What of this topology still exists, found by listing (not by trusting the state)."""
     found = []
     spaces = _system.netns_list()
-    found += [f"namespace {topo.netns(n)}" for n in topo.names if topo.netns(n) in spaces]
+    found += [Leftover("netns", topo.netns(n)) for n in topo.names if topo.netns(n) in spaces]
     links = _system.links()
-    found += [f"link {name}" for name in [topo.bridge, *map(topo.host_if, topo.names)]
+    found += [Leftover("link", name) for name in [topo.bridge, *map(topo.host_if, topo.names)]
               if name in links]
     try:
-        found += [f"cgroup {p}" for p in _cgroups(topo).existing_dirs()]
+        found += [Leftover("cgroup", p) for p in _cgroups(topo).existing_dirs()]
     except TestbedError:
         pass
     if state is not None:
         for res in state.resources:
             if res["kind"] == "process" and _system.pid_alive(res["pid"], res.get("start")):
-                found.append(f"process {res['pid']} ({res.get('role')} of {res.get('device')})")
+                found.append(Leftover("process", str(res["pid"]),
+                                      f"{res.get('role')} of {res.get('device')}"))
         for dl in (state.shaping or {}).get("processes", []):
             if _system.pid_alive(dl["pid"], dl.get("start")):
-                found.append(f"process {dl['pid']} (delay line of {dl.get('device')})")
+                found.append(Leftover("process", str(dl["pid"]), f"delay line of {dl.get('device')}"))
     return found
 
 
@@ -350,11 +388,9 @@ def down(*, state_dir: str | Path | None = None, topology: Topology | str | Path
 
     Without a state file, removes whatever of ``topology`` (default: the packaged one) exists.
     """
-    from paretopipe.testbed._shaping import unshape_locked
-
     _system.require_root()
     paths = Paths.at(state_dir)
-    progress = progress or _quiet
+    progress = progress or quiet
     with locked(paths):
         state = State.load(paths)
         if state is not None:
@@ -381,17 +417,13 @@ def down(*, state_dir: str | Path | None = None, topology: Topology | str | Path
         left = leftovers(topo, state)
         if left:
             # Second pass by name: whatever the listing found, ours by its name.
-            again = [{"kind": "netns", "name": s.split()[1]} for s in left
-                     if s.startswith("namespace ")]
-            again += [{"kind": "link", "name": s.split()[1]} for s in left
-                      if s.startswith("link ")]
-            again += [{"kind": "cgroup", "path": s.split()[1]} for s in left
-                      if s.startswith("cgroup ")]
+            again = [lo.resource() for lo in left if lo.kind != "process"]
             errors += _undo(again, state, paths, progress)
             left = leftovers(topo, state)
         if left:
             state.save(paths)
-            raise TestbedError("testbed down left these behind: " + ", ".join(left)
+            raise TestbedError("testbed down left these behind: "
+                               + ", ".join(lo.describe() for lo in left)
                                + (f" (errors: {'; '.join(errors)})" if errors else ""))
         paths.state_file.unlink(missing_ok=True)
         for device in topo.names:
@@ -411,64 +443,3 @@ def _safe_cgroup_dirs(topo: Topology) -> list[str]:
         return _cgroups(topo).existing_dirs()
     except TestbedError:
         return []
-
-
-# --- status ------------------------------------------------------------------------------------
-
-
-def status(*, state_dir: str | Path | None = None) -> dict:
-    """What exists now: devices (namespace, sshd, port 22, cgroup limits), shaping, leftovers."""
-    paths = Paths.at(state_dir)
-    state = State.load(paths)
-    if state is None:
-        out: dict = {"up": False, "state_dir": str(paths.root), "devices": {}, "shaping": None}
-        if os.geteuid() == 0:
-            out["leftovers"] = leftovers(load_topology())
-        return out
-    topo = Topology.from_dict(state.topology)
-    if state.device_kind == "vm":
-        from paretopipe.testbed.vm._machines import status as vm_status
-
-        return vm_status(topo, state, paths)
-    spaces = _system.netns_list()
-    cg = _cgroups(topo, state.cgroup_version)
-    devices = {}
-    for dev in topo.devices:
-        sshd = next(iter(state.find("process", role="sshd", device=dev.name)), None)
-        alive = bool(sshd) and _system.pid_alive(sshd["pid"], sshd.get("start"))
-        port = alive and _ssh.port_open(dev.ip)
-        shaped = None
-        if state.shaping and dev.name in state.shaping.get("devices", {}) \
-                and topo.netns(dev.name) in spaces:
-            qd = netcond.parse_tc_qdisc(
-                _system.run(["tc", "-s", "qdisc", "show"], ns=topo.netns(dev.name)).stdout)
-            shaped = {"kernel": netcond.configured_from_qdiscs(qd),
-                      "qdisc_drops": sum(q.get("dropped", 0) for q in qd)}
-        devices[dev.name] = {
-            "shaped": shaped,
-            "group": dev.group,
-            "ip": dev.ip,
-            "netns": topo.netns(dev.name),
-            "netns_exists": topo.netns(dev.name) in spaces,
-            "profile": dev.profile,
-            "limits": cg.read_limits(dev.name),
-            "sshd_pid": sshd["pid"] if sshd else None,
-            "sshd_alive": alive,
-            "ssh_port_open": port,
-            "workdir": str(paths.workdir(dev.name)),
-        }
-    healthy = all(d["netns_exists"] and d["sshd_alive"] and d["ssh_port_open"]
-                  for d in devices.values())
-    return {
-        "up": True,
-        "healthy": healthy,
-        "state_dir": str(paths.root),
-        "inventory": state.inventory,
-        "bridge": topo.bridge,
-        "subnet": topo.subnet,
-        "controller_ip": topo.controller_ip,
-        "cgroup_version": state.cgroup_version,
-        "devices": devices,
-        "shaping": state.shaping,
-        "resources": len(state.resources),
-    }

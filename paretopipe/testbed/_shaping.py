@@ -18,16 +18,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from paretopipe import netcond
 from paretopipe.errors import ConfigError, TestbedError
 from paretopipe.netcond import Condition, judge
+from paretopipe.polling import poll_until
 from paretopipe.testbed import _system
-from paretopipe.testbed._lifecycle import Progress, _quiet
-from paretopipe.testbed._state import Paths, State, locked
+from paretopipe.testbed._state import Paths, Progress, State, locked, quiet
 from paretopipe.testbed.topology import Topology
 
 IFB = "ifb0"
@@ -85,14 +84,15 @@ def _start_delayline(paths: Paths, topo: Topology, device: str, cond: Condition)
     with open(log, "w") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline:
+
+    def outcome() -> str:
         if "delayline: queue" in log.read_text():
-            return {"role": "delayline", "device": device, "pid": proc.pid,
-                    "start": _system.start_time(proc.pid)}
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
+            return "listening"
+        return "exited" if proc.poll() is not None else ""
+
+    if poll_until(outcome, 10.0, interval_s=0.02) == "listening":
+        return {"role": "delayline", "device": device, "pid": proc.pid,
+                "start": _system.start_time(proc.pid)}
     if proc.poll() is None:
         _system.terminate([(proc.pid, _system.start_time(proc.pid))])
     raise TestbedError(f"the delay line for {device} did not start: {log.read_text().strip()}")
@@ -135,7 +135,7 @@ def shape(condition: Condition | str, between: Sequence[str] | None = None, *,
     _system.require_root()
     cond = resolve_condition(condition, conditions_file)
     paths = Paths.at(state_dir)
-    progress = progress or _quiet
+    progress = progress or quiet
     with locked(paths):
         topo, state = _loaded(paths)
         names = list(between) if between else topo.names
@@ -228,7 +228,7 @@ def unshape(*, state_dir: str | Path | None = None, progress: Progress | None = 
     with locked(paths):
         topo, state = _loaded(paths)
         was = state.shaping
-        unshape_locked(topo, state, paths, progress or _quiet)
+        unshape_locked(topo, state, paths, progress or quiet)
         return {"changed": bool(was), "removed": was}
 
 

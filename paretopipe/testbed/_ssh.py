@@ -5,12 +5,12 @@ from __future__ import annotations
 import shlex
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import yaml
 
 from paretopipe.errors import TestbedError
+from paretopipe.polling import poll_until
 from paretopipe.testbed import _system
 from paretopipe.testbed._state import Paths
 
@@ -100,16 +100,19 @@ def start_sshd(paths: Paths, device: str, ip: str, ns: str, procs_files: list[Pa
 
 
 def wait_for_port(ip: str, port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last: OSError | None = None
-    while time.monotonic() < deadline:
+    """Return once something accepts a TCP connection on ``ip:port``; raise after ``timeout``."""
+    errors: list[OSError] = []
+
+    def answers() -> bool:
         try:
             with socket.create_connection((ip, port), timeout=1.0):
-                return
+                return True
         except OSError as exc:
-            last = exc
-            time.sleep(0.05)
-    raise TestbedError(f"nothing answers on {ip}:{port} ({last})")
+            errors.append(exc)
+            return False
+
+    if not poll_until(answers, timeout, interval_s=0.05):
+        raise TestbedError(f"nothing answers on {ip}:{port} ({errors[-1] if errors else None})")
 
 
 def port_open(ip: str, port: int = 22, timeout: float = 0.5) -> bool:

@@ -1,4 +1,5 @@
-"""Where the testbed keeps its files, and the state file that records what it made."""
+"""Where the testbed keeps its files, the state file that records what it made, and the
+progress callback every step of ``up``, ``down`` and ``shape`` reports to."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import fcntl
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,13 @@ from paretopipe.errors import TestbedError
 
 STATE_ENV = "PARETOPIPE_TESTBED_DIR"
 SCHEMA = 1
+
+#: Told one line per thing done ("created namespace pp-pi1"); the CLI prints them.
+Progress = Callable[[str], None]
+
+
+def quiet(_msg: str) -> None:
+    """The progress callback that says nothing (the default)."""
 
 
 def checkout_root() -> Path | None:

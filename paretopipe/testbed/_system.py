@@ -6,11 +6,11 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from paretopipe.errors import TestbedError
+from paretopipe.polling import poll_until
 
 TOOLS = ("ip", "tc", "iptables", "ssh", "ssh-keygen", "ping", "chrt", "nice")
 SSHD = "/usr/sbin/sshd"
@@ -118,18 +118,17 @@ def terminate(pids: Sequence[tuple[int, int | None]], timeout: float = 5.0) -> l
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(pid_alive(p, s) for p, s in live):
-        time.sleep(0.05)
+    def all_gone() -> bool:
+        return not any(pid_alive(p, s) for p, s in live)
+
+    poll_until(all_gone, timeout)
     for pid, start in live:
         if pid_alive(pid, start):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline and any(pid_alive(p, s) for p, s in live):
-        time.sleep(0.05)
+    poll_until(all_gone, 2.0)
     still = [p for p, s in live if pid_alive(p, s)]
     if still:
         raise TestbedError(f"processes {still} survived SIGKILL")
@@ -137,9 +136,5 @@ def terminate(pids: Sequence[tuple[int, int | None]], timeout: float = 5.0) -> l
 
 
 def wait_for_file(path: Path, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.stat().st_size > 0:
-            return True
-        time.sleep(0.02)
-    return False
+    """Whether ``path`` exists and is not empty within ``timeout`` seconds."""
+    return poll_until(lambda: path.exists() and path.stat().st_size > 0, timeout, interval_s=0.02)

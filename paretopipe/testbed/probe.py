@@ -20,6 +20,8 @@ import socket
 import sys
 import time
 
+from paretopipe.polling import poll_until
+
 CHUNK = 256 * 1024
 
 
@@ -81,15 +83,18 @@ def recv(bind: str, port: int, *, warmup_s: float, timeout_s: float, sha: bool) 
 def send(host: str, port: int, *, seconds: float | None, nbytes: int | None, seed: int,
          sha: bool, connect_timeout_s: float) -> dict:
     block = payload_block(seed)
-    deadline = time.monotonic() + connect_timeout_s
-    while True:
+    errors: list[OSError] = []
+
+    def connect() -> socket.socket | None:
         try:
-            sock = socket.create_connection((host, port), timeout=connect_timeout_s)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+            return socket.create_connection((host, port), timeout=connect_timeout_s)
+        except OSError as exc:  # the receiver may not listen yet: try again
+            errors.append(exc)
+            return None
+
+    sock = poll_until(connect, connect_timeout_s, interval_s=0.05)
+    if sock is None:
+        raise errors[-1]
     digest = hashlib.sha256() if sha else None
     sent = 0
     start = time.monotonic()

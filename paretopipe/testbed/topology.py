@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paretopipe.errors import ConfigError
-from paretopipe.netcond import read_yaml_mapping
+from paretopipe.configfile import read_yaml_mapping
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 GROUPS = ("edge", "servers")

@@ -52,6 +52,7 @@ from typing import Any
 from paretopipe.codecs import NONE as CODEC_NONE
 from paretopipe.codecs import Codec, CodecError, Decoder, Encoder, codec_from_wire, parse_codec
 from paretopipe.errors import StageError, TransportError
+from paretopipe.polling import poll_until
 from paretopipe.threads import spawn
 from paretopipe.transport.base import (
     InBatch, ResultBatch, SessionPlan, SessionSpec, SourceLink, StageHandler, StageInfo, StageLink,
@@ -217,21 +218,24 @@ class RpcSourceLink(SourceLink, _Endpoint):
     def _wait_arrivals(self, store: Any, timeout_s: float) -> None:
         """Wait until every stage has reached the master store, or report who did not (or why)."""
         control = self._control
-        deadline = time.monotonic() + timeout_s
         missing = set(control.conns)
-        while missing:
-            try:
-                kind, idx, item = control.events.get(0.05)
-            except queue.Empty:
-                pass
-            else:
-                raise control.failure((kind, idx, item))
-            missing = {i for i in missing if not store.check([f"arrived/{i}"])}
-            if missing and time.monotonic() > deadline:
-                names = ", ".join(f"stage {i} ({control.infos[i].address})" for i in sorted(missing))
-                raise StageError(f"{names} did not reach the RPC master at {self.master} within {timeout_s:g} s; is it "
-                                 f"an address of this host that the workers can reach, with the port open? (set it "
-                                 f"with --rpc-master or {ENV_MASTER_ADDR}/{ENV_MASTER_PORT})")
+
+        def all_arrived() -> bool:
+            if missing:
+                try:  # waits a little for a stage's word, which is the poll's pause
+                    kind, idx, item = control.events.get(0.05)
+                except queue.Empty:
+                    pass
+                else:
+                    raise control.failure((kind, idx, item))
+                missing.difference_update({i for i in missing if store.check([f"arrived/{i}"])})
+            return not missing
+
+        if not poll_until(all_arrived, timeout_s, interval_s=0.0):
+            names = ", ".join(f"stage {i} ({control.infos[i].address})" for i in sorted(missing))
+            raise StageError(f"{names} did not reach the RPC master at {self.master} within {timeout_s:g} s; is it "
+                             f"an address of this host that the workers can reach, with the port open? (set it "
+                             f"with --rpc-master or {ENV_MASTER_ADDR}/{ENV_MASTER_PORT})")
 
     # -- data path
     def deliver(self, batch_id: int, tensor: Any, records: list[StageRecord], t_send: float, t_arrived: float,

@@ -208,3 +208,15 @@ def test_shaping_plan_with_and_without_netem():
     lossy = plan(topo, Condition("l", loss_pct=2), ["pi1", "pi2"], netem=False)["pi1"]
     assert lossy["delayline"] is False and lossy["tc"] == []
     assert not any("NFQUEUE" in c for c in lossy["iptables"])
+
+
+def test_leftovers_are_records_shown_as_before_and_undone_by_kind():
+    from paretopipe.testbed import Leftover
+
+    ns, cg = Leftover("netns", "ppx-pi1"), Leftover("cgroup", "/sys/fs/cgroup/cpu/paretopipe-ppx/pi1")
+    proc = Leftover("process", "4242", "sshd of pi1")
+    assert [lo.describe() for lo in (ns, cg, proc)] == [
+        "namespace ppx-pi1", "cgroup /sys/fs/cgroup/cpu/paretopipe-ppx/pi1", "process 4242 (sshd of pi1)"]
+    assert ns.resource() == {"kind": "netns", "name": "ppx-pi1"}
+    assert cg.resource() == {"kind": "cgroup", "path": "/sys/fs/cgroup/cpu/paretopipe-ppx/pi1"}
+    assert Leftover("link", "br-ppx").resource() == {"kind": "link", "name": "br-ppx"}

@@ -11,27 +11,26 @@ import os
 import shlex
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
 from paretopipe.errors import ConfigError, TestbedError
+from paretopipe.polling import poll_until
 from paretopipe.testbed import _ssh, _system
 from paretopipe.testbed._lifecycle import (
     _FOREIGN_HINT,
     _Builder,
     _cgroups,
-    _quiet,
     _topology,
-    roll_back,
+    build_or_roll_back,
+    check_inventory,
 )
-from paretopipe.testbed._state import Paths, State, checkout_root, locked
+from paretopipe.testbed._state import Paths, Progress, State, checkout_root, locked, quiet
 from paretopipe.testbed.cgroups import Limits, allocate_cpus, format_cpulist
 from paretopipe.testbed.topology import Topology
 from paretopipe.testbed.vm._image import Image, ensure_image, ext4_image
 
-Progress = Callable[[str], None]
 KIND = "vm"
 BOOT_TIMEOUT_S = 600.0      # TCG on a loaded 2-core host: 60-120 s is usual
 DEFAULT_MEMORY = 1 << 30    # a profile without a memory limit still needs a machine size
@@ -173,17 +172,18 @@ class _VmBuilder(_Builder):
     def _wait_for_ssh(self, name: str, t0: float) -> None:
         ip = self.topo.device(name).ip
         rec = self.state.find("process", role="qemu", device=name)[0]
-        deadline = t0 + self.boot_timeout_s
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             if not _system.pid_alive(rec["pid"], rec["start"]):
                 raise TestbedError(f"the VM of {name} exited while booting; console: "
                                    f"{_tail(self.paths.rundir(name) / 'console.log')}")
             probe = _system.run(_ssh.ssh_argv(self.paths, ip, "true"), check=False, timeout=30)
-            if probe.returncode == 0:
-                self.boot_s[name] = round(time.monotonic() - t0, 1)
-                self.progress(f"{name} answers ssh on {ip} after {self.boot_s[name]} s")
-                return
-            time.sleep(1.0)
+            return probe.returncode == 0
+
+        if poll_until(answers, t0 + self.boot_timeout_s - time.monotonic(), interval_s=1.0):
+            self.boot_s[name] = round(time.monotonic() - t0, 1)
+            self.progress(f"{name} answers ssh on {ip} after {self.boot_s[name]} s")
+            return
         raise TestbedError(f"{name} did not answer ssh on {ip} within {self.boot_timeout_s:g} s"
                            f"; console: {_tail(self.paths.rundir(name) / 'console.log')}")
 
@@ -254,7 +254,7 @@ def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path |
         raise ConfigError(f"--wheelhouse {wheelhouse}: no such folder (build one with "
                           "playbooks/wheelhouse.yml)")
     paths = Paths.at(state_dir)
-    progress = progress or _quiet
+    progress = progress or quiet
     inv = str(Path(inventory).resolve() if inventory else default_vm_inventory_path())
     image = ensure_image(cache_dir, progress=progress)
     with locked(paths):
@@ -262,15 +262,14 @@ def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path |
         if state is not None and (state.topology != topo.to_dict() or state.device_kind != KIND):
             raise TestbedError(f"another testbed ({state.device_kind}) is up in {paths.root}; "
                                "run `paretopipe testbed down` first")
-        if state is not None and state.inventory != inv:
-            raise TestbedError(f"this testbed writes its inventory to {state.inventory}; "
-                               "run `paretopipe testbed down` first to move it")
+        check_inventory(state, inv)
         state = state or State(topology=topo.to_dict(), inventory=inv, device_kind=KIND)
         wheel_img = None
         if wheelhouse is not None:
             wheel_img = paths.root / "run" / "wheelhouse.img"
         builder = _VmBuilder(topo, paths, state, image, wheel_img, boot_timeout_s, progress)
-        try:
+
+        def build() -> None:
             if wheel_img is not None and not state.has("file", path=str(wheel_img)):
                 wheel_img.parent.mkdir(parents=True, exist_ok=True)
                 size_mb = sum(f.stat().st_size for f in Path(wheelhouse).rglob("*")
@@ -279,43 +278,6 @@ def up(topology: Topology | str | Path | None = None, *, state_dir: str | Path |
                 builder.record({"kind": "file", "path": str(wheel_img)},
                                f"made the wheelhouse disk {wheel_img} from {wheelhouse}")
             builder.build()
-        except BaseException as exc:
-            roll_back(exc, builder.made, state, paths, progress)
-            raise
-        return {
-            "changed": bool(builder.actions),
-            "actions": builder.actions,
-            "kind": KIND,
-            "state_dir": str(paths.root),
-            "inventory": inv,
-            "image": str(image.root),
-            "image_build_s": image.build_s,
-            "boot_s": builder.boot_s,
-            "devices": {d.name: d.ip for d in topo.devices},
-        }
 
-
-def status(topo: Topology, state: State, paths: Paths) -> dict:
-    """What exists of a VM testbed: per device the QEMU process, whether ssh answers, limits."""
-    cg = _cgroups(topo, state.cgroup_version)
-    devices = {}
-    for dev in topo.devices:
-        rec = next(iter(state.find("process", role="qemu", device=dev.name)), None)
-        alive = bool(rec) and _system.pid_alive(rec["pid"], rec.get("start"))
-        port = alive and _ssh.port_open(dev.ip)
-        devices[dev.name] = {
-            "group": dev.group, "ip": dev.ip, "profile": dev.profile, "shaped": None,
-            "limits": cg.read_limits(dev.name), "vm_pid": rec["pid"] if rec else None,
-            "vm_alive": alive, "ssh_port_open": port,
-            # The names the namespace testbed's status uses, for one printing path.
-            "sshd_pid": rec["pid"] if rec else None, "sshd_alive": alive,
-            "console": str(paths.rundir(dev.name) / "console.log"),
-        }
-    return {
-        "up": True, "kind": KIND,
-        "healthy": all(d["vm_alive"] and d["ssh_port_open"] for d in devices.values()),
-        "state_dir": str(paths.root), "inventory": state.inventory, "bridge": topo.bridge,
-        "subnet": topo.subnet, "controller_ip": topo.controller_ip,
-        "cgroup_version": state.cgroup_version, "devices": devices, "shaping": None,
-        "resources": len(state.resources),
-    }
+        return {**build_or_roll_back(builder, build), "kind": KIND, "image": str(image.root),
+                "image_build_s": image.build_s, "boot_s": builder.boot_s}

@@ -1,0 +1,96 @@
+"""What a network condition is, and the named conditions of a YAML file.
+
+A :class:`Condition` is one-way delay, jitter, random loss and a rate, checked when it is made.
+:func:`load_conditions` reads a table of them (default: the packaged ``data/conditions.yml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from paretopipe.configfile import read_yaml_mapping
+from paretopipe.errors import ConfigError
+from paretopipe.netcond.units import fmt_rate, parse_delay, parse_loss, parse_rate
+
+__all__ = ["Condition", "default_conditions_path", "load_conditions"]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A network condition. ``delay_ms``/``jitter_ms`` are one-way; ``rate_mbit=None`` = unlimited."""
+
+    name: str
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss_pct: float = 0.0
+    rate_mbit: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ConfigError(f"condition name {self.name!r}: use letters, digits, '-', '_', '.'")
+        if self.delay_ms < 0 or self.jitter_ms < 0:
+            raise ConfigError(f"condition {self.name}: delay and jitter must be >= 0")
+        if self.jitter_ms > self.delay_ms:
+            raise ConfigError(
+                f"condition {self.name}: jitter {self.jitter_ms:g} ms exceeds delay "
+                f"{self.delay_ms:g} ms; packets cannot arrive before they are sent"
+            )
+        if not 0 <= self.loss_pct < 100:
+            raise ConfigError(f"condition {self.name}: loss must be in [0, 100) %")
+        if self.rate_mbit is not None and self.rate_mbit <= 0:
+            raise ConfigError(f"condition {self.name}: rate must be > 0 (leave it out: unlimited)")
+
+    @property
+    def has_delay(self) -> bool:
+        return self.delay_ms > 0 or self.jitter_ms > 0
+
+    @property
+    def is_null(self) -> bool:
+        return not self.has_delay and self.loss_pct == 0 and self.rate_mbit is None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        parts = []
+        if self.rate_mbit is not None:
+            parts.append(fmt_rate(self.rate_mbit))
+        if self.has_delay:
+            parts.append(f"{self.delay_ms:g} ms" + (f" ±{self.jitter_ms:g} ms" if self.jitter_ms else ""))
+        if self.loss_pct:
+            parts.append(f"{self.loss_pct:g}% loss")
+        return f"{self.name} ({', '.join(parts) or 'unshaped'})"
+
+
+def default_conditions_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "data" / "conditions.yml"
+
+
+def load_conditions(path: str | Path | None = None) -> dict[str, Condition]:
+    """Named conditions from a YAML file (default: the packaged ``data/conditions.yml``)."""
+    file = Path(path) if path is not None else default_conditions_path()
+    table = read_yaml_mapping(file, "conditions").get("conditions")
+    if not isinstance(table, dict) or not table:
+        raise ConfigError(f"{file}: expected a mapping 'conditions: {{name: {{rate, delay, ...}}}}'")
+    out: dict[str, Condition] = {}
+    for name, spec in table.items():
+        spec = spec or {}
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{file}: condition {name!r} must be a mapping")
+        unknown = set(spec) - {"delay", "jitter", "loss", "rate", "description"}
+        if unknown:
+            raise ConfigError(
+                f"{file}: condition {name!r} has unknown keys {sorted(unknown)} "
+                "(allowed: delay, jitter, loss, rate, description)"
+            )
+        out[str(name)] = Condition(
+            name=str(name),
+            delay_ms=parse_delay(spec.get("delay", 0)),
+            jitter_ms=parse_delay(spec.get("jitter", 0)),
+            loss_pct=parse_loss(spec.get("loss", 0)),
+            rate_mbit=parse_rate(spec.get("rate")),
+        )
+    return out
