@@ -76,7 +76,7 @@ def test_errors_mape_and_recall(sweep):
     assert c.latency_mape == pytest.approx(100 * np.mean([abs(e[0]) for e in ERRORS.values()]))
     assert c.throughput_mape == pytest.approx(100 * np.mean([abs(e[1]) for e in ERRORS.values()]))
     # a v1 file: one window and batch size, configurations named by their splits
-    assert {key[1:] for key in c.measured_frontier} == {(WINDOW, BATCH)}
+    assert {key[1:] for key in c.measured_frontier} == {(WINDOW, BATCH, "none")}
     assert {key[0] for key in c.measured_frontier} == set(front)
     found = {s for s in front if s[0] in selected}
     assert {key[0] for key in c.found} == found
@@ -136,7 +136,7 @@ def test_a_v2_prediction_covers_windows_and_batch_sizes(tmp_path):
             doc["run_id"] = doc["run_id"].replace(f"-w{WINDOW}-", f"-w{window}-")
             write_json(results / f"{doc['run_id']}.json", doc)
     points = config_points(aggregate(load_runs(results)))
-    measured = {(p.splits, p.get("window"), p.get("batch_size")): (p.mean("latency"), p.mean("throughput"))
+    measured = {(p.splits, p.get("window"), p.get("batch_size"), "none"): (p.mean("latency"), p.mean("throughput"))
                 for p in points}
     assert len(measured) == 4
     preds = [{"splits": list(key[0]), "window": key[1], "batch_size": key[2], "latency_s": lat * 1.1,
