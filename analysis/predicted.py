@@ -2,8 +2,9 @@
 
 A prediction file (schema ``paretopipe.prediction``, docs/predict.md) holds, for one model,
 network condition and backend, the predicted latency and throughput of every configuration
-(split points, window, batch size; v1 files have one window and batch size), the predicted
-frontier and the configurations a smart sweep measures (``selected``). For each one found under
+(split points, window, batch size, codec; v1 files have one window and batch size, v1 and v2
+files codec none), the predicted frontier and the configurations a smart sweep measures
+(``selected``). For each one found under
 the analysed paths this module matches the measured configurations of the same model, condition,
 backend (and input size and number of stages) and reports:
 
@@ -284,10 +285,10 @@ def csv_rows(comparisons: Sequence[Comparison]) -> list[list[object]]:
     for c in comparisons:
         p = c.prediction
         for r in c.rows:
-            rows.append([str(p.path), p.model, p.network, p.backend, r.key[2], r.key[1], r.key[3], ",".join(map(str, r.splits)),
-                         r.predicted_latency, r.measured_latency, r.latency_error, r.predicted_throughput,
-                         r.measured_throughput, r.throughput_error, r.repeats, r.predicted_frontier, r.selected,
-                         r.measured_frontier])
+            rows.append([str(p.path), p.model, p.network, p.backend, r.key[2], r.key[1], r.key[3],
+                         ",".join(map(str, r.splits)), r.predicted_latency, r.measured_latency, r.latency_error,
+                         r.predicted_throughput, r.measured_throughput, r.throughput_error, r.repeats,
+                         r.predicted_frontier, r.selected, r.measured_frontier])
     return rows
 
 

@@ -143,7 +143,7 @@ class DeviceProfile:
                               "(version 2 measures every codec), or predict --codecs none")
         if codec not in self.codecs:
             raise ConfigError(f"profile {where} did not measure codec {codec} (it has: "
-                              f"{', '.join(self.codecs) or 'none'}); re-run `paretopipe profile --codecs ...` with it")
+                              f"{', '.join(self.codecs) or 'no codec'}); re-run `paretopipe profile --codecs ...` with it")
         return self.codecs[codec]
 
     def compute_s(self, start: int, stop: int) -> float:
@@ -171,7 +171,7 @@ def device_profile(doc: Mapping[str, Any], source: str = "", statistic: str = "m
     codecs: dict[str, tuple[CodecCost, ...]] | None = None
     if version >= 2:
         bounds = doc["codecs"]["boundaries"]
-        names = [str(n) for n in doc["codecs"]["names"]] if bounds else []
+        names = list(bounds[0]["codecs"]) if bounds else []
         codecs = {n: tuple(CodecCost(int(b["codecs"][n]["wire_bytes"]), float(b["codecs"][n]["encode_s"][statistic]),
                                      float(b["codecs"][n]["decode_s"][statistic])) for b in bounds)
                   for n in names}

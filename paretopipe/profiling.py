@@ -288,6 +288,21 @@ def write_profile(doc: dict[str, Any], path: str | os.PathLike[str]) -> Path:
         raise ConfigError(f"cannot write profile {path}: {exc.strerror or exc}") from None
 
 
+def _codecs_ok(codecs: Any, num_blocks: int) -> bool:
+    """A version-2 ``codecs`` section: no boundaries, or one per split 0..N with the same codecs."""
+    try:
+        bounds = codecs["boundaries"]
+        if not isinstance(bounds, list) or (bounds and len(bounds) != num_blocks + 1):
+            return False
+        names = set(bounds[0]["codecs"]) if bounds else set()
+        return all(int(b["split"]) == k and int(b["raw_bytes"]) >= 0 and set(b["codecs"]) == names
+                   and all(int(c["wire_bytes"]) >= 0 and float(c["encode_s"]["median"]) >= 0
+                           and float(c["decode_s"]["median"]) >= 0 for c in b["codecs"].values())
+                   for k, b in enumerate(bounds))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+
+
 def read_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check a profile file; a ConfigError says what is wrong with it."""
     path = Path(path)
@@ -312,17 +327,7 @@ def read_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
         ok = False
     if not ok:
         raise ConfigError(f"profile {path} is malformed (blocks, num_blocks, input_bytes or config missing or wrong)")
-    if doc["schema_version"] >= 2:
-        try:
-            bounds = doc["codecs"]["boundaries"]
-            ok = (isinstance(bounds, list) and (not bounds or len(bounds) == n + 1)
-                  and all(int(b["split"]) == k and int(b["raw_bytes"]) >= 0
-                          and all(int(c["wire_bytes"]) >= 0 and float(c["encode_s"]["median"]) >= 0
-                                  and float(c["decode_s"]["median"]) >= 0 for c in b["codecs"].values())
-                          for k, b in enumerate(bounds)))
-        except (KeyError, TypeError, ValueError, AttributeError):
-            ok = False
-        if not ok:
-            raise ConfigError(f"profile {path} is malformed (codecs: one boundary per split 0..{n}, each with "
-                              "wire_bytes, encode_s and decode_s per codec)")
+    if doc["schema_version"] >= 2 and not _codecs_ok(doc.get("codecs"), n):
+        raise ConfigError(f"profile {path} is malformed (codecs: one boundary per split 0..{n}, each with "
+                          "wire_bytes, encode_s and decode_s for the same codecs)")
     return doc
