@@ -2,8 +2,9 @@
 
 A prediction file (schema ``paretopipe.prediction``, docs/predict.md) holds, for one model,
 network condition and backend, the predicted latency and throughput of every configuration
-(split points, window, batch size; v1 files have one window and batch size), the predicted
-frontier and the configurations a smart sweep measures (``selected``). For each one found under
+(split points, window, batch size, codec; v1 files have one window and batch size, v1 and v2
+files codec none), the predicted frontier and the configurations a smart sweep measures
+(``selected``). For each one found under
 the analysed paths this module matches the measured configurations of the same model, condition,
 backend (and input size and number of stages) and reports:
 
@@ -34,11 +35,11 @@ __all__ = ["SCHEMA", "SCHEMA_VERSION", "PredictionFile", "SplitRow", "Comparison
            "load_predictions", "compare", "mape"]
 
 SCHEMA = "paretopipe.prediction"
-SCHEMA_VERSIONS = (1, 2)
-SCHEMA_VERSION = 2  # the newest; 1 is read too
+SCHEMA_VERSIONS = (1, 2, 3)
+SCHEMA_VERSION = 3  # the newest (each prediction names its codec); 1 and 2 (codec none) are read too
 
-#: A configuration as predictions and measurements both name it: (splits, window, batch size).
-Key = tuple[tuple[int, ...], int, int]
+#: A configuration as predictions and measurements both name it: (splits, window, batch size, codec).
+Key = tuple[tuple[int, ...], int, int, str]
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ class PredictionFile:
 
 
 def label(key: Key) -> str:
-    """``k=8 w4 b8``: the label the analysis gives a configuration."""
-    return f"k={','.join(map(str, key[0]))} w{key[1]} b{key[2]}"
+    """``k=8 w4 b8`` (`` int8`` added for a codec other than none): the label the analysis gives a configuration."""
+    return f"k={','.join(map(str, key[0]))} w{key[1]} b{key[2]}" + ("" if key[3] == "none" else f" {key[3]}")
 
 
 @dataclass(frozen=True)
@@ -166,10 +167,11 @@ def _parse(path: Path, doc: Any) -> PredictionFile:
         w, b = int(cfg["window"]), int(cfg["batch_size"])
 
         def key(item: Any) -> Key:
-            return tuple(int(k) for k in (item["splits"] if isinstance(item, dict) else item)), w, b
-    else:
+            return tuple(int(k) for k in (item["splits"] if isinstance(item, dict) else item)), w, b, "none"
+    else:  # version 2 predicted uncoded tensors only
         def key(item: Any) -> Key:
-            return tuple(int(k) for k in item["splits"]), int(item["window"]), int(item["batch_size"])
+            return (tuple(int(k) for k in item["splits"]), int(item["window"]), int(item["batch_size"]),
+                    str(item.get("codec", "none")))
     predicted = {key(p): (float(p["latency_s"]), float(p["throughput_img_s"])) for p in doc["predictions"]}
     return PredictionFile(
         path=path, model=str(cfg["model"]), network=str(cfg["network"]["label"]), backend=str(cfg["backend"]),
@@ -188,13 +190,12 @@ def load_predictions(paths: Sequence[Path], exclude: Iterable[Path] = ()
 # --- comparing -------------------------------------------------------------------------------
 
 def _key(p: ConfigPoint) -> Key:
-    return p.splits, p.get("window"), p.get("batch_size")  # type: ignore[return-value]
+    return p.splits, p.get("window"), p.get("batch_size"), p.get("codec") or "none"  # type: ignore[return-value]
 
 
 def _matches(p: ConfigPoint, pred: PredictionFile) -> bool:
     return (p.get("model") == pred.model and p.get("network") == pred.network
             and p.get("backend") == pred.backend and p.get("num_stages") == pred.num_stages
-            and p.get("codec") in (None, "none")  # predictions model uncoded tensors
             and (pred.input_size is None or p.get("input_size") in (None, pred.input_size)))
 
 
@@ -270,14 +271,14 @@ def csv_rows(comparisons: Sequence[Comparison]) -> list[list[object]]:
     for c in comparisons:
         p = c.prediction
         for r in c.rows:
-            rows.append([str(p.path), p.model, p.network, p.backend, r.key[2], r.key[1], ",".join(map(str, r.splits)),
-                         r.predicted_latency, r.measured_latency, r.latency_error, r.predicted_throughput,
-                         r.measured_throughput, r.throughput_error, r.repeats, r.predicted_frontier, r.selected,
-                         r.measured_frontier])
+            rows.append([str(p.path), p.model, p.network, p.backend, r.key[2], r.key[1], r.key[3],
+                         ",".join(map(str, r.splits)), r.predicted_latency, r.measured_latency, r.latency_error,
+                         r.predicted_throughput, r.measured_throughput, r.throughput_error, r.repeats,
+                         r.predicted_frontier, r.selected, r.measured_frontier])
     return rows
 
 
-CSV_HEADER = ("prediction_file", "model", "network", "backend", "batch_size", "window", "splits",
+CSV_HEADER = ("prediction_file", "model", "network", "backend", "batch_size", "window", "codec", "splits",
               "predicted_latency_s", "measured_latency_s", "latency_error", "predicted_throughput_img_s",
               "measured_throughput_img_s", "throughput_error", "repeats", "predicted_frontier", "selected",
               "measured_frontier")

@@ -14,6 +14,12 @@ splits, ``--early``; agreement >= 99%), then the frontier of latency, throughput
 without codecs (codec none only) and with them, through analysis's public API
 (``analysis.load_runs`` / ``aggregate`` / ``frontier``). Always tears the testbed down.
 
+Prediction (unless ``--no-predict``): before the runs it profiles ``edge`` and ``server`` (one after
+the other, each in its cgroups; ``paretopipe profile --codecs`` with the same weights, input size
+and batch size), predicts every split with every codec for the configured link (``paretopipe
+predict --codecs``, written to ``prediction.json``), and after the runs prints predicted against
+measured latency per split and codec (``analysis.predicted.compare``) and the error per codec.
+
 Weights: ``--weights FILE``, else a cache file under ``.cache/weights/`` (git-ignored), trained
 with ``paretopipe train-digits`` on first use (about 5 minutes on 2 cores) and reused after.
 
@@ -31,6 +37,8 @@ import time
 from pathlib import Path
 
 from _testbed_common import PY, REPO, Devices, raise_on_signals, stop, topology_text
+
+PROFILE_REPEATS = 10
 
 MODEL = "mobilenet_v2"
 TOPOLOGY = topology_text("c16", "10.77.16", [("edge", "edge", "rpi4", 11), ("server", "servers", "gpu-server", 21)])
@@ -106,6 +114,71 @@ def run_all(dev: Devices, args: argparse.Namespace, plan: list[tuple[int, str]],
     finally:
         stop(worker)
     return failures
+
+
+def profile_and_predict(dev: Devices, args: argparse.Namespace, w: Path, label: str, out: Path,
+                        logs: Path) -> Path:
+    """Profile edge, then server (never both at once: they share this machine), and predict every
+    split with every codec of ``--codecs`` on the configured link; returns the prediction file."""
+    paths = []
+    for name in ("edge", "server"):
+        path = out / f"profile-{name}.json"
+        cmd = [PY, "-m", "paretopipe", "profile", MODEL, "--weights", str(w), "--input-size", str(args.input_size),
+               "--batch-size", str(args.batch_size), "--threads", "1", "--repeats", str(PROFILE_REPEATS),
+               "--codecs", args.codecs, "--out", str(path)]
+        proc = dev.popen(name, cmd, logs / f"profile-{name}.log")
+        try:
+            if proc.wait(timeout=900) != 0:
+                raise SystemExit(f"profiling {name} failed; see {logs}")
+        finally:
+            stop(proc)
+        paths.append(path)
+    prediction = out / "prediction.json"
+    subprocess.run([PY, "-m", "paretopipe", "predict", "--profiles", ",".join(map(str, paths)),
+                    "--delay", f"{args.delay_ms:g}ms", "--rate", f"{args.rate_mbit:g}mbit", "--network-label", label,
+                    "--window", str(args.window), "--batches", str(args.batches), "--codecs", args.codecs,
+                    "--out", str(prediction)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    say(f"profiled edge and server, predicted {prediction}")
+    return prediction
+
+
+def report_prediction(prediction: Path, results: Path) -> dict:
+    """Predicted against measured latency per split and codec, and the error per codec."""
+    sys.path.insert(0, str(REPO))
+    from analysis import aggregate, load_runs
+    from analysis.frames import config_points
+    from analysis.predicted import compare, load_predictions, mape
+
+    preds, bad = load_predictions([prediction])
+    if bad or not preds:
+        raise SystemExit(f"cannot read {prediction}: {bad}")
+    [c] = compare(preds, config_points(aggregate(load_runs(results))))
+    say()
+    say("predicted against measured latency per batch [ms] (paretopipe predict --codecs)")
+    say(f"{'configuration':>18} {'predicted':>10} {'measured':>10} {'error':>8}")
+    for r in c.rows:
+        say(f"{r.label:>18} {r.predicted_latency * 1e3:10.1f} {r.measured_latency * 1e3:10.1f} "
+            f"{100 * r.latency_error:+7.1f}%")
+    per_codec = {}
+    for codec in sorted({r.key[3] for r in c.rows}):
+        per_codec[codec] = mape(r.latency_error for r in c.rows if r.key[3] == codec)
+    say("latency MAPE per codec: " + ", ".join(f"{k} {v:.1f}%" for k, v in per_codec.items())
+        + f"; all {c.latency_mape:.1f}% over {len(c.rows)} configurations")
+    # what the codec changes, apart from the compute both share: latency(none) - latency(codec)
+    rows = {(r.splits, r.key[3]): r for r in c.rows}
+    saving = {}
+    for (ks, codec), r in sorted(rows.items()):
+        none = rows.get((ks, "none"))
+        if codec == "none" or none is None:
+            continue
+        pred, meas = none.predicted_latency - r.predicted_latency, none.measured_latency - r.measured_latency
+        saving[f"k={','.join(map(str, ks))} {codec}"] = {"predicted_s": pred, "measured_s": meas}
+        error = f"{100 * (pred - meas) / meas:+.1f}%" if meas else "n/a"
+        say(f"  k={','.join(map(str, ks))} {codec}: saves {meas * 1e3:.1f} ms against none, predicted "
+            f"{pred * 1e3:.1f} ms ({error})")
+    return {"latency_mape_pct": c.latency_mape, "latency_mape_per_codec_pct": per_codec, "saving": saving,
+            "rows": [{"config": r.label, "predicted_latency_s": r.predicted_latency,
+                      "measured_latency_s": r.measured_latency} for r in c.rows]}
 
 
 def report(args: argparse.Namespace, out: Path, early: list[int]) -> dict:
@@ -194,6 +267,7 @@ def main() -> int:
     parser.add_argument("--codecs", default="none,fp16,int8")
     parser.add_argument("--rate-mbit", type=float, default=5.0)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay (0: rate only)")
+    parser.add_argument("--no-predict", action="store_true", help="skip profiling and prediction")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-codecs-testbed"))
     parser.add_argument("--report-only", action="store_true",
                         help="only print the report of an earlier run's --out results")
@@ -204,6 +278,8 @@ def main() -> int:
     results = out / "results"
     if args.report_only:
         report(args, results, early)
+        if (out / "prediction.json").is_file():
+            report_prediction(out / "prediction.json", results)
         return 0
     if os.geteuid() != 0:
         print("needs root (network namespaces, tc, cgroups)", file=sys.stderr)
@@ -237,6 +313,7 @@ def main() -> int:
         f"{args.codecs}; edge = rpi4, server = gpu-server; {cond.name} "
         f"(delay {args.delay_ms:g} ms); results in {results}")
     t0 = time.monotonic()
+    prediction = None
     try:
         tb.up(topo, state_dir=state, inventory=out / "hosts.yml")
         dev = Devices(topo)
@@ -248,6 +325,8 @@ def main() -> int:
         say(f"link: configured {args.rate_mbit:g} Mbit/s, measured "
             f"{network['measured']['rate_mbit']:.2f} Mbit/s, RTT {network['measured']['rtt_ms']:.2f} ms "
             f"({'ok' if checked['ok'] else 'OUT OF TOLERANCE'})")
+        if not args.no_predict:
+            prediction = profile_and_predict(dev, args, w, network["configured"]["name"], out, logs)
         failures = run_all(dev, args, plan, w, network, results, logs)
     finally:
         try:
@@ -256,6 +335,8 @@ def main() -> int:
             tb.down(state_dir=state)
     say(f"{len(plan)} runs in {time.monotonic() - t0:.0f} s, {failures} failed; testbed down")
     summary = report(args, results, early)
+    if prediction is not None:
+        summary["prediction"] = report_prediction(prediction, results)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     say(f"wrote {out / 'summary.json'}; report: python -m analysis.pareto {results} "
         f"--objectives {OBJECTIVES}")

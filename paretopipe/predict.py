@@ -20,6 +20,13 @@ The model (docs/predict.md). For a chain of ``S`` stages with split indices ``k_
   source's own head: the source stamps a batch when it starts its head, so the queue forms
   before the stamp and the latency stays ``L0``.
 
+With a codec ``C`` other than ``none`` (the profile's per-boundary measurements, profile version 2):
+a hop between stages carries the wire bytes ``C`` made of the real tensor at that boundary
+(``raw x ratio``), the sender's stage also spends ``C``'s encode time (the sender's profile) and
+the receiver's stage its decode time (the receiver's profile); the last hop returns the logits
+uncoded, as the runtime does. ``none`` adds no codec cost (the raw tensor is sent as it is; the
+per-message overhead was measured with it). Fidelity is not predicted: it is measured by runs.
+
 The predicted frontier is the non-dominated set of (latency min, throughput max), computed with
 :func:`paretoio.pareto.nondominated_ranks`, the sorting the measured frontier of ``analysis``
 uses too. :func:`select` adds each frontier chain's neighbours (one index +-1) and
@@ -42,7 +49,7 @@ from paretoio.files import write_json_atomic
 from paretopipe.errors import ConfigError
 
 SCHEMA = "paretopipe.prediction"
-SCHEMA_VERSION = 2  # 2: every prediction names its window and batch size (v1: one of each per file)
+SCHEMA_VERSION = 3  # 3: every prediction names its codec; 2: its window and batch size (v1: one of each per file)
 
 #: The runtime's own cost per message (one hop of one batch), in seconds, per backend: framing,
 #: thread hand-offs and syscalls on both ends, beyond bytes / rate + delay. Measured with
@@ -60,7 +67,7 @@ TCP_ETHERNET_OVERHEAD = (1514 - 1448) / 1448
 
 STATISTICS = ("median", "mean")
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "BACKEND_OVERHEAD_S", "Link", "DeviceProfile", "Prediction",
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "BACKEND_OVERHEAD_S", "Link", "CodecCost", "DeviceProfile", "Prediction",
            "backend_overhead", "device_profile", "load_profile_files", "chains", "predict_chain",
            "predict_all", "predict_configurations", "select", "select_configurations", "prediction_document",
            "write_prediction"]
@@ -98,6 +105,15 @@ class Link:
 
 
 @dataclass(frozen=True)
+class CodecCost:
+    """One codec on the tensor crossing one split, as a profile measured it."""
+
+    wire_bytes: int
+    encode_s: float  # on the device that profiled it, as the sender
+    decode_s: float  # on the device that profiled it, as the receiver
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     """What :func:`predict_chain` needs from one profile file."""
 
@@ -110,10 +126,25 @@ class DeviceProfile:
     block_s: tuple[float, ...]  # median compute per block
     crossing_bytes: tuple[int, ...]  # bytes crossing split k = 0..N (input, then each block's output)
     source: str = ""  # file it came from
+    #: codec name -> its cost at split k = 0..N; None: the profile measured no codecs (version 1)
+    codecs: Mapping[str, tuple[CodecCost, ...]] | None = None
+    schema_version: int = 2
 
     @property
     def num_blocks(self) -> int:
         return len(self.block_s)
+
+    def codec_costs(self, codec: str) -> tuple[CodecCost, ...]:
+        """The codec's cost at every split; a ConfigError names the fix when it was not profiled."""
+        where = self.source or self.host
+        if self.codecs is None:
+            raise ConfigError(f"profile {where} (schema_version {self.schema_version}) has no codec measurements, "
+                              f"so codec {codec} cannot be predicted; re-run `paretopipe profile` "
+                              "(version 2 measures every codec), or predict --codecs none")
+        if codec not in self.codecs:
+            raise ConfigError(f"profile {where} did not measure codec {codec} (it has: "
+                              f"{', '.join(self.codecs) or 'no codec'}); re-run `paretopipe profile --codecs ...` with it")
+        return self.codecs[codec]
 
     def compute_s(self, start: int, stop: int) -> float:
         return math.fsum(self.block_s[start:stop])
@@ -136,13 +167,21 @@ def device_profile(doc: Mapping[str, Any], source: str = "", statistic: str = "m
         raise ConfigError(f"unknown statistic {statistic!r} (use {' or '.join(STATISTICS)})")
     cfg = doc["config"]
     blocks = doc["blocks"]
+    version = int(doc.get("schema_version", 1))
+    codecs: dict[str, tuple[CodecCost, ...]] | None = None
+    if version >= 2:
+        bounds = doc["codecs"]["boundaries"]
+        names = list(bounds[0]["codecs"]) if bounds else []
+        codecs = {n: tuple(CodecCost(int(b["codecs"][n]["wire_bytes"]), float(b["codecs"][n]["encode_s"][statistic]),
+                                     float(b["codecs"][n]["decode_s"][statistic])) for b in bounds)
+                  for n in names}
     return DeviceProfile(
         model=cfg["model"], num_classes=int(cfg["num_classes"]), input_size=int(cfg["input_size"]),
         batch_size=int(cfg["batch_size"]), device=str(cfg["device"]),
         host=str(doc.get("host", {}).get("hostname", "?")),
         block_s=tuple(float(b["compute_s"][statistic]) for b in blocks),
         crossing_bytes=(int(doc["input_bytes"]), *(int(b["output_bytes"]) for b in blocks)),
-        source=source,
+        source=source, codecs=codecs, schema_version=version,
     )
 
 
@@ -171,6 +210,10 @@ def chains(num_blocks: int, stages: int) -> list[tuple[int, ...]]:
     return list(itertools.combinations_with_replacement(range(num_blocks + 1), stages - 1))
 
 
+#: A configuration: (splits, window, batch size, codec).
+Config = tuple[tuple[int, ...], int, int, str]
+
+
 @dataclass(frozen=True)
 class Prediction:
     splits: tuple[int, ...]
@@ -185,11 +228,15 @@ class Prediction:
     bottleneck: str  # "stage I", "hop I" or "window"
     rank: int = -1  # non-dominated rank; 0 = on the predicted frontier
     window: int = 1
+    codec: str = "none"
+    hop_raw_bytes: tuple[int, ...] = ()  # per hop, before the codec (= hop_bytes for none)
+    encode_s: tuple[float, ...] = ()  # per hop, on the sender (0 for none and the last hop)
+    decode_s: tuple[float, ...] = ()  # per hop, on the receiver
 
     @property
-    def configuration(self) -> tuple[tuple[int, ...], int, int]:
-        """(splits, window, batch size): what a sweep runs (paretopipe.plan.Configuration)."""
-        return self.splits, self.window, self.batch_size
+    def configuration(self) -> Config:
+        """(splits, window, batch size, codec): what a sweep runs (paretopipe.plan.Configuration)."""
+        return self.splits, self.window, self.batch_size, self.codec
 
     @property
     def throughput_img_s(self) -> float:
@@ -204,13 +251,17 @@ class Prediction:
             "splits": list(self.splits),
             "window": self.window,
             "batch_size": self.batch_size,
+            "codec": self.codec,
             "latency_s": self.latency_s,
             "latency_unloaded_s": self.latency_unloaded_s,
             "throughput_img_s": self.throughput_img_s,
             "throughput_batch_s": self.throughput_batch_s,
             "throughput_steady_img_s": self.throughput_steady_batch_s * self.batch_size,
             "compute_s": list(self.compute_s),
-            "hops": [{"bytes": b, "transfer_s": t} for b, t in zip(self.hop_bytes, self.hop_transfer_s)],
+            "hops": [{"bytes": b, "raw_bytes": r, "transfer_s": t, "encode_s": e, "decode_s": d}
+                     for b, r, t, e, d in zip(self.hop_bytes, self.hop_raw_bytes or self.hop_bytes, self.hop_transfer_s,
+                                              self.encode_s or [0.0] * len(self.hop_bytes),
+                                              self.decode_s or [0.0] * len(self.hop_bytes))],
             "bottleneck": self.bottleneck,
             "rank": self.rank,
             "on_frontier": self.on_frontier,
@@ -227,8 +278,9 @@ def _profiles_for(profiles: Sequence[DeviceProfile], stages: int) -> list[Device
 
 
 def predict_chain(profiles: Sequence[DeviceProfile], splits: Sequence[int], link: Link,
-                  window: int = 1, batches: int | None = None) -> Prediction:
-    """Latency and throughput of one chain (``len(splits) + 1`` devices).
+                  window: int = 1, batches: int | None = None, codec: str = "none") -> Prediction:
+    """Latency and throughput of one chain (``len(splits) + 1`` devices) with ``codec`` on every
+    hop between stages (the logits return uncoded).
 
     Throughput is the steady state's unless ``batches`` is given: then it is what a run of that
     many counted batches reports (first send to last completion)."""
@@ -244,10 +296,19 @@ def predict_chain(profiles: Sequence[DeviceProfile], splits: Sequence[int], link
         raise ConfigError(f"splits {list(splits)} must be non-decreasing within 0..{n}")
     compute = tuple(devs[i].compute_s(ks[i], ks[i + 1]) for i in range(stages))
     crossing = devs[0].crossing_bytes
-    hop_bytes = tuple(crossing[k] for k in [*splits, n])
+    raw_bytes = tuple(crossing[k] for k in [*splits, n])
+    encode = [0.0] * stages  # per hop; the last (logits to the source) is never coded
+    decode = [0.0] * stages
+    hop_bytes = list(raw_bytes)
+    if codec != "none":
+        for i, k in enumerate(splits):
+            sent, got = devs[i].codec_costs(codec)[k], devs[i + 1].codec_costs(codec)[k]
+            hop_bytes[i], encode[i], decode[i] = sent.wire_bytes, sent.encode_s, got.decode_s
     transfer = tuple(link.transfer_s(b) for b in hop_bytes)
-    latency0 = math.fsum(compute) + math.fsum(transfer)
-    busy = [(c, f"stage {i}") for i, c in enumerate(compute)]
+    # a stage's busy time: its blocks, decoding what it receives, encoding what it sends
+    stage_busy = [compute[i] + encode[i] + (decode[i - 1] if i > 0 else 0.0) for i in range(stages)]
+    latency0 = math.fsum(stage_busy) + math.fsum(transfer)
+    busy = [(c, f"stage {i}") for i, c in enumerate(stage_busy)]
     busy += [(link.busy_s(b), f"hop {i}") for i, b in enumerate(hop_bytes)]
     period, bottleneck = max(busy, key=lambda cb: cb[0])
     if period <= 0 and latency0 <= 0:
@@ -268,10 +329,11 @@ def predict_chain(profiles: Sequence[DeviceProfile], splits: Sequence[int], link
         # what the runtime reports: n batches over first send to last completion, i.e.
         # (n - 1) periods plus one latency (docs/results.md); equals 1 / latency for W = 1
         throughput = batches / ((batches - 1) / steady + latency)
-    return Prediction(splits=tuple(splits), compute_s=compute, hop_bytes=hop_bytes, hop_transfer_s=transfer,
+    return Prediction(splits=tuple(splits), compute_s=compute, hop_bytes=tuple(hop_bytes), hop_transfer_s=transfer,
                       latency_unloaded_s=latency0, latency_s=latency, throughput_batch_s=throughput,
                       throughput_steady_batch_s=steady, batch_size=devs[0].batch_size, bottleneck=bottleneck,
-                      window=window)
+                      window=window, codec=codec, hop_raw_bytes=raw_bytes, encode_s=tuple(encode),
+                      decode_s=tuple(decode))
 
 
 def _ranked(preds: list[Prediction]) -> list[Prediction]:
@@ -296,10 +358,10 @@ def predict_all(profiles: Sequence[DeviceProfile], link: Link, *, window: int = 
 
 def predict_configurations(profile_sets: Sequence[Sequence[DeviceProfile]], link: Link, *,
                            windows: Sequence[int] = (1,), stages: int | None = None,
-                           batches: int | None = None) -> list[Prediction]:
-    """Every (split, window, batch size) configuration, ranked together (one frontier per group):
-    one profile set per batch size (each set: one profile per device, in chain order), every
-    window for each."""
+                           batches: int | None = None, codecs: Sequence[str] = ("none",)) -> list[Prediction]:
+    """Every (split, window, batch size, codec) configuration, ranked together (one frontier per
+    group): one profile set per batch size (each set: one profile per device, in chain order),
+    every window and codec for each."""
     if not profile_sets:
         raise ConfigError("give at least one set of profiles")
     sizes = [s[0].batch_size for s in profile_sets]
@@ -314,8 +376,13 @@ def predict_configurations(profile_sets: Sequence[Sequence[DeviceProfile]], link
     for profiles in profile_sets:
         n_stages = stages if stages is not None else max(2, len(profiles))
         _profiles_for(profiles, n_stages)
-        for w in windows:
-            preds += [predict_chain(profiles, ks, link, w, batches) for ks in chains(profiles[0].num_blocks, n_stages)]
+        for c in codecs:
+            if c != "none":
+                for p in profiles:
+                    p.codec_costs(c)  # one clear error before predicting anything
+            for w in windows:
+                preds += [predict_chain(profiles, ks, link, w, batches, c)
+                          for ks in chains(profiles[0].num_blocks, n_stages)]
     return _ranked(preds)
 
 
@@ -326,10 +393,11 @@ def _near_frontier(p: Prediction, frontier: Sequence[Prediction], tolerance: flo
 
 
 def select_configurations(preds: Sequence[Prediction], num_blocks: int, *, tolerance: float = 0.0
-                          ) -> list[tuple[tuple[int, ...], int, int]]:
-    """The (splits, window, batch size) configurations to measure: the predicted frontier,
+                          ) -> list[Config]:
+    """The (splits, window, batch size, codec) configurations to measure: the predicted frontier,
     those within ``tolerance`` of it, each of those's neighbours (one split index moved by one,
-    same window and batch size) and the two ends at every window and batch size. Sorted."""
+    same window, batch size and codec) and the two ends at every window, batch size and codec.
+    Sorted."""
     if tolerance < 0:
         raise ConfigError(f"--tolerance must be >= 0 (got {tolerance})")
     if not preds:
@@ -339,39 +407,39 @@ def select_configurations(preds: Sequence[Prediction], num_blocks: int, *, toler
     core = {p.configuration for p in preds
             if p.on_frontier or (tolerance > 0 and _near_frontier(p, frontier, tolerance))}
     chosen = set(core)
-    for ks, w, b in core:
+    for ks, w, b, c in core:
         for i in range(len(ks)):
             for step in (-1, 1):
                 moved = list(ks)
                 moved[i] += step
-                nb = (tuple(moved), w, b)
+                nb = (tuple(moved), w, b, c)
                 if nb in known:
                     chosen.add(nb)
     width = len(preds[0].splits)
-    for _, w, b in known:
+    for _, w, b, c in known:
         for end in ((num_blocks,) * width, (0,) * width):
-            if (end, w, b) in known:
-                chosen.add((end, w, b))
+            if (end, w, b, c) in known:
+                chosen.add((end, w, b, c))
     return sorted(chosen)
 
 
 def select(preds: Sequence[Prediction], num_blocks: int, *, tolerance: float = 0.0) -> list[tuple[int, ...]]:
-    """:func:`select_configurations` for predictions of one window and batch size: the splits."""
-    if len({(p.window, p.batch_size) for p in preds}) > 1:
-        raise ConfigError("predictions of several windows or batch sizes: use select_configurations")
-    return [ks for ks, _, _ in select_configurations(preds, num_blocks, tolerance=tolerance)]
+    """:func:`select_configurations` for predictions of one window, batch size and codec: the splits."""
+    if len({(p.window, p.batch_size, p.codec) for p in preds}) > 1:
+        raise ConfigError("predictions of several windows, batch sizes or codecs: use select_configurations")
+    return [ks for ks, _, _, _ in select_configurations(preds, num_blocks, tolerance=tolerance)]
 
 
-def _config_dict(c: tuple[tuple[int, ...], int, int]) -> dict[str, Any]:
-    return {"splits": list(c[0]), "window": c[1], "batch_size": c[2]}
+def _config_dict(c: Config) -> dict[str, Any]:
+    return {"splits": list(c[0]), "window": c[1], "batch_size": c[2], "codec": c[3]}
 
 
 def prediction_document(preds: Sequence[Prediction], profiles: Sequence[DeviceProfile], link: Link, *,
-                        backend: str, condition: str, selected: Sequence[tuple[tuple[int, ...], int, int]],
+                        backend: str, condition: str, selected: Sequence[Config],
                         tolerance: float, created_utc: str, batches: int | None = None,
                         statistic: str = "median") -> dict[str, Any]:
-    """The prediction file (schema ``paretopipe.prediction`` v2; docs/predict.md). ``profiles``:
-    every profile used (all batch sizes); ``selected``: configurations (splits, window, batch)."""
+    """The prediction file (schema ``paretopipe.prediction`` v3; docs/predict.md). ``profiles``:
+    every profile used (all batch sizes); ``selected``: configurations (splits, window, batch, codec)."""
     first = profiles[0]
     return {
         "schema": SCHEMA,
@@ -380,6 +448,7 @@ def prediction_document(preds: Sequence[Prediction], profiles: Sequence[DevicePr
         "config": {
             "model": first.model, "num_classes": first.num_classes, "input_size": first.input_size,
             "batch_sizes": sorted({p.batch_size for p in preds}), "windows": sorted({p.window for p in preds}),
+            "codecs": sorted({p.codec for p in preds}),
             "backend": backend,
             "network": {"label": condition, **link.as_dict()},
             "num_blocks": first.num_blocks, "stages": len(preds[0].splits) + 1 if preds else None,

@@ -13,8 +13,16 @@ stream is synchronised around every block). ``warmup`` passes are thrown away; o
 unsplit model is timed the same way, so that the sum of block medians can be checked against it
 (``fused_compute_s``).
 
-Profile files are JSON with their own schema (``paretopipe.profile``, version 1; docs/predict.md),
-written atomically and never overwritten.
+Codecs (version 2): after the timed passes, one more pass hands each boundary's real tensor (the
+input, then every block's output, on the CPU as the transports send it) to every codec of
+``codecs`` (default: every one this installation has, :func:`paretopipe.codecs.available_codecs`),
+``codec_repeats`` times: the bytes it puts on the wire (``ratio`` = wire / raw) and the median and
+spread of its encode and decode times, as :class:`paretopipe.codecs.Encoder` and ``Decoder``
+measure them in a run. ``paretopipe predict`` uses them to predict a codec's hops.
+
+Profile files are JSON with their own schema (``paretopipe.profile``, version 2; docs/predict.md),
+written atomically and never overwritten. Version 1 files (no codec measurements) are still read;
+:mod:`paretopipe.predict` refuses them only for a codec other than ``none``.
 """
 
 from __future__ import annotations
@@ -31,9 +39,10 @@ from typing import Any
 from paretopipe.errors import ConfigError
 
 SCHEMA = "paretopipe.profile"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: codec ratio and encode/decode time per boundary ("codecs")
+SCHEMA_VERSIONS = (1, 2)  # read
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "ProfileConfig", "spread", "profile_model",
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "SCHEMA_VERSIONS", "ProfileConfig", "spread", "measure_codecs", "profile_model",
            "write_profile", "read_profile"]
 
 Progress = Callable[[str], None]
@@ -51,6 +60,8 @@ class ProfileConfig:
     repeats: int = 20
     warmup: int = 3
     threads: int | None = None
+    codecs: tuple[str, ...] | None = None  # None: every available codec
+    codec_repeats: int = 5
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -63,6 +74,19 @@ class ProfileConfig:
             raise ConfigError(f"--threads must be at least 1 (got {self.threads})")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"--device must be cpu or cuda[:N] (got {self.device!r})")
+        if self.codec_repeats < 1:
+            raise ConfigError(f"--codec-repeats must be at least 1 (got {self.codec_repeats})")
+
+    def codec_list(self) -> list[str]:
+        """The codecs to measure, checked (an unknown or unavailable one is a ConfigError)."""
+        from paretopipe.codecs import available_codecs, parse_codec_list, require_available
+
+        if self.codecs is None:
+            return available_codecs()
+        chosen = parse_codec_list(list(self.codecs))
+        for codec in chosen:
+            require_available(codec)
+        return [c.name for c in chosen]
 
 
 def _quantile(sorted_values: Sequence[float], q: float) -> float:
@@ -98,8 +122,37 @@ def _sync(device: str) -> Callable[[], None]:
     return lambda: None
 
 
+def measure_codecs(tensor: Any, names: Sequence[str], repeats: int) -> dict[str, dict[str, Any]]:
+    """Each codec of ``names`` on ``tensor`` (a float32 tensor, moved to the CPU contiguous as the
+    transports send it), ``repeats`` times: wire bytes, ratio (wire / raw), encode and decode
+    time (median and spread). Decoding checks what it gets, so a broken codec fails here."""
+    import torch
+
+    from paretopipe.codecs import Decoder, Encoder, parse_codec
+
+    t = tensor.detach().to("cpu", torch.float32).contiguous()
+    out = torch.empty_like(t)
+    raw = t.numel() * t.element_size()
+    doc: dict[str, dict[str, Any]] = {}
+    for name in names:
+        codec = parse_codec(name)
+        encoder, decoder = Encoder(codec), Decoder(codec, t.shape)
+        enc_s: list[float] = []
+        dec_s: list[float] = []
+        wire = 0
+        for _ in range(repeats):
+            enc = encoder.encode(t)
+            wire = enc.wire_bytes
+            decoder.check_length(wire)
+            dec_s.append(decoder.decode(enc.payload, enc.scale, enc.zero_point, out))
+            enc_s.append(enc.encode_s)
+        doc[codec.name] = {"wire_bytes": wire, "ratio": wire / raw if raw else 1.0,
+                           "encode_s": spread(enc_s), "decode_s": spread(dec_s)}
+    return doc
+
+
 def profile_model(cfg: ProfileConfig, *, progress: Progress | None = None) -> dict[str, Any]:
-    """Profile ``cfg.model`` here; returns the profile document (schema ``paretopipe.profile`` v1)."""
+    """Profile ``cfg.model`` here; returns the profile document (schema ``paretopipe.profile`` v2)."""
     import torch
 
     from paretopipe.models import build_model, weights_spec
@@ -108,6 +161,7 @@ def profile_model(cfg: ProfileConfig, *, progress: Progress | None = None) -> di
     from paretopipe.splitting import block_graph, split_points
 
     cfg.validate()
+    codec_names = cfg.codec_list()
     say = progress or (lambda _msg: None)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine (use --device cpu)")
@@ -157,6 +211,18 @@ def profile_model(cfg: ProfileConfig, *, progress: Progress | None = None) -> di
                 fused.append(time.perf_counter() - t0)
             if timed and (p - cfg.warmup + 1) % max(1, cfg.repeats // 4) == 0:
                 say(f"  pass {p - cfg.warmup + 1}/{cfg.repeats}")
+        # codecs: one more pass, each boundary's real tensor through every codec (after the
+        # timed passes, so the block timings are not disturbed by it)
+        boundaries: list[dict[str, Any]] = []
+        if codec_names:
+            say(f"  codecs {', '.join(codec_names)} at {graph.num_blocks + 1} boundaries, "
+                f"{cfg.codec_repeats} time(s) each")
+            x = x0
+            for k in range(graph.num_blocks + 1):
+                boundaries.append({"split": k, "raw_bytes": x.numel() * x.element_size(),
+                                   "codecs": measure_codecs(x, codec_names, cfg.codec_repeats)})
+                if k < graph.num_blocks:
+                    x = blocks[k](x).contiguous()
 
     for b, point in enumerate(points[1:]):
         if out_bytes[b] != point.bytes:  # would mean the decomposition and the model disagree
@@ -191,6 +257,7 @@ def profile_model(cfg: ProfileConfig, *, progress: Progress | None = None) -> di
             "warmup": cfg.warmup,
             "repeats": cfg.repeats,
         },
+        "codecs": {"names": codec_names, "repeats": cfg.codec_repeats, "boundaries": boundaries},
         "host": env,
         "num_blocks": graph.num_blocks,
         "input_bytes": points[0].bytes,
@@ -221,6 +288,21 @@ def write_profile(doc: dict[str, Any], path: str | os.PathLike[str]) -> Path:
         raise ConfigError(f"cannot write profile {path}: {exc.strerror or exc}") from None
 
 
+def _codecs_ok(codecs: Any, num_blocks: int) -> bool:
+    """A version-2 ``codecs`` section: no boundaries, or one per split 0..N with the same codecs."""
+    try:
+        bounds = codecs["boundaries"]
+        if not isinstance(bounds, list) or (bounds and len(bounds) != num_blocks + 1):
+            return False
+        names = set(bounds[0]["codecs"]) if bounds else set()
+        return all(int(b["split"]) == k and int(b["raw_bytes"]) >= 0 and set(b["codecs"]) == names
+                   and all(int(c["wire_bytes"]) >= 0 and float(c["encode_s"]["median"]) >= 0
+                           and float(c["decode_s"]["median"]) >= 0 for c in b["codecs"].values())
+                   for k, b in enumerate(bounds))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+
+
 def read_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check a profile file; a ConfigError says what is wrong with it."""
     path = Path(path)
@@ -232,9 +314,9 @@ def read_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"profile {path} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ConfigError(f"{path} is not a profile file (schema {SCHEMA!r}); make one with `paretopipe profile`")
-    if doc.get("schema_version") != SCHEMA_VERSION:
-        raise ConfigError(f"profile {path} has schema_version {doc.get('schema_version')!r}; "
-                          f"this paretopipe reads {SCHEMA_VERSION}")
+    if doc.get("schema_version") not in SCHEMA_VERSIONS:
+        raise ConfigError(f"profile {path} has schema_version {doc.get('schema_version')!r}; this paretopipe "
+                          f"reads {' and '.join(map(str, SCHEMA_VERSIONS))} (re-run `paretopipe profile`)")
     try:
         blocks = doc["blocks"]
         n = int(doc["num_blocks"])
@@ -245,4 +327,7 @@ def read_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
         ok = False
     if not ok:
         raise ConfigError(f"profile {path} is malformed (blocks, num_blocks, input_bytes or config missing or wrong)")
+    if doc["schema_version"] >= 2 and not _codecs_ok(doc.get("codecs"), n):
+        raise ConfigError(f"profile {path} is malformed (codecs: one boundary per split 0..{n}, each with "
+                          "wire_bytes, encode_s and decode_s for the same codecs)")
     return doc

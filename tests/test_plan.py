@@ -171,6 +171,25 @@ def test_predicted_selection_picks_configurations_per_condition(tmp_path: Path) 
     assert doc["device"]["run"]["batches"] == 50 and doc["device"]["run"]["threads"] is None
 
 
+def test_predicted_selection_chooses_codecs_too(tmp_path: Path) -> None:
+    """`-e strategy=predicted -e codecs=none,int8`: predict --codecs selects (split, window,
+    batch, codec); the plan runs exactly those, and a selection entry without a codec (a
+    prediction file before codecs) means none."""
+    settings = dict(
+        model="mobilenet_v2", num_blocks=23, splits="all", windows="1", batch_sizes="8", codecs="none,int8",
+        conditions=["slow"], backends=["tcp"], repeats=1, warmup=5, batches=50, duration=0, min_batches=20,
+        min_duration=0, input="synthetic", input_size=0, num_classes=10, seed=0, sweep_id="s",
+        results_dir=str(tmp_path), device_results_dir="/d", chain=["pi1", "gpu"], chain_ips=["10.0.0.1", "10.0.0.2"],
+        source_device="cpu", source_threads=0, worker_port_base=29500, connect_timeout=60, receive_timeout=60,
+        selection_by_condition={"slow": [{"splits": [0], "window": 1, "batch_size": 8, "codec": "int8"},
+                                         {"splits": [1], "window": 1, "batch_size": 8, "codec": "int8"},
+                                         {"splits": [23], "window": 1, "batch_size": 8}]})
+    doc = _controller_plan(settings)
+    assert doc["full_total"] == 24 * 2 and doc["total"] == 3
+    assert [(t["config"]["splits"], t["config"]["codec"]) for t in doc["rounds"][0]["tasks"]] == [
+        ([0], "int8"), ([1], "int8"), ([23], "none")]
+
+
 def test_the_device_entry_point_reports_progress_and_sets_a_failed_run_aside(tmp_path: Path) -> None:
     """`python -m paretopipe.plan run` as the source_runner role calls it: a worker that is not
     there fails the run (a file set aside), the status file ends finished, the bundle has it."""

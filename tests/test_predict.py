@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
 from paretopipe.errors import ConfigError
 from paretopipe.predict import (
     TCP_ETHERNET_OVERHEAD,
+    CodecCost,
     DeviceProfile,
     Link,
     chains,
@@ -213,8 +215,60 @@ def test_configurations_cover_windows_and_batch_sizes_and_select_across_them():
             assert p.configuration in chosen
     for w in (1, 4):
         for b in (4, 8):
-            assert ((0,), w, b) in chosen and ((4,), w, b) in chosen  # the ends at every window and batch
+            assert ((0,), w, b, "none") in chosen and ((4,), w, b, "none") in chosen  # the ends at every window and batch
     with pytest.raises(ConfigError, match="same batch size"):
         predict_configurations([[PI, SERVER], [PI, SERVER]], LINK)
     with pytest.raises(ConfigError, match="select_configurations"):
         select(preds, 4)
+
+
+# --- codecs: wire bytes = raw x ratio, encode on the sender, decode on the receiver ---------------
+
+def _coded(d: DeviceProfile, encode_s: float, decode_s: float) -> DeviceProfile:
+    """``d`` with int8 (a quarter of the bytes) and fp16 (half) measured at every split."""
+    return replace(d, codecs={
+        "none": tuple(CodecCost(b, 0.0, 0.0) for b in BYTES),
+        "fp16": tuple(CodecCost(b // 2, encode_s / 2, decode_s / 2) for b in BYTES),
+        "int8": tuple(CodecCost(b // 4, encode_s, decode_s) for b in BYTES)})
+
+
+def test_a_codec_hop_carries_wire_bytes_and_adds_encode_and_decode():
+    pi, server = _coded(PI, 0.004, 0.002), _coded(SERVER, 0.001, 0.0005)
+    p = predict_chain([pi, server], [2], LINK, codec="int8")
+    assert p.codec == "int8" and p.configuration == ((2,), 1, 4, "int8")
+    assert p.hop_bytes == (62_500, 1_000) and p.hop_raw_bytes == (250_000, 1_000)  # logits return uncoded
+    assert p.encode_s == (0.004, 0.0) and p.decode_s == (0.0005, 0.0)  # sender's encode, receiver's decode
+    assert p.latency_s == pytest.approx(0.030 + 0.004 + (0.0625 + 0.011) + 0.0005 + 0.007 + 0.012)
+    hop = p.as_dict()["hops"][0]
+    assert hop["bytes"] == 62_500 and hop["raw_bytes"] == 250_000 and hop["encode_s"] == 0.004
+    # none: exactly the uncoded prediction, with or without codec measurements
+    assert predict_chain([pi, server], [2], LINK, codec="none").latency_s == predict_chain([PI, SERVER], [2], LINK).latency_s
+
+
+def test_on_a_slow_link_int8_ranks_above_none_at_an_early_split():
+    from paretopipe.predict import predict_configurations, select_configurations
+
+    slow = Link(rate_bit_s=5e6, overhead_s=0.001)
+    pi, server = _coded(PI, 0.004, 0.002), _coded(SERVER, 0.001, 0.0005)
+    preds = predict_configurations([[pi, server]], slow, codecs=("none", "int8"))
+    by = {(p.splits, p.codec): p for p in preds}
+    assert len(preds) == 2 * 5
+    for k in (0, 1):
+        assert by[((k,), "int8")].latency_s < by[((k,), "none")].latency_s / 3
+        assert by[((k,), "int8")].rank < by[((k,), "none")].rank
+    chosen = select_configurations(preds, 4)
+    assert {c for *_, c in chosen} == {"none", "int8"}  # the selection is over codecs too
+    assert all(p.configuration in chosen for p in preds if p.on_frontier)
+    assert ((0,), 1, 4, "int8") in chosen and ((4,), 1, 4, "none") in chosen  # the ends, per codec
+
+
+def test_a_codec_without_measurements_is_refused_with_the_fix():
+    from paretopipe.predict import predict_configurations
+
+    old = replace(PI, schema_version=1, source="old.json")  # a version-1 profile: codecs None
+    with pytest.raises(ConfigError, match=r"old.json \(schema_version 1\) has no codec measurements.*paretopipe profile"):
+        predict_configurations([[old, SERVER]], LINK, codecs=("none", "int8"))
+    assert len(predict_configurations([[old, old]], LINK, codecs=("none",))) == 5  # none needs none
+    partial = _coded(SERVER, 0.001, 0.001)
+    with pytest.raises(ConfigError, match="did not measure codec bf16"):
+        predict_chain([partial, partial], [1], LINK, codec="bf16")

@@ -39,6 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     prof.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed passes first (default: 3)")
     prof.add_argument("--threads", type=_positive_int, metavar="N",
                       help="torch intra-op threads; use what the stage runs with (default: torch's)")
+    prof.add_argument("--codecs", metavar="C[,C...]",
+                      help="codecs to measure at every block boundary (ratio, encode and decode time) for "
+                           "`predict --codecs` (default: every available one; see docs/codecs.md)")
+    prof.add_argument("--codec-repeats", type=_positive_int, default=5, metavar="R",
+                      help="times each codec encodes and decodes each boundary's tensor (default: 5)")
     prof.add_argument("--out", required=True, metavar="FILE", help="profile file to write (JSON; never overwritten)")
     prof.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     prof.set_defaults(func=_cmd_profile)
@@ -79,6 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                            "with a CPU quota, whose throttling makes timings bimodal)")
     pred.add_argument("--windows", "--window", default="1", metavar="W,...",
                       help="max batches in flight, a comma list: every window is predicted (default: 1)")
+    pred.add_argument("--codecs", "--codec", default="none", metavar="C[,C...]",
+                      help="codecs of the tensor crossing each split, a comma list: every one is predicted from "
+                           "the profiles' codec measurements (default: none; docs/codecs.md)")
     pred.add_argument("--batches", type=_positive_int, metavar="N",
                       help="predict the throughput a run of N counted batches reports (first send to last "
                            "completion: (N-1) periods + one latency) instead of the steady state's")
@@ -89,8 +97,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                            "e.g. 0.05 (default: 0)")
     pred.add_argument("--select", action="store_true",
                       help="print only the configurations to measure: the predicted frontier, its neighbours and "
-                           "the two ends at every window and batch size (one line per window and batch size: "
-                           "`w4 b8: K,K,...`, the splits as sweep's --splits list)")
+                           "the two ends at every window, batch size and codec (one line per window, batch size and "
+                           "codec: `w4 b8: K,K,...` or `w4 b8 int8: K,...`, the splits as sweep's --splits list)")
     pred.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pred.add_argument("--out", metavar="FILE", help="also write the prediction file (JSON) here, e.g. next to the results")
     pred.set_defaults(func=_cmd_predict)
@@ -105,7 +113,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
                           "(delete it or pick another --out)")
     cfg = ProfileConfig(model=args.model, device=args.device, batch_size=args.batch_size,
                         input_size=args.input_size, num_classes=args.num_classes, weights=args.weights,
-                        seed=args.seed, repeats=args.repeats, warmup=args.warmup, threads=args.threads)
+                        seed=args.seed, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
+                        codecs=None if args.codecs is None else tuple(args.codecs.split(",")),
+                        codec_repeats=args.codec_repeats)
     progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     doc = profile_model(cfg, progress=progress)
     write_profile(doc, out)
@@ -150,14 +160,21 @@ def splits_arg(selected: list[tuple[int, ...]]) -> str:
     return ",".join(":".join(str(k) for k in ks) for ks in selected)
 
 
-def _by_window_batch(selected: list[tuple[tuple[int, ...], int, int]]) -> list[str]:
-    groups: dict[tuple[int, int], list[tuple[int, ...]]] = {}
-    for ks, w, b in selected:
-        groups.setdefault((w, b), []).append(ks)
-    return [f"w{w} b{b}: {splits_arg(sorted(ks))}" for (w, b), ks in sorted(groups.items())]
+def _name(ks: tuple[int, ...], w: int, b: int, codec: str) -> str:
+    """``k=8 w4 b8`` (`` int8`` added for a codec other than none), as the plan names it."""
+    return f"k={','.join(map(str, ks))} w{w} b{b}" + ("" if codec == "none" else f" {codec}")
+
+
+def _by_window_batch(selected: list[tuple[tuple[int, ...], int, int, str]]) -> list[str]:
+    groups: dict[tuple[int, int, str], list[tuple[int, ...]]] = {}
+    for ks, w, b, c in selected:
+        groups.setdefault((w, b, c), []).append(ks)
+    return [f"w{w} b{b}{'' if c == 'none' else ' ' + c}: {splits_arg(sorted(ks))}"
+            for (w, b, c), ks in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2] != "none", g[0][2]))]
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from paretopipe.codecs import parse_codec_list
     from paretopipe.plan import parse_positive_list
     from paretopipe.predict import (
         load_profile_files,
@@ -169,11 +186,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from paretopipe.results import utc_now
 
     windows = parse_positive_list(args.windows, "--windows", "1,4")
+    codecs = [c.name for c in parse_codec_list(args.codecs)]
     sets = [load_profile_files([p.strip() for p in group.split(",") if p.strip()], args.statistic)
             for group in args.profiles]
     label, link = link_from_args(args)
     stages = args.stages or max(2, len(sets[0]))
-    preds = predict_configurations(sets, link, windows=windows, stages=stages, batches=args.batches)
+    preds = predict_configurations(sets, link, windows=windows, stages=stages, batches=args.batches, codecs=codecs)
     selected = select_configurations(preds, sets[0][0].num_blocks, tolerance=args.tolerance)
     doc = prediction_document(preds, [p for s in sets for p in s], link, backend=args.backend, condition=label,
                               selected=selected, tolerance=args.tolerance, created_utc=utc_now(),
@@ -195,21 +213,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(preds: list[Any], selected: list[tuple[tuple[int, ...], int, int]], label: str, link: Any,
+def _table(preds: list[Any], selected: list[tuple[tuple[int, ...], int, int, str]], label: str, link: Any,
            first: Any) -> str:
     rate = "no cap" if link.rate_bit_s is None else f"{link.rate_bit_s / 1e6:g} Mbit/s"
     lines = [f"{first.model}, {first.input_size} px; network {label}: "
              f"{rate}, {link.delay_s * 1e3:g} ms one-way, {link.overhead_s * 1e3:.3f} ms per message",
-             f"{'configuration':>16} {'latency ms':>11} {'img/s':>9} {'compute ms':>22} {'transfer ms':>20}  "
+             f"{'configuration':>22} {'latency ms':>11} {'img/s':>9} {'compute ms':>22} {'transfer ms':>20}  "
              f"bottleneck  mark"]
     chosen = set(selected)
     for p in preds:
         mark = ("frontier" if p.on_frontier else "") + (" *" if p.configuration in chosen else "")
-        name = f"k={','.join(map(str, p.splits))} w{p.window} b{p.batch_size}"
-        lines.append(f"{name:>16} {p.latency_s * 1e3:11.2f} {p.throughput_img_s:9.2f} "
+        name = _name(*p.configuration)
+        lines.append(f"{name:>22} {p.latency_s * 1e3:11.2f} {p.throughput_img_s:9.2f} "
                      f"{'/'.join(f'{c * 1e3:.1f}' for c in p.compute_s):>22} "
                      f"{'/'.join(f'{t * 1e3:.1f}' for t in p.hop_transfer_s):>20}  {p.bottleneck:<10}  {mark.strip()}")
-    front = [f"k={','.join(map(str, p.splits))} w{p.window} b{p.batch_size}" for p in preds if p.on_frontier]
+    front = [_name(*p.configuration) for p in preds if p.on_frontier]
     lines.append(f"frontier: {', '.join(front)}; * = measure ({len(selected)} of {len(preds)}): "
                  + "; ".join(_by_window_batch(selected)))
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from analysis.frontier import nondominated_ranks_naive
 from analysis.pareto import main
 from analysis.predicted import compare, load_predictions, mape
 
-from .analysis_fixtures import BATCH, MODEL, SPLITS, WINDOW, make_run, write_json
+from .analysis_fixtures import BATCH, CODEC_CONDITION, MODEL, SPLITS, WINDOW, make_run, write_codec_sweep, write_json
 
 # relative errors the fixture prediction makes, per split (latency, throughput)
 ERRORS = {0: (0.10, -0.05), 3: (-0.20, 0.10), 6: (0.05, 0.0), 10: (0.0, 0.30), 14: (0.02, -0.02), 19: (-0.1, 0.1)}
@@ -76,7 +76,7 @@ def test_errors_mape_and_recall(sweep):
     assert c.latency_mape == pytest.approx(100 * np.mean([abs(e[0]) for e in ERRORS.values()]))
     assert c.throughput_mape == pytest.approx(100 * np.mean([abs(e[1]) for e in ERRORS.values()]))
     # a v1 file: one window and batch size, configurations named by their splits
-    assert {key[1:] for key in c.measured_frontier} == {(WINDOW, BATCH)}
+    assert {key[1:] for key in c.measured_frontier} == {(WINDOW, BATCH, "none")}
     assert {key[0] for key in c.measured_frontier} == set(front)
     found = {s for s in front if s[0] in selected}
     assert {key[0] for key in c.found} == found
@@ -136,7 +136,7 @@ def test_a_v2_prediction_covers_windows_and_batch_sizes(tmp_path):
             doc["run_id"] = doc["run_id"].replace(f"-w{WINDOW}-", f"-w{window}-")
             write_json(results / f"{doc['run_id']}.json", doc)
     points = config_points(aggregate(load_runs(results)))
-    measured = {(p.splits, p.get("window"), p.get("batch_size")): (p.mean("latency"), p.mean("throughput"))
+    measured = {(p.splits, p.get("window"), p.get("batch_size"), "none"): (p.mean("latency"), p.mean("throughput"))
                 for p in points}
     assert len(measured) == 4
     preds = [{"splits": list(key[0]), "window": key[1], "batch_size": key[2], "latency_s": lat * 1.1,
@@ -156,3 +156,26 @@ def test_a_v2_prediction_covers_windows_and_batch_sizes(tmp_path):
     assert all(r.latency_error == pytest.approx(0.1) for r in c.rows)
     assert {r.label for r in c.rows} == {f"k={k} w{w} b{BATCH}" for k in (0, 6) for w in (1, 4)}
     assert c.title.endswith(f"w1,4 · b{BATCH}")
+
+
+def test_a_v3_prediction_matches_measured_runs_by_codec(tmp_path):
+    """Schema v3 names each prediction's codec; a coded run matches its codec's prediction only."""
+    write_codec_sweep(tmp_path)
+    points = config_points(aggregate(load_runs(tmp_path)))
+    measured = {(p.splits, p.get("window"), p.get("batch_size"), p.get("codec")): p.mean("latency") for p in points}
+    assert {k[3] for k in measured} == {"none", "fp16", "int8"}
+    preds = [{"splits": list(k[0]), "window": k[1], "batch_size": k[2], "codec": k[3], "latency_s": lat * 1.2,
+              "throughput_img_s": BATCH / lat} for k, lat in measured.items() if k[3] in ("none", "int8")]
+    chosen = [{"splits": [0], "window": 1, "batch_size": BATCH, "codec": "int8"}]
+    write_json(tmp_path / "prediction.json", {
+        "schema": "paretopipe.prediction", "schema_version": 3, "created_utc": "2026-12-02T00:00:00Z",
+        "config": {"model": MODEL, "num_classes": 10, "input_size": 32, "batch_sizes": [BATCH], "windows": [1],
+                   "codecs": ["int8", "none"], "backend": "tcp", "network": {"label": CODEC_CONDITION},
+                   "num_blocks": 19, "stages": 2, "profiles": [], "tolerance": 0.0},
+        "predictions": preds, "frontier": chosen, "selected": chosen})
+    [pred], bad = load_predictions([tmp_path])
+    assert not bad
+    [c] = compare([pred], points)
+    assert {r.key for r in c.rows} == {k for k in measured if k[3] in ("none", "int8")}  # fp16 was not predicted
+    assert all(r.latency_error == pytest.approx(0.2) for r in c.rows)
+    assert f"k=0 w1 b{BATCH} int8" in {r.label for r in c.rows} and c.full
