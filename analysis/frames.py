@@ -10,7 +10,8 @@
 
 Column names are listed in docs/results.md (*The DataFrames*). ``python -m analysis.pareto`` is a
 thin layer over these three functions. The frontier core stays in :mod:`analysis.frontier`
-(NumPy); this module does the table work with pandas and the confidence intervals with SciPy.
+(NumPy); this module does the table work with pandas and the confidence intervals with
+:func:`paretoio.stats.mean_ci95` (SciPy).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from analysis.aggregate import (
 from analysis.frontier import EXCLUDED
 from analysis.loading import LoadResult, RunRecord, load_results
 from analysis.metrics import METRICS
+from paretoio.stats import CI_LEVEL, mean_ci95
 
 __all__ = ["load_runs", "aggregate", "frontier", "runs_frame", "config_points", "frontier_frame",
            "mean_ci95", "RUN_COLUMNS", "VECTOR_COLUMNS", "STAT_SUFFIXES"]
@@ -47,7 +49,6 @@ VECTOR_COLUMNS = ("compute_s", "hop_transfer_s", "hop_bytes")  # tuples: per sta
 RUN_COLUMNS = (*ID_COLUMNS, *CONFIG_COLUMNS, "num_stages", "valid", *METRICS, *VECTOR_COLUMNS)
 STAT_SUFFIXES = ("mean", "std", "ci95", "n")
 _INT_COLUMNS = ("repeat", "input_size", "batch_size", "window", "threads", "num_stages")
-_CI_LEVEL = 0.95
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -87,20 +88,6 @@ def load_runs(paths: str | Path | Sequence[str | Path], *, include_invalid: bool
     return runs_frame(load)
 
 
-def mean_ci95(values: Iterable[float]) -> tuple[float, float, int]:
-    """Mean, half-width of the Student-t 95% interval of the mean, and count of the finite
-    ``values``: the statistic :func:`aggregate` reports as ``_ci95`` (and ``repeats=auto`` stops
-    on). The half-width is NaN below two values; the mean is NaN when there is none."""
-    data = np.array([v for v in values if math.isfinite(v)], dtype=float)
-    n = len(data)
-    if n == 0:
-        return math.nan, math.nan, 0
-    if n < 2:
-        return float(data[0]), math.nan, 1
-    half = float(stats.t.ppf(0.5 + _CI_LEVEL / 2, n - 1) * data.std(ddof=1) / math.sqrt(n))
-    return float(data.mean()), half, n
-
-
 # --- configurations --------------------------------------------------------------------------
 
 def _vector_mean(vectors: pd.Series) -> tuple[float, ...]:
@@ -127,7 +114,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     grouped = values.groupby([runs[c] for c in CONFIG_COLUMNS], dropna=False, sort=True)
     mean, std, n = grouped.mean(), grouped.std(ddof=1), grouped.count()
     with np.errstate(invalid="ignore", divide="ignore"):
-        t = stats.t.ppf(0.5 + _CI_LEVEL / 2, (n - 1).where(n > 1))
+        t = stats.t.ppf(0.5 + CI_LEVEL / 2, (n - 1).where(n > 1))
         ci = std * t / np.sqrt(n)
     table = pd.concat({"mean": mean, "std": std, "ci95": ci, "n": n}, axis=1)
     table.columns = [f"{m}_{s}" for s, m in table.columns]

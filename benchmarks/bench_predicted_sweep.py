@@ -152,15 +152,14 @@ def predict(args: argparse.Namespace, profiles: list[Path], cond: str, out: Path
 
 
 def evaluate(full_dir: Path, prediction: Path, selected_dir: Path) -> dict:
-    from analysis.aggregate import aggregate
-    from analysis.loading import load_results
+    from analysis.frames import aggregate, config_points, load_runs
     from analysis.predicted import compare, load_predictions, mape
 
     preds, bad = load_predictions([prediction])
     if bad or len(preds) != 1:
         raise SystemExit(f"cannot read {prediction}: {bad}")
-    full = compare(preds, aggregate(load_results([full_dir]).runs))[0]
-    sel = compare(preds, aggregate(load_results([selected_dir]).runs))[0]
+    full = compare(preds, config_points(aggregate(load_runs([full_dir]))))[0]
+    sel = compare(preds, config_points(aggregate(load_runs([selected_dir]))))[0]
     return {
         "splits_total": len(preds[0].predicted),
         "splits_measured_full": len(full.rows),

@@ -5,7 +5,9 @@ helpers that neither package may own, since ``analysis`` never imports ``paretop
 - :mod:`paretoio.files`: the atomic file writer (standard library only);
 - :mod:`paretoio.schema`: the file formats' JSON Schemas and their checker;
 - :mod:`paretoio.pareto`: objective senses and non-dominated sorting (NumPy), with which
-  ``paretopipe.predict`` and ``analysis.frontier`` both rank.
+  ``paretopipe.predict`` and ``analysis.frontier`` both rank;
+- :mod:`paretoio.stats`: the Student-t 95% interval of a mean (SciPy, imported when used), which
+  ``analysis`` reports and ``repeats=auto`` stops on.
 
 This package imports none of its modules. docs/design.md has the layering.
 """

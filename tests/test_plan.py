@@ -228,3 +228,18 @@ def test_the_device_entry_point_reports_progress_and_sets_a_failed_run_aside(tmp
     bad = subprocess.run([sys.executable, "-m", "paretopipe.plan", "make"], input=json.dumps({**settings, "windows": "0"}),
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "windows" in bad.stderr
+
+
+def test_repeats_auto_needs_no_pandas_on_the_source_device():
+    """repeats=auto stops on a CI computed where the round runs: the source device, whose venv
+    has no pandas (roles/python_env's packages). The planner's CI must not pull analysis in."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['pandas'] = None; sys.modules['analysis'] = None\n"
+            "from paretopipe.plan.repeats import relative_ci\n"
+            "lat, thr = relative_ci([(1.0, 10.0), (1.1, 11.0), (0.9, 9.0)])\n"
+            "print(round(lat, 4), round(thr, 4))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0.2484", "0.2484"]  # t(0.975, 2) * 0.1 / sqrt(3) / 1.0

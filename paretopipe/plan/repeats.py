@@ -69,7 +69,7 @@ class RepeatRule:
 
 def relative_ci(values: Sequence[tuple[float, float]]) -> tuple[float, float]:
     """95% CI half-width / |mean| of latency and of throughput over ``values`` (inf below two)."""
-    from analysis.frames import mean_ci95
+    from paretoio.stats import mean_ci95  # SciPy, not pandas: it runs on the source device
 
     out = []
     for column in zip(*values) if values else ((), ()):

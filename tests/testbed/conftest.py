@@ -1,8 +1,9 @@
 """Fixtures for the emulated-testbed tests.
 
-Root tests use their own prefixes and subnets (ppt-/10.77.9.0/24 for the shared session
-testbed, others per test), never the default pp-/10.77.0.0/24, so they can run beside a
-testbed someone has up. The session testbed comes up once and always goes down at the end.
+Root tests use their own prefixes and subnets (``ppt<xx>-``/10.<xx>.9.0/24 for the shared
+session testbed, others per test, ``<xx>`` a tag no testbed on this machine uses yet), never the
+default pp-/10.77.0.0/24, so they can run beside a testbed someone has up and beside another
+test session. The session testbed comes up once and always goes down at the end.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks._testbed_common import topology_text
+from benchmarks._testbed_common import free_index, topology_text
 from paretopipe import testbed as tb
 from paretopipe.testbed.topology import Topology, load_topology
 
@@ -31,14 +32,17 @@ def netns_unavailable() -> str | None:
     return None
 
 
-def write_topology(path: Path, prefix: str, third_octet: int, *,
+def write_topology(path: Path, letters: str, third_octet: int, *,
                    devices: tuple[tuple[str, str, str], ...] = (
                        ("pi1", "edge", "rpi4"), ("pi2", "edge", "rpi4"),
-                       ("gpu", "servers", "gpu-server"))) -> Path:
-    """A topology on 10.77.<third_octet>.0/24, the devices at .11, .12, ... in order."""
-    path.write_text(topology_text(prefix, f"10.77.{third_octet}",
+                       ("gpu", "servers", "gpu-server"))) -> tuple[Path, str]:
+    """A topology whose prefix is ``<letters><xx>`` with ``xx`` a free tag (100-199), on
+    10.<xx>.<third_octet>.0/24, the devices at .11, .12, ... in order: the file and the prefix."""
+    idx = free_index(letters, 100, 100)
+    prefix = f"{letters}{idx:02x}"
+    path.write_text(topology_text(prefix, f"10.{idx}.{third_octet}",
                                   [(name, group, profile, 11 + i) for i, (name, group, profile) in enumerate(devices)]))
-    return path
+    return path, prefix
 
 
 @dataclass
@@ -55,7 +59,7 @@ def testbed(tmp_path_factory) -> Bed:
     if reason:
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("testbed")
-    topo_file = write_topology(root / "topology.yml", "ppt", 9)
+    topo_file, _ = write_topology(root / "topology.yml", "ppt", 9)
     bed = Bed(topo_file, load_topology(topo_file), root / "state", root / "hosts.yml")
     tb.down(state_dir=bed.state_dir, topology=topo_file)  # leftovers of a killed earlier run
     try:

@@ -47,22 +47,22 @@ def snapshot(prefix: str) -> dict:
 
 
 def test_up_twice_then_down_leaves_nothing_behind(tmp_path):
-    topo_file = write_topology(tmp_path / "t.yml", "ppu", 8)
+    topo_file, p = write_topology(tmp_path / "t.yml", "ppu", 8)
     state = tmp_path / "state"
     tb.down(state_dir=state, topology=topo_file)
-    before = snapshot("ppu")
+    before = snapshot(p)
     assert before["netns"] == [] and before["links"] == [] and before["cgroups"] == []
     stray = None
     try:
         first = tb.up(topo_file, state_dir=state, inventory=tmp_path / "hosts.yml")
         assert first["changed"]
-        during = snapshot("ppu")
-        assert during["netns"] == ["ppu-gpu", "ppu-pi1", "ppu-pi2"]
-        assert during["links"] == ["br-ppu", "ppu-gpu", "ppu-pi1", "ppu-pi2"]
+        during = snapshot(p)
+        assert during["netns"] == [f"{p}-gpu", f"{p}-pi1", f"{p}-pi2"]
+        assert during["links"] == [f"br-{p}", f"{p}-gpu", f"{p}-pi1", f"{p}-pi2"]
         assert len(during["cgroups"]) == 3 * 4  # cpu, cpuset, memory x (parent + 3 devices)
         again = tb.up(topo_file, state_dir=state, inventory=tmp_path / "hosts.yml")
         assert again["changed"] is False and again["actions"] == []
-        assert snapshot("ppu") == during
+        assert snapshot(p) == during
 
         # Things down must also clean: a condition with delay lines, ifbs and iptables rules,
         # and a process a user left running on a device over SSH.
@@ -80,7 +80,7 @@ def test_up_twice_then_down_leaves_nothing_behind(tmp_path):
     finally:
         result = tb.down(state_dir=state)
     assert result["changed"]
-    assert snapshot("ppu") == before
+    assert snapshot(p) == before
     assert not any(map(_system.pid_alive, delaylines + sshds + [stray]))
     assert not (tmp_path / "hosts.yml").exists()
     assert not (state / "state.json").exists()
@@ -88,10 +88,10 @@ def test_up_twice_then_down_leaves_nothing_behind(tmp_path):
 
 
 def test_failed_up_rolls_back_what_it_made(tmp_path):
-    topo_file = write_topology(tmp_path / "t.yml", "ppf", 7)
+    topo_file, p = write_topology(tmp_path / "t.yml", "ppf", 7)
     state = tmp_path / "state"
     tb.down(state_dir=state, topology=topo_file)
-    before = snapshot("ppf")
+    before = snapshot(p)
 
     def fail_at_second_sshd(step: str) -> None:
         if step == "sshd:pi2":
@@ -105,7 +105,7 @@ def test_failed_up_rolls_back_what_it_made(tmp_path):
     assert started, messages  # it failed halfway: pi1's sshd was already running
     pid = int(started[0].split("pid ")[1].rstrip(")"))
     assert not _system.pid_alive(pid)
-    assert snapshot("ppf") == before
+    assert snapshot(p) == before
     assert tb.leftovers(load_topology(topo_file)) == []
     assert not (state / "state.json").exists()
 
@@ -113,19 +113,19 @@ def test_failed_up_rolls_back_what_it_made(tmp_path):
 def test_failed_up_leaves_a_foreign_link_alone(tmp_path):
     """A link named like the second device's exists (not ours): up stops there, removes what
     it made for the first device, and does not touch the stranger."""
-    topo_file = write_topology(tmp_path / "t.yml", "ppf", 7)
+    topo_file, p = write_topology(tmp_path / "t.yml", "ppf", 7)
     state = tmp_path / "state"
     tb.down(state_dir=state, topology=topo_file)
-    subprocess.run(["ip", "link", "add", "ppf-pi2", "type", "veth", "peer", "name", "ppf-x"],
+    subprocess.run(["ip", "link", "add", f"{p}-pi2", "type", "veth", "peer", "name", f"{p}-x"],
                    check=True)
     try:
-        with pytest.raises(TestbedError, match="ppf-pi2 exists and is not this testbed's"):
+        with pytest.raises(TestbedError, match=f"{p}-pi2 exists and is not this testbed's"):
             tb.up(topo_file, state_dir=state, inventory=tmp_path / "hosts.yml")
-        left = snapshot("ppf")
+        left = snapshot(p)
         assert left["netns"] == [] and left["cgroups"] == []
-        assert left["links"] == ["ppf-pi2", "ppf-x"]  # only the stranger
+        assert left["links"] == [f"{p}-pi2", f"{p}-x"]  # only the stranger
     finally:
-        subprocess.run(["ip", "link", "del", "ppf-pi2"], check=False)
+        subprocess.run(["ip", "link", "del", f"{p}-pi2"], check=False)
         tb.down(state_dir=state, topology=topo_file)
 
 
@@ -138,17 +138,18 @@ def test_ssh_reaches_each_device_inside_its_namespace_and_cgroups(testbed):
             capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
         assert f"inet {dev.ip}/24" in out.stdout
-        assert f"cpu:/paretopipe-ppt/{dev.name}" in out.stdout
-        assert f"memory:/paretopipe-ppt/{dev.name}" in out.stdout
+        assert f"cpu:/paretopipe-{testbed.topology.prefix.rstrip('-')}/{dev.name}" in out.stdout
+        assert f"memory:/paretopipe-{testbed.topology.prefix.rstrip('-')}/{dev.name}" in out.stdout
         assert out.stdout.strip().endswith(dev.name)
 
 
 def test_status_and_inventory_describe_the_devices(testbed):
     st = tb.status(state_dir=testbed.state_dir)
     assert st["up"] and st["healthy"] and st["cgroup_version"] in ("v1", "v2")
-    assert st["controller_ip"] == "10.77.9.1"
+    net = testbed.topology.controller_ip.rsplit(".", 1)[0]
+    assert st["controller_ip"] == f"{net}.1" and net.endswith(".9")
     pi1 = st["devices"]["pi1"]
-    assert pi1["ip"] == "10.77.9.11" and pi1["netns"] == "ppt-pi1"
+    assert pi1["ip"] == f"{net}.11" and pi1["netns"] == f"{testbed.topology.prefix}pi1"
     assert pi1["limits"]["cpu_quota"] == 0.5 and pi1["limits"]["memory_bytes"] == 4 << 30
     assert st["devices"]["gpu"]["limits"]["cpu_quota"] is None
 
@@ -160,7 +161,7 @@ def test_status_and_inventory_describe_the_devices(testbed):
     servers = inv["all"]["children"]["servers"]["hosts"]
     assert set(edge) == {"pi1", "pi2"} and set(servers) == {"gpu"}
     host = edge["pi2"]
-    assert host["ansible_host"] == host["paretopipe_ip"] == "10.77.9.12"
+    assert host["ansible_host"] == host["paretopipe_ip"] == f"{net}.12"
     assert host["ansible_user"] == "root" and host["paretopipe_nic"] == "eth0"
     assert host["paretopipe_profile"] == "rpi4" and host["paretopipe_threads"] == 1
     assert Path(host["paretopipe_workdir"]).is_dir()

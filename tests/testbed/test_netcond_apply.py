@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from paretopipe.testbed import _system
 from tests.testbed.conftest import netns_unavailable
 
 pytestmark = pytest.mark.root
-NS = "ppn-scratch"
+NS = f"ppn-scratch-{os.getpid()}"  # this session's own: concurrent sessions never meet
 
 
 @pytest.fixture
