@@ -59,7 +59,8 @@ def main() -> int:
                     doc = run(RunConfig(
                         model=args.model, splits=(k,), stages=(address,), out=Path(tmp) / f"k{k}-w{window}-r{r}.json",
                         batch_size=args.batch_size, window=window, batches=args.batches, warmup=args.warmup,
-                        input_size=args.input_size, min_batches=1))
+                        input_size=args.input_size, min_batches=1,
+                        fidelity_batches=0))  # throughput only: no reference model
                     s = doc["summary"]
                     thr[window].append(s["throughput_img_s"])
                     threads = [st["threads"] for st in doc["config"]["stages"]]

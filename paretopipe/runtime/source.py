@@ -122,12 +122,16 @@ class _Run:
             self.stage_threads: tuple[int | None, ...] = tuple(cfg.threads for _ in cfg.stages)
             return
         # An empty stage (no blocks: k=0 leaves the source none, k=N the last worker none) only
-        # forwards tensors: it does not count among those that share the cores.
+        # forwards tensors: it does not count among those that share the cores, and it gets one
+        # thread, so that what it does torch work for (inputs, codecs) never wakes a second
+        # OpenMP team beside the busy stage's: one straggling thread stalls that team's every op.
         bounds = (0, *cfg.splits, self.num_blocks)
         busy = [bounds[i] < bounds[i + 1] for i in range(len(bounds) - 1)]
         sharing = max(1, busy[0] + sum(b for b, local in zip(busy[1:], self.local_stages) if local))
-        self.threads = threads_for(sharing)
-        self.stage_threads = tuple(self.threads if local else None for local in self.local_stages)
+        each = threads_for(sharing)
+        self.threads = each if busy[0] else 1
+        self.stage_threads = tuple((each if b else 1) if local else None
+                                   for b, local in zip(busy[1:], self.local_stages))
 
     def _describe_cores(self, stages: list[dict[str, Any]]) -> None:
         """Each stage's thread count and whether it shared a host (one kernel: the same boot

@@ -74,6 +74,9 @@ def test_defaults_divide_a_shared_host_and_the_file_says_so(start_worker, tmp_pa
     assert [(s["threads"], s["shared_host"]) for s in stages] == [(expected, True), (expected, True)]
     assert [s["threads"] for s in doc["summary"]["stages"]] == [expected, expected]
     assert all(e["boot_id"] == cores.boot_id() for e in doc["environment"]["stages"])
+    # k=0: the source has no blocks, so the worker alone shares out the cores; the source keeps one
+    doc = run(RunConfig(model="resnet18", splits=(0,), stages=(worker.address,), out=tmp_path / "z.json", **SMALL))
+    assert [s["threads"] for s in doc["config"]["stages"]] == [1, cores.threads_for(1)]
     # --threads wins on every stage
     doc = run(RunConfig(model="resnet18", splits=(5,), stages=(worker.address,), out=tmp_path / "t.json",
                         threads=1, **SMALL))
