@@ -156,6 +156,14 @@ def _requirements(name: str, extras: frozenset[str]) -> list[tuple[str, frozense
     return out
 
 
+def _link(src: str, dst: str) -> None:
+    """A hard link, or a copy where none can be made (another file system)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def torch_site(dest: Path) -> int:
     """Hard-link this venv's torch, torchvision and everything they require into ``dest``
     (copies where a link cannot be made); returns the bytes it holds. triton is left out:
@@ -171,20 +179,13 @@ def torch_site(dest: Path) -> int:
         todo += _requirements(name, extras)
         tops |= {f.parts[0] for f in metadata.distribution(name).files or []
                  if f.parts[0] != ".."}
-
-    def link(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
     for top in sorted(tops):
         src = site / top
         if src.is_dir():
-            shutil.copytree(src, dest / top, copy_function=link, dirs_exist_ok=True)
+            shutil.copytree(src, dest / top, copy_function=_link, dirs_exist_ok=True)
         elif src.is_file():
             dest.mkdir(parents=True, exist_ok=True)
-            link(str(src), str(dest / top))
+            _link(str(src), str(dest / top))
     return sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
 
 
@@ -207,7 +208,7 @@ def device_disk(folder: Path) -> None:
     folder.mkdir()
     for whl in wheels.iterdir():
         if whl.is_file():
-            os.link(whl, folder / whl.name)
+            _link(str(whl), str(folder / whl.name))
     size = torch_site(folder / "site")
     print(f"device disk: wheelhouse of {len(list(folder.glob('*.whl')))} wheels, torch site "
           f"{size / 1e9:.2f} GB (hard links), made in {time.monotonic() - t0:.0f} s", flush=True)
