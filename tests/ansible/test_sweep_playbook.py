@@ -6,6 +6,7 @@ points, two conditions, both backends (tcp and rpc).
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -111,6 +112,24 @@ def test_second_provisioning_changes_nothing_and_check_mode_works(testbed: Emula
     changed = [e["event_data"]["task"] for e in second.events
                if e["event"] == "runner_on_ok" and e["event_data"]["res"].get("changed")]
     assert changed == [], changed
+    # One of pi2's shard files goes missing: check mode shows the push to pi2 only and makes
+    # nothing; a real run pushes the archive again and the copy matches the manifest.
+    shards = testbed.workdir("pi2") / "shards" / "mobilenet_v2-c10-s0-32px"
+    block = json.loads((shards / "manifest.json").read_text())["blocks"][-1]
+    (shards / block["file"]).unlink()
     check = testbed.playbook("provision.yml", check=True, model="mobilenet_v2", input_size="32")
     assert check.ok, ok(check)
     assert all(h.failed == 0 and h.unreachable == 0 for h in check.hosts.values())
+    would = {e["event_data"]["host"] for e in check.events if e["event"] == "runner_on_ok"
+             and e["event_data"]["task"].startswith("Say what would be pushed")
+             and e["event_data"]["res"].get("changed")}
+    assert would == {"pi2"}, ok(check)
+    assert said(check, f"{block['file']}: missing"), ok(check)
+    assert not (shards / block["file"]).exists()
+    unpack = "Unpack the shard archive on the device (one transfer)"
+    repair = testbed.playbook("provision.yml", model="mobilenet_v2", input_size="32")
+    assert repair.ok, ok(repair)
+    pushed = {e["event_data"]["host"] for e in repair.events if e["event"] == "runner_on_ok"
+              and e["event_data"]["task"] == unpack and e["event_data"]["res"].get("changed")}
+    assert pushed == {"pi2"}, ok(repair)
+    assert hashlib.sha256((shards / block["file"]).read_bytes()).hexdigest() == block["sha256"]

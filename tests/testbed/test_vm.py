@@ -157,18 +157,26 @@ def test_up_again_changes_nothing(vms: VmTestbed) -> None:
         testbed.check(state_dir=vms.state)
 
 
-def test_provision_builds_the_venv_from_the_wheelhouse_then_changes_nothing(vms: VmTestbed) -> None:
+def test_provision_builds_the_venv_and_pushes_shards_then_changes_nothing(vms: VmTestbed) -> None:
     # The real-device branch (python_env_build: true, from group_vars/edge.yml), without torch
-    # (PyPI's torch is a CUDA build that needs 2.9 GB of nvidia wheels) and without shards (the
-    # copy module takes about 30 s per file into a TCG guest); see docs/testbed.md.
+    # (PyPI's torch is a CUDA build that needs 2.9 GB of nvidia wheels; see docs/testbed.md),
+    # and the shards of the suite's smallest set (MobileNetV2 at 32 px), pushed as one archive.
     args = {"provision_hosts": "edge", "python_env_torch_packages": [], "python_env_wheelhouse": True,
-            "provision_shards": False}
+            "model": "mobilenet_v2", "input_size": "32"}
     first = vms.playbook("provision.yml", **args)
     assert first.ok, ok(first)
     assert all(first.hosts[h].changed > 0 for h in ("pi1", "pi2")), ok(first)
     versions = vms.ssh("pi1", "/root/paretopipe/venv/bin/python -c 'import paretopipe, psutil, yaml, "
                               "safetensors; print(paretopipe.__version__)'")
     assert versions.returncode == 0 and versions.stdout.strip(), versions.stderr
+    # Each device's own copy of the controller's shards, file by file.
+    name = "mobilenet_v2-c10-s0-32px"
+    manifest = json.loads((REPO / "build" / "shards" / name / "manifest.json").read_text())
+    want = {b["file"]: b["sha256"] for b in manifest["blocks"]}
+    for device in ("pi1", "pi2"):
+        sums = vms.ssh(device, f"cd /root/paretopipe/shards/{name} && sha256sum *.safetensors")
+        assert sums.returncode == 0, sums.stderr
+        assert dict(reversed(line.split()) for line in sums.stdout.splitlines()) == want
     second = vms.playbook("provision.yml", **args)
     assert second.ok, ok(second)
     assert second.hosts["pi1"].changed == 0 and second.hosts["pi2"].changed == 0, ok(second)
