@@ -78,3 +78,26 @@ def test_no_module_of_paretopipe_imports_one_that_imports_it_back():
     graph = _imports(_modules())
     assert "paretopipe.testbed._shaping" in graph["paretopipe.testbed._lifecycle"]  # it reads imports
     assert _cycle(graph) is None
+
+
+def test_the_layers_point_down():
+    """analysis never imports paretopipe; paretopipe never imports analysis (not even lazily:
+    a source device has no pandas); paretoio imports neither (docs/design.md)."""
+
+    def imported(package: str) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for f in (ROOT.parent / package).rglob("*.py"):
+            tops: set[str] = set()
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, ast.Import):
+                    tops.update(a.name.split(".")[0] for a in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    tops.add(node.module.split(".")[0])
+            out[str(f.relative_to(ROOT.parent))] = tops
+        return out
+
+    rules = {"paretopipe": {"analysis"}, "analysis": {"paretopipe", "torch"}, "paretoio": {"paretopipe", "analysis"}}
+    bad = {f: sorted(tops & banned) for package, banned in rules.items()
+           for f, tops in imported(package).items() if tops & banned}
+    assert bad == {}
+    assert "paretoio" in imported("paretopipe")["paretopipe/predict.py"]  # it does read imports

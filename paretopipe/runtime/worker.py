@@ -183,12 +183,7 @@ class StageService:
             record = _record(item, t_start, t_ready)
             link.send(item.batch_id, out, [*item.records, record], t_ready)
             buffers.give_back(slot)
-            count += 1
-            if count == 1:
-                log.info(FIRST_BATCH_LOG, link.spec.session_id)
-            if fault is not None and count >= fault:
-                log.error("fault injection (%s): exiting abruptly after %d batches", FAULT_ENV, count)
-                os._exit(17)
+            count = _counted(count + 1, link, fault)
         return count, compute_cpu
 
     def _run_pipelined(self, link: StageLink) -> tuple[int, float]:
@@ -230,12 +225,7 @@ class StageService:
                 link.release(item)
                 record = _record(item, t_start, t_ready)
                 out_q.put((item.batch_id, out, [*item.records, record], t_ready, slot))
-                count += 1
-                if count == 1:
-                    log.info(FIRST_BATCH_LOG, link.spec.session_id)
-                if fault is not None and count >= fault:
-                    log.error("fault injection (%s): exiting abruptly after %d batches", FAULT_ENV, count)
-                    os._exit(17)
+                count = _counted(count + 1, link, fault)
             out_q.put(None)
             threads[1].join()
             if failed:
@@ -244,6 +234,17 @@ class StageService:
             out_q.put(None)
             raise
         return count, compute_cpu
+
+
+def _counted(count: int, link: StageLink, fault: int | None) -> int:
+    """After the `count`-th batch: log the first (tests wait on that line) and, under fault
+    injection, exit abruptly once `fault` batches are done."""
+    if count == 1:
+        log.info(FIRST_BATCH_LOG, link.spec.session_id)
+    if fault is not None and count >= fault:
+        log.error("fault injection (%s): exiting abruptly after %d batches", FAULT_ENV, count)
+        os._exit(17)
+    return count
 
 
 def _record(item: InBatch, t_start: float, t_ready: float) -> StageRecord:
