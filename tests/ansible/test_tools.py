@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-import pytest
-
 from tests.ansible.conftest import REPO
 
 STAGECTL = REPO / "roles" / "stage_worker" / "files" / "stagectl.py"
