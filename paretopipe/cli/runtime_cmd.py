@@ -194,6 +194,9 @@ def _add_session_args(p: argparse.ArgumentParser, *, single: bool = True) -> Non
     p.add_argument("--fidelity-batches", type=int, default=16, metavar="N",
                    help="compare the logits of the first N counted batches with the unsplit, uncoded model's "
                         "after the run (summary.fidelity; 0: off; default: 16)")
+    p.add_argument("--reference-cache", metavar="DIR",
+                   help="keep the unsplit model's reference logits in DIR and reuse them in later runs with the "
+                        "same model, weights and inputs (default: none for run; OUT/_cache/reference for sweep)")
     _add_rpc_args(p)
 
 
@@ -241,7 +244,7 @@ def _run_config(args: argparse.Namespace, **over: Any) -> Any:
         "weights": args.weights, "seed": args.seed, "threads": args.threads, "token_file": args.token_file,
         "connect_timeout_s": args.connect_timeout, "timeout_s": args.timeout,
         "network_label": args.network_label, "sweep_id": args.sweep_id,
-        "fidelity_batches": args.fidelity_batches,
+        "fidelity_batches": args.fidelity_batches, "reference_cache": args.reference_cache,
     }
     fields.update(over)
     return RunConfig(**fields)

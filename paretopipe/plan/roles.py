@@ -83,6 +83,8 @@ def _device_run(job: Mapping[str, Any], status_file: Path | None, log: Callable[
 
     dev = job["device"]
     template = dict(dev["run"])
+    # the reference logits, once per sweep on this source (not fetched: only the round's files are)
+    template.setdefault("reference_cache", str(Path(dev["results_dir"]) / "_cache" / "reference"))
     model = template["model"]
     rule = RepeatRule.from_dict(dev["repeats"])
     tasks = [Task.from_dict(t) for t in job["tasks"]]

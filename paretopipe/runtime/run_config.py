@@ -48,6 +48,7 @@ class RunConfig:
     check: bool = False
     codec: str = "none"
     fidelity_batches: int = FIDELITY_BATCHES
+    reference_cache: str | None = None  # a folder keeping the reference logits across runs
 
     def validate(self) -> None:
         """Check a complete run configuration."""

@@ -43,6 +43,8 @@ PROGRESS_S = 10.0
 #: Test hook (fault injection): when set, the source aborts right after writing its result
 #: file, as a process that dies after its file would (see judge_run in paretopipe.results).
 DIE_AFTER_WRITE_ENV = "PARETOPIPE_FAULT_DIE_AFTER_WRITE"
+#: Warnings given once per process (a round of the Ansible sweep runs many in one).
+_WARNED: set[str] = set()
 
 
 @dataclass
@@ -79,7 +81,7 @@ class _Run:
         self.labelled_images = 0
         self.compute_cpu_s = 0.0
         self.fidelity: dict[str, Any] | None = None
-        self._reference: dict[int, Any] | None = None
+        self._reference: Any = None  # a ReferenceStore, made on first use
         self._last_progress = time.monotonic()
 
     # ---------------------------------------------------------------- setup
@@ -415,12 +417,20 @@ class _Run:
 
         from paretopipe.models import build_model
 
+        from paretopipe.runtime.reference import ReferenceStore, reference_key
+
         if self._reference is None:
             cfg = self.cfg
-            model = build_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights, seed=cfg.seed)
-            with torch.inference_mode():
-                self._reference = {b: model(self.inputs.batch(b).images) for b in sorted(self.kept_logits)}
-        return self._reference
+
+            def compute(ids: list[int]) -> dict[int, Any]:
+                model = build_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights, seed=cfg.seed)
+                with torch.inference_mode():
+                    return {b: model(self.inputs.batch(b).images) for b in ids}
+
+            key = reference_key(model=cfg.model, num_classes=cfg.num_classes, seed=cfg.seed, weights=self.weights,
+                                input_spec=cfg.input, input_size=self.input_size, batch_size=cfg.batch_size)
+            self._reference = ReferenceStore(cfg.reference_cache, key, compute)
+        return self._reference.logits(self.kept_logits)
 
     def run_fidelity(self) -> None:
         """Compare the returned logits of the first ``fidelity_batches`` counted batches with the
@@ -437,7 +447,8 @@ class _Run:
             labels = [self.inputs.batch(b).labels for b in ids]
         self.fidelity = compare([self.kept_logits[b] for b in ids], [ref[b] for b in ids], labels=labels).to_json()
         self.fidelity["codec"] = cfg.codec
-        if self.fidelity["degenerate"]:
+        if self.fidelity["degenerate"] and self.fidelity["degenerate"] not in _WARNED:
+            _WARNED.add(self.fidelity["degenerate"])  # once per process: a round runs many
             log.warning("fidelity: %s", self.fidelity["degenerate"])
 
     def run_check(self) -> None:

@@ -135,7 +135,8 @@ def _run_args(rc: RunConfig) -> list[str]:
     for k in rc.splits:
         cmd += ["--split", str(k)]
     for flag, value in (("--input-size", rc.input_size), ("--weights", rc.weights), ("--threads", rc.threads),
-                        ("--token-file", rc.token_file), ("--sweep-id", rc.sweep_id)):
+                        ("--token-file", rc.token_file), ("--sweep-id", rc.sweep_id),
+                        ("--reference-cache", rc.reference_cache)):
         if value is not None:
             cmd += [flag, str(value)]
     if rc.network:
@@ -156,7 +157,8 @@ def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
     log_dir = out / "_logs"
     log_dir.mkdir(exist_ok=True)
     plan = make_plan(spec, out)
-    template = replace(cfg.run, sweep_id=sweep_id, run_id=None)
+    template = replace(cfg.run, sweep_id=sweep_id, run_id=None,
+                       reference_cache=cfg.run.reference_cache or str(out / "_cache" / "reference"))
     workers = [LocalWorker(i + 1, cfg, log_dir) for i in range(cfg.devices - 1)]
     t_sweep = time.monotonic()
     rule = "auto (95% CI within {:.0%} of the mean, {}..{} runs)".format(

@@ -115,3 +115,25 @@ def test_rpc_backend_carries_codecs_too(start_worker, tmp_path):
     refusing = start_worker("--backend", "rpc", "--codec", "none")
     with pytest.raises(StageError, match="codec mismatch: .* asks for codec 'int8', but stage 1 .* supports none"):
         run(_cfg(tmp_path, "rpc-refused", stages=(refusing.address,), codec="int8", backend="rpc"))
+
+
+def test_runs_sharing_a_reference_cache_compute_the_reference_once(shared_workers, tmp_path, monkeypatch):
+    from paretopipe.runtime import reference
+
+    w1, _ = shared_workers
+    computed: list[list[int]] = []
+    real_init = reference.ReferenceStore.__init__
+
+    def counting_init(self, directory, key, compute):
+        real_init(self, directory, key, lambda ids: (computed.append(list(ids)), compute(ids))[1])
+
+    monkeypatch.setattr(reference.ReferenceStore, "__init__", counting_init)
+    cache = str(tmp_path / "ref")
+    docs = [run(_cfg(tmp_path, f"c{i}", stages=(w1.address,), codec=c, reference_cache=cache))
+            for i, c in enumerate(("none", "int8", "none"))]
+    assert len(computed) == 1  # the first run computed the reference; the others read it
+    assert len(list((tmp_path / "ref").glob("*.pt"))) == 1
+    for doc in docs:
+        assert doc["status"] == "ok" and doc["summary"]["fidelity"]["batches"] == 3
+    assert docs[2]["summary"]["fidelity"]["max_abs_error"] <= 1e-4  # the kept reference is the right one
+    assert docs[1]["summary"]["fidelity"]["max_abs_error"] > 0

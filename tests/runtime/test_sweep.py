@@ -71,6 +71,8 @@ def test_windows_and_batch_sizes_are_sweep_dimensions(tmp_path):
         assert (doc["config"]["batch_size"], doc["config"]["window"]) == (int(name.split("-b")[1][0]),
                                                                           int(name.split("-w")[1][0]))
     assert "= 4 configurations" in log.getvalue()
+    # the reference logits are kept once per batch size (the window does not change them)
+    assert len(list((out / "_cache" / "reference").glob("*.pt"))) == 2
 
 
 def test_a_source_that_dies_after_writing_an_ok_file_is_failed_everywhere(tmp_path, monkeypatch):
