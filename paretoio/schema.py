@@ -6,6 +6,8 @@
   reads with it, and ``paretopipe.results.validate_result`` (the writer's check) checks with it,
   so writer and reader check one definition, and a device that writes results needs only
   jsonschema for it (not the analysis's pandas). docs/results.md publishes it.
+* ``paretopipe.profile.schema.json``: device profiles (schema ``paretopipe.profile``, versions 1
+  and 2), checked by ``paretopipe.profiling.read_profile``; docs/predict.md explains them.
 * ``upstream.schema.json``: upstream ParetoPipe's per-split metrics files and its RPC tester's
   ``consolidated_metrics.json`` (definitions ``split_metrics`` and ``consolidated``).
 """
@@ -19,10 +21,11 @@ from typing import Any
 
 import jsonschema
 
-__all__ = ["RUN_SCHEMA", "UPSTREAM_SCHEMA", "load_schema", "schema_problems", "run_schema_problems"]
+__all__ = ["RUN_SCHEMA", "PROFILE_SCHEMA", "UPSTREAM_SCHEMA", "load_schema", "schema_problems", "run_schema_problems"]
 
 RUN_SCHEMA = "paretopipe.run.v1.schema.json"
 UPSTREAM_SCHEMA = "upstream.schema.json"
+PROFILE_SCHEMA = "paretopipe.profile.schema.json"
 
 
 @lru_cache(maxsize=None)

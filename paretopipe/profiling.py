@@ -288,19 +288,23 @@ def write_profile(doc: dict[str, Any], path: str | os.PathLike[str]) -> Path:
         raise ConfigError(f"cannot write profile {path}: {exc.strerror or exc}") from None
 
 
-def _codecs_ok(codecs: Any, num_blocks: int) -> bool:
-    """A version-2 ``codecs`` section: no boundaries, or one per split 0..N with the same codecs."""
-    try:
-        bounds = codecs["boundaries"]
-        if not isinstance(bounds, list) or (bounds and len(bounds) != num_blocks + 1):
-            return False
-        names = set(bounds[0]["codecs"]) if bounds else set()
-        return all(int(b["split"]) == k and int(b["raw_bytes"]) >= 0 and set(b["codecs"]) == names
-                   and all(int(c["wire_bytes"]) >= 0 and float(c["encode_s"]["median"]) >= 0
-                           and float(c["decode_s"]["median"]) >= 0 for c in b["codecs"].values())
-                   for k, b in enumerate(bounds))
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return False
+def _cross_field_problems(doc: dict[str, Any]) -> list[str]:
+    """The rules the profile schema cannot state (paretoio/schemas/paretopipe.profile.schema.json)."""
+    n = doc["num_blocks"]
+    problems = []
+    if len(doc["blocks"]) != n:
+        problems.append(f"$.blocks: {len(doc['blocks'])} blocks, but num_blocks is {n}")
+    bounds = (doc.get("codecs") or {}).get("boundaries") or []
+    if bounds and len(bounds) != n + 1:
+        problems.append(f"$.codecs.boundaries: {len(bounds)} boundaries, one per split 0..{n} expected")
+    names = set(bounds[0]["codecs"]) if bounds else set()
+    for k, b in enumerate(bounds):
+        if b["split"] != k:
+            problems.append(f"$.codecs.boundaries[{k}].split: {b['split']}, expected {k} (in split order)")
+        if set(b["codecs"]) != names:
+            problems.append(f"$.codecs.boundaries[{k}].codecs: {sorted(b['codecs'])}, not the same codecs as "
+                            f"split 0's {sorted(names)}")
+    return problems
 
 
 def read_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -317,17 +321,10 @@ def read_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
     if doc.get("schema_version") not in SCHEMA_VERSIONS:
         raise ConfigError(f"profile {path} has schema_version {doc.get('schema_version')!r}; this paretopipe "
                           f"reads {' and '.join(map(str, SCHEMA_VERSIONS))} (re-run `paretopipe profile`)")
-    try:
-        blocks = doc["blocks"]
-        n = int(doc["num_blocks"])
-        ok = (isinstance(blocks, list) and len(blocks) == n and int(doc["input_bytes"]) >= 0
-              and all(float(b["compute_s"]["median"]) >= 0 and int(b["output_bytes"]) >= 0 for b in blocks)
-              and isinstance(doc["config"]["model"], str) and int(doc["config"]["batch_size"]) >= 1)
-    except (KeyError, TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(f"profile {path} is malformed (blocks, num_blocks, input_bytes or config missing or wrong)")
-    if doc["schema_version"] >= 2 and not _codecs_ok(doc.get("codecs"), n):
-        raise ConfigError(f"profile {path} is malformed (codecs: one boundary per split 0..{n}, each with "
-                          "wire_bytes, encode_s and decode_s for the same codecs)")
+    from paretoio.schema import PROFILE_SCHEMA, schema_problems
+
+    problems = schema_problems(doc, PROFILE_SCHEMA) or _cross_field_problems(doc)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ConfigError(f"profile {path} is malformed: {'; '.join(problems[:3])}{more}; re-run `paretopipe profile`")
     return doc

@@ -84,6 +84,24 @@ def test_read_profile_rejects_other_files(tmp_path):
         read_profile(broken)
 
 
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda d: d["blocks"][2]["compute_s"].pop("median"), r"\$\.blocks\[2\]\.compute_s: 'median' is a required property"),
+    (lambda d: d["blocks"].pop(), r"\$\.blocks: \d+ blocks, but num_blocks is \d+"),
+    (lambda d: d["codecs"]["boundaries"][3].update(split=4), r"\$\.codecs\.boundaries\[3\]\.split: 4, expected 3"),
+    (lambda d: d["codecs"]["boundaries"][1]["codecs"].popitem(), r"\$\.codecs\.boundaries\[1\]\.codecs: .*not the same codecs"),
+    (lambda d: d["codecs"]["boundaries"][0]["codecs"]["int8"].update(wire_bytes=-1), r"wire_bytes: -1 is less than the minimum of 0"),
+    (lambda d: d.pop("codecs"), r"\$: 'codecs' is a required property"),
+])
+def test_a_malformed_profile_names_the_field_against_the_published_schema(resnet_profile, tmp_path, damage, fragment):
+    doc = json.loads(json.dumps(resnet_profile))
+    damage(doc)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=f"profile {path} is malformed: .*{fragment}") as err:
+        read_profile(path)
+    assert "re-run `paretopipe profile`" in str(err.value)
+
+
 def test_spread_statistics():
     s = spread([4.0, 1.0, 3.0, 2.0, 5.0])
     assert s["median"] == 3.0 and s["min"] == 1.0 and s["max"] == 5.0 and s["mean"] == 3.0
