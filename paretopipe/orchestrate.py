@@ -23,8 +23,10 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,14 +148,47 @@ def run_playbook(playbook: str, *, inventory: str | os.PathLike[str],
             on_event(event)
         return True  # keep the event in the artifacts too
 
-    runner = ansible_runner.run(
-        private_data_dir=str(private), project_dir=str(REPO), playbook=str(book),
-        inventory=str(inv), extravars=dict(extra_vars or {}), envvars=envvars, cmdline=cmdline,
-        event_handler=handler, quiet=True, timeout=timeout,
-    )
+    canceled, restore = _cancel_on_signals()
+    try:
+        runner = ansible_runner.run(
+            private_data_dir=str(private), project_dir=str(REPO), playbook=str(book),
+            inventory=str(inv), extravars=dict(extra_vars or {}), envvars=envvars, cmdline=cmdline,
+            event_handler=handler, quiet=True, timeout=timeout, cancel_callback=canceled,
+        )
+    finally:
+        received = restore()
+    if received is not None:  # the playbook was canceled; now the signal does what it did before
+        signal.raise_signal(received)
     return PlaybookRun(playbook=playbook, status=runner.status, rc=int(runner.rc),
                        hosts=_host_stats(runner.stats), events=tuple(events),
                        artifacts=Path(runner.config.artifact_dir))
+
+
+def _cancel_on_signals() -> tuple[Callable[[], bool], Callable[[], int | None]]:
+    """A cancel callback for ansible-runner and a function that undoes it.
+
+    Left to itself, ansible-runner (in the main thread) replaces the SIGINT and SIGTERM handlers
+    with one that only sets a flag, and never puts them back: the caller could then no longer be
+    stopped by Ctrl-C or SIGTERM. Here the first SIGINT or SIGTERM during a run cancels the
+    playbook; ``restore()`` puts the previous handlers back and returns the signal that came (or
+    None), for the caller to raise again once the run is over."""
+    if threading.current_thread() is not threading.main_thread():
+        return (lambda: False), (lambda: None)  # signal handlers belong to the main thread
+    received: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def record(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    for sig in previous:
+        signal.signal(sig, record)
+
+    def restore() -> int | None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        return received[0] if received else None
+
+    return (lambda: bool(received)), restore
 
 
 def sweep(*, inventory: str | os.PathLike[str], on_event: Callable[[Event], None] | None = None,

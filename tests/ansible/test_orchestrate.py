@@ -3,6 +3,8 @@ events (recap, messages, task spans) on events shaped as ansible-runner emits th
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,45 @@ def test_run_playbook_gives_status_events_and_progress(tmp_path):
     assert seen and seen == list(run.events)
     assert (run.artifacts / "stdout").is_file()
     assert "playbook: " in (run.artifacts / "stdout").read_text()
+
+
+def test_a_run_leaves_the_callers_signal_handlers_as_they_were(tmp_path):
+    """ansible-runner alone replaces SIGINT/SIGTERM with a flag setter for good: afterwards the
+    process could not be stopped by Ctrl-C or SIGTERM (found when a test run ignored both)."""
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text("localhost ansible_connection=local\n")
+
+    def mine(_signum, _frame):
+        pass
+
+    before_int = signal.getsignal(signal.SIGINT)
+    before_term = signal.signal(signal.SIGTERM, mine)
+    try:
+        run = run_playbook("netem.yml", inventory=inventory, cmdline="--syntax-check", artifacts_dir=tmp_path / "r")
+        assert run.ok
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is before_int
+    finally:
+        signal.signal(signal.SIGTERM, before_term)
+
+
+def test_ctrl_c_during_a_run_cancels_it_and_then_interrupts_the_caller(tmp_path):
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text("localhost ansible_connection=local\n")
+    sent = []
+
+    def interrupt_once(_event):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would, while the playbook runs
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        run_playbook("netem.yml", inventory=inventory, cmdline="--syntax-check", on_event=interrupt_once,
+                     artifacts_dir=tmp_path / "r")
+    assert sent and signal.getsignal(signal.SIGINT) is before
+    # ansible-runner ended the run itself (it was not torn down mid-way by the interrupt)
+    statuses = [f.read_text().strip() for f in (tmp_path / "r" / "artifacts").glob("*/status")]
+    assert statuses and statuses[0] in ("canceled", "successful")
 
 
 def test_mistakes_are_config_errors(tmp_path):
