@@ -103,8 +103,7 @@ class ReferenceStore:
         buf = io.BytesIO()
         torch.save({"key": self.key, "logits": {int(b): t.detach().cpu() for b, t in self._memo.items()}}, buf)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.path, buf.getvalue())
+            write_atomic(self.path, buf.getvalue())  # makes the folder too
         except OSError as exc:  # a full or read-only disk costs time, not the run
             log.warning("could not keep the reference logits in %s (%s); the next run computes them again",
                         self.path, exc)

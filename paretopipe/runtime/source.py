@@ -416,7 +416,6 @@ class _Run:
         import torch
 
         from paretopipe.models import build_model
-
         from paretopipe.runtime.reference import ReferenceStore, reference_key
 
         if self._reference is None:
