@@ -149,3 +149,20 @@ def test_corrupt_or_bomb_payloads_are_codec_errors(name):
 def test_codec_is_frozen_and_named():
     c = Codec(parse_codec("bf16").base)
     assert str(c) == "bf16" and c.lossy and not parse_codec("none+lz4").lossy
+
+
+def test_int8_fallback_gives_the_fused_quantizers_codes(monkeypatch):
+    """The plain-math path (for a torch without quantize_per_tensor) must produce the same codes."""
+    from paretopipe import codecs
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(50_000, generator=gen) * 4, torch.tensor([0.0, -7.5, 7.5])])
+    scale, zp = int8_params(float(x.min()), float(x.max()))
+    # values that sit exactly half a step from a code test the rounding rule too
+    halves = (torch.arange(-128, 127, dtype=torch.float32) - zp + 0.5) * scale
+    x = torch.cat([x, halves])
+    fused = codecs._quantize(x, scale, zp)
+    monkeypatch.delattr(torch, "quantize_per_tensor")
+    plain = codecs._quantize(x, scale, zp)
+    assert plain.dtype == fused.dtype == torch.int8
+    assert torch.equal(plain, fused)
