@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from paretopipe.errors import ConfigError
+from paretopipe.plan.estimate import DEFAULT_BUDGET
 
 _BACKEND_HELP = "transport backend: tcp (ours, no pickle) or rpc (PyTorch RPC: pickles, trusted networks only; docs/rpc.md)"
 
@@ -123,6 +124,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sweep.add_argument("--codec", "--codecs", dest="codec", default="none", metavar="LIST",
                        help="codec(s) at the split, comma-separated; every split runs with each "
                             "(e.g. none,fp16,int8; default: none)")
+    sweep.add_argument("--budget", default=DEFAULT_BUDGET, metavar="DURATION|none",
+                       help="do not start a sweep whose estimated duration (printed before the first run) is over "
+                            f"this: 2h, 90m, 1h30m, 3600 (seconds) or none (default: {DEFAULT_BUDGET})")
     sweep.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sweep.set_defaults(func=_cmd_sweep)
     _register_train(subparsers)
@@ -304,6 +308,7 @@ def format_summary(doc: dict[str, Any], path: Path) -> str:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from paretopipe.plan import parse_positive_list, parse_repeats
+    from paretopipe.plan.estimate import parse_budget
     from paretopipe.runtime.sweep import SweepConfig, sweep
 
     _setup_logging(args.verbose)
@@ -320,7 +325,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                       batch_sizes=parse_positive_list(args.batch_sizes, "--batch-sizes", "1,8"),
                       repeats=parse_repeats(args.repeats, target=args.repeats_target, minimum=args.min_repeats,
                                             maximum=args.max_repeats, flag="--repeats"),
-                      sweep_id=args.sweep_id, device=args.device)
+                      sweep_id=args.sweep_id, device=args.device, budget_s=parse_budget(args.budget, "--budget"))
     return sweep(cfg)
 
 

@@ -30,10 +30,15 @@ sweep again runs exactly the runs that are not ok.
 ``target`` of their means, at least ``minimum`` and at most ``maximum`` times. Each auto
 configuration gets a record ``<configuration id>.repeats.json`` (schema ``paretopipe.repeats``)
 saying whether it reached the target or hit the maximum; the analysis reads it.
+
+**The cost** (:mod:`paretopipe.plan.estimate`): before the first run, both entry points print the
+plan's estimated duration with its range; over the budget (``sweep_budget``, ``--budget``;
+default :data:`DEFAULT_BUDGET`) the sweep does not start and says what to do instead.
 """
 
 from __future__ import annotations
 
+from paretopipe.plan.estimate import DEFAULT_BUDGET, Estimate, RunShape, check_budget, estimate_tasks, parse_budget
 from paretopipe.plan.grammar import DIMENSIONS, Configuration, parse_positive_list, parse_splits
 from paretopipe.plan.repeats import REPEATS_SCHEMA, RepeatRule, parse_repeats
 from paretopipe.plan.runner import Outcome, Progress, RunReport, work_through
@@ -41,4 +46,5 @@ from paretopipe.plan.spec import Plan, SweepSpec, Task, config_id, make_plan, ob
 
 __all__ = ["DIMENSIONS", "Configuration", "RepeatRule", "SweepSpec", "Task", "Plan", "Outcome", "Progress",
            "parse_splits", "parse_positive_list", "parse_repeats", "make_plan", "run_state", "set_aside",
-           "work_through", "objectives_of", "REPEATS_SCHEMA", "RunReport", "run_id", "config_id"]
+           "work_through", "objectives_of", "REPEATS_SCHEMA", "RunReport", "run_id", "config_id",
+           "Estimate", "RunShape", "estimate_tasks", "parse_budget", "check_budget", "DEFAULT_BUDGET"]

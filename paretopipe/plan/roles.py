@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from paretopipe.errors import ConfigError
+from paretopipe.plan.estimate import DEFAULT_BUDGET, Estimate, RunShape, calibrate, check_budget, estimate_tasks, parse_budget
 from paretopipe.plan.grammar import Configuration, parse_positive_list, parse_splits
 from paretopipe.plan.repeats import RepeatRule, parse_repeats
 from paretopipe.plan.runner import Outcome, Progress, work_through
@@ -65,21 +66,37 @@ def _controller_plan(s: Mapping[str, Any]) -> dict[str, Any]:
     stages = {b: [f"{ip}:{int(s['worker_port_base']) + i}" for ip in ips[1:]] for i, b in enumerate(backends)}
     rounds = [{"condition": cond, "runs": sum(len(t.repeats) for t in tasks),
                "tasks": [t.as_dict() for t in tasks]} for cond, tasks in plan.rounds()]
+    est, budget = _estimate(s, spec, plan)
     return {
         "sweep_id": s["sweep_id"], "model": spec.model, "num_blocks": spec.num_blocks,
         "chain": list(s["chain"]), "splits": [list(c) for c in spec.splits], "windows": list(spec.windows),
         "batch_sizes": list(spec.batch_sizes), "codecs": list(spec.codecs), "configurations": len(spec.configurations()),
         "repeats": spec.repeats.as_dict(), "total": plan.total, "done": plan.done, "pending": plan.pending,
         "full_total": plan.full_total, "rounds": rounds,
+        "estimate": est.as_dict(), "budget": budget,
         "device": {"run": template, "stages": stages, "results_dir": s["device_results_dir"],
                    "repeats": spec.repeats.as_dict()},
     }
+
+
+def _estimate(s: Mapping[str, Any], spec: SweepSpec, plan: Any) -> tuple[Estimate, dict[str, Any]]:
+    """The plan's cost and its budget verdict (``budget.message`` is None when it may start)."""
+    rates = [float(r) for r in (s.get("device_rates") or [])]
+    if len(rates) < spec.devices:  # no calibration on the devices: this machine's, for each of them
+        rates = [calibrate()] * spec.devices
+    est = estimate_tasks(spec.model, plan.tasks, RunShape.from_settings(s), rates,
+                         num_classes=int(s["num_classes"]), input_size=int(s.get("input_size") or 0) or None,
+                         conditions=len(plan.rounds()))
+    budget_s = parse_budget(s.get("budget", DEFAULT_BUDGET))
+    message = check_budget(est, budget_s, strategy=str(s.get("strategy") or "full"))
+    return est, {"seconds": budget_s, "message": message}
 
 
 def _device_run(job: Mapping[str, Any], status_file: Path | None, log: Callable[[str], None]) -> dict[str, Any]:
     """``run``: one round's tasks on the source device, in this process (torch loads once)."""
     from paretopipe.errors import ParetoPipeError
     from paretopipe.runtime.source import RunConfig, RunFailed, run
+    from paretopipe.runtime.stopping import Interrupted, mark_interrupted
 
     dev = job["device"]
     template = dict(dev["run"])
@@ -90,31 +107,41 @@ def _device_run(job: Mapping[str, Any], status_file: Path | None, log: Callable[
     tasks = [Task.from_dict(t) for t in job["tasks"]]
     network = dict(job.get("network") or {})
 
+    state: dict[str, Any] = Progress(0, 0, 0, 0, sum(len(t.repeats) for t in tasks), 0.0, "").as_dict()
+
     def execute(task: Task, repeat: int, path: Path) -> Outcome:
         t0 = time.monotonic()
+        rid = run_id(model, task, repeat)
+        if status_file is not None:
+            _write_status(status_file, {**state, "current": rid, "finished": False})
         try:
             cfg = RunConfig(**template, splits=task.config.splits, stages=tuple(dev["stages"][task.backend]), out=path,
                             batch_size=task.config.batch_size, window=task.config.window, codec=task.config.codec,
                             backend=task.backend,
                             network_label=task.condition, network=network, repeat=repeat,
-                            run_id=run_id(model, task, repeat))
+                            run_id=rid)
+        except TypeError as exc:  # a plan field this version of paretopipe does not know
+            return Outcome(False, error=f"plan does not match this paretopipe: {exc}", wall_s=time.monotonic() - t0)
+        try:
             doc = run(cfg)
         except RunFailed as exc:
             return Outcome(False, error=str(exc), wall_s=time.monotonic() - t0)
         except ParetoPipeError as exc:  # bad configuration: no file was written
             return Outcome(False, error=str(exc), wall_s=time.monotonic() - t0)
-        except TypeError as exc:  # a plan field this version of paretopipe does not know
-            return Outcome(False, error=f"plan does not match this paretopipe: {exc}", wall_s=time.monotonic() - t0)
+        except Interrupted as exc:
+            mark_interrupted(cfg, path, exc)
+            raise
         return Outcome(True, doc, wall_s=time.monotonic() - t0)
 
     def progress(p: Progress) -> None:
         log(f"{p.last} | {p.line()}")
+        state.clear()
+        state.update(p.as_dict())
         if status_file is not None:
-            _write_status(status_file, {**p.as_dict(), "finished": False})
+            _write_status(status_file, {**state, "finished": False})
 
     if status_file is not None:
-        _write_status(status_file, {**Progress(0, 0, 0, 0, sum(len(t.repeats) for t in tasks), 0.0, "").as_dict(),
-                                    "finished": False})
+        _write_status(status_file, {**state, "finished": False})
     t0 = time.monotonic()
     reports = work_through(model, tasks, rule, dev["results_dir"], execute, progress=progress)
     files = [r.file for r in reports if r.file]
@@ -153,6 +180,50 @@ def _wait(status_file: Path, seconds: float, total: int) -> dict[str, Any]:
                  int(doc.get("skipped", 0)), int(doc.get("left", total)), float(doc.get("elapsed_s", 0.0)),
                  str(doc.get("last", "")))
     return {**p.as_dict(), "finished": bool(doc.get("finished")), "line": p.line()}
+
+
+def _read_status(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _busy(status_file: Path) -> dict[str, Any]:
+    """``busy``: is the runner of ``status_file`` still at work (alive, not finished)?"""
+    doc = _read_status(status_file)
+    pid = int(doc.get("pid") or 0)
+    running = bool(pid) and not doc.get("finished") and pid != os.getpid() and _alive(pid)
+    return {"running": running, "pid": pid or None, "current": doc.get("current") if running else None,
+            "done": doc.get("done"), "left": doc.get("left")}
+
+
+def _stop(status_file: Path, timeout_s: float) -> dict[str, Any]:
+    """``stop``: SIGTERM to the runner of ``status_file`` (SIGKILL after ``timeout_s``); what stopped."""
+    import signal
+
+    from paretopipe.polling import poll_until
+
+    state = _busy(status_file)
+    if not state["running"]:
+        return {"stopped": False, "pid": None, "run": None, "killed": False, "line": "no sweep runner was running"}
+    pid = int(state["pid"])
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    gone = poll_until(lambda: not _alive(pid), timeout_s, interval_s=0.2)
+    if not gone:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        poll_until(lambda: not _alive(pid), 10.0, interval_s=0.2)
+    run = (_read_status(status_file).get("interrupted") or {}).get("run") or state["current"]
+    return {"stopped": True, "pid": pid, "run": run, "killed": not gone, "done": state["done"], "left": state["left"],
+            "line": (f"stopped the sweep runner (pid {pid}{', killed' if not gone else ''}) during run {run or '(none)'}"
+                     f" after {state['done']} run(s), {state['left']} left")}
 
 
 def _alive(pid: int) -> bool:
@@ -198,10 +269,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     wait_p.add_argument("--status", type=Path, required=True)
     wait_p.add_argument("--seconds", type=float, default=30.0)
     wait_p.add_argument("--total", type=int, default=0)
+    stop_p = sub.add_parser("stop", help="stop the runner of --status (SIGTERM, SIGKILL after --timeout); say what stopped")
+    stop_p.add_argument("--status", type=Path, required=True)
+    stop_p.add_argument("--timeout", type=float, default=30.0)
+    busy_p = sub.add_parser("busy", help="say whether the runner of --status is still at work (JSON)")
+    busy_p.add_argument("--status", type=Path, required=True)
+    cal_p = sub.add_parser("calibrate", help="this device's rate in FLOP/s (a short convolution benchmark; JSON)")
+    cal_p.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
     try:
         if args.action == "wait":
             print(json.dumps(_wait(args.status, args.seconds, args.total)))
+            return 0
+        if args.action == "stop":
+            print(json.dumps(_stop(args.status, args.timeout)))
+            return 0
+        if args.action == "busy":
+            print(json.dumps(_busy(args.status)))
+            return 0
+        if args.action == "calibrate":
+            from paretopipe.plan.estimate import calibrate
+
+            print(json.dumps({"flops_per_s": calibrate(args.threads or None)}))
             return 0
         try:
             doc = json.load(sys.stdin)
@@ -223,14 +312,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fh.write(line + "\n")
                 fh.flush()
 
+        from paretopipe.runtime.stopping import RESUME_HINT, Interrupted, raise_on_signals
+
+        interrupted: dict[str, Any] = {}
         try:
-            report = _device_run(doc, args.status, log)
+            with raise_on_signals():
+                report = _device_run(doc, args.status, log)
             if args.bundle:
                 _bundle(args.bundle, report["files"])
+        except Interrupted as exc:
+            status = _read_status(args.status) if args.status is not None else {}
+            interrupted = {"signal": str(exc), "run": status.get("current")}
+            log(f"interrupted by {exc} during run {interrupted['run'] or '(none started)'}; its file says "
+                f"failed (interrupted); {RESUME_HINT}")
+            return exc.exit_code
         finally:
             if args.status is not None:
-                status = json.loads(args.status.read_text(encoding="utf-8")) if args.status.exists() else {}
-                _write_status(args.status, {**status, "finished": True})
+                _write_status(args.status, {**_read_status(args.status), "finished": True,
+                                            **({"interrupted": interrupted} if interrupted else {})})
             for fh in logs:
                 fh.close()
         print(json.dumps(report))

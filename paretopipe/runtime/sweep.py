@@ -20,10 +20,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from paretopipe.errors import StageError
+from paretopipe.errors import ConfigError, StageError
 from paretopipe.plan import Outcome, Progress, RepeatRule, SweepSpec, Task, make_plan, parse_splits, work_through
 from paretopipe.polling import poll_until
+from paretopipe.plan.estimate import RunShape, calibrate, check_budget, estimate_tasks, format_duration
 from paretopipe.runtime.source import RunConfig, failed_document
+from paretopipe.runtime.stopping import RESUME_HINT, Interrupted, mark_interrupted, raise_on_signals
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,8 @@ class SweepConfig:
     repeats: RepeatRule = field(default_factory=RepeatRule)
     sweep_id: str | None = None
     device: str = "cpu"
-    codecs: tuple[str, ...] = ()  # empty: the template's codec
     codecs: tuple[str, ...] = ()  # every split runs with each codec; empty: the template's codec
+    budget_s: float | None = None  # over it, the sweep does not start (paretopipe.plan.estimate); None: no budget
 
     @property
     def model(self) -> str:
@@ -166,6 +168,16 @@ def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
     print(f"sweep {sweep_id}: {cfg.model}, {len(spec.splits)} split configuration(s) x {len(spec.windows)} window(s) "
           f"x {len(spec.batch_sizes)} batch size(s) x {len(spec.codecs)} codec(s) = {len(spec.configurations())} configurations, repeats {rule}: "
           f"{plan.total} runs, {plan.done} already done, {plan.pending} to run -> {out}", file=stream, flush=True)
+    rc0 = cfg.run
+    shape = RunShape(warmup=rc0.warmup, batches=rc0.batches, duration_s=rc0.duration_s, min_batches=rc0.min_batches,
+                     min_duration_s=rc0.min_duration_s)
+    est = estimate_tasks(cfg.model, plan.tasks, shape, [calibrate(rc0.threads)] * cfg.devices,
+                         num_classes=rc0.num_classes, input_size=rc0.input_size, conditions=0)
+    print(f"sweep {sweep_id}: {est.line()}", file=stream, flush=True)
+    over = check_budget(est, cfg.budget_s, budget_flag="--budget", predicted="paretopipe predict, then --splits",
+                        splits="--splits", no_budget="--budget none")
+    if over:
+        raise ConfigError(over)
 
     def execute(task: Task, repeat: int, path: Path) -> Outcome:
         for w in workers:
@@ -179,10 +191,20 @@ def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
                      out=path,
                      stages=tuple(w.address for w in workers))
         t0 = time.monotonic()
-        proc = subprocess.run(_run_args(rc), capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+        current["run"] = path.stem
+        with open(log_dir / f"{path.stem}.log", "w", encoding="utf-8") as log_fh:
+            proc = subprocess.Popen(_run_args(rc), stdout=log_fh, stderr=subprocess.PIPE, text=True,
+                                    stdin=subprocess.DEVNULL)
+            try:
+                _, stderr = proc.communicate()
+            except Interrupted as exc:
+                stop_process(proc)  # the run's source, by its PID
+                mark_interrupted(rc, path, exc)
+                raise
+            log_fh.write(stderr or "")
+        current["run"] = None
         took = time.monotonic() - t0
-        (log_dir / f"{path.stem}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
-        lines = [ln for ln in (proc.stderr or "").splitlines() if "error" in ln.lower()]
+        lines = [ln for ln in (stderr or "").splitlines() if "error" in ln.lower()]
         outcome, reason = judge_run(path, proc.returncode, reason=lines[-1] if lines else None,
                                     failed_doc=lambda why, rc=rc: failed_document(rc, why))
         if outcome == "ok":
@@ -190,11 +212,21 @@ def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
         return Outcome(False, error=reason, wall_s=took)
 
     def progress(p: Progress) -> None:
-        print(f"[{p.done}/{p.done + p.left}] {p.last}", file=stream, flush=True)
+        eta = "" if p.eta_s is None else f" | ETA {format_duration(p.eta_s)}"
+        print(f"[{p.done}/{p.done + p.left}] {p.last}{eta}", file=stream, flush=True)
 
+    current: dict[str, str | None] = {"run": None}
     try:
-        reports = work_through(cfg.model, plan.tasks, cfg.repeats, out, execute, progress=progress,
-                               describe=lambda t: {"sweep_id": sweep_id})
+        with raise_on_signals():
+            reports = work_through(cfg.model, plan.tasks, cfg.repeats, out, execute, progress=progress,
+                                   describe=lambda t: {"sweep_id": sweep_id})
+    except Interrupted as exc:
+        for w in workers:
+            w.stop()
+        print(f"sweep {sweep_id} interrupted by {exc} during run {current['run'] or '(between runs)'}: stopped its "
+              f"source and {len(workers)} worker(s); the interrupted run's file says failed (interrupted); "
+              f"{RESUME_HINT}", file=stream, flush=True)
+        return exc.exit_code
     finally:
         for w in workers:
             w.stop()

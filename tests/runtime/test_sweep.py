@@ -4,9 +4,15 @@ and rerun), workers always stopped. The planner's own rules are tested in tests/
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psutil
+
+from paretopipe.polling import poll_until
 
 from paretopipe.results import read_result, validate_result
 from paretopipe.runtime.source import RunConfig
@@ -98,3 +104,47 @@ def test_a_source_that_dies_after_writing_an_ok_file_is_failed_everywhere(tmp_pa
     log = io.StringIO()
     assert sweep(_sweep_cfg("resnet18", out, splits="5"), stream=log) == 0
     assert read_result(path)["status"] == "ok"  # the resume rule: failed files are rerun
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "paretopipe", "sweep", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_the_cli_says_the_cost_first_and_an_over_budget_sweep_does_not_start(tmp_path):
+    out = tmp_path / "sw"
+    proc = _cli("--model", "mobilenet_v2", "--splits", "all", "--out", str(out), "--budget", "1s")
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr
+    assert "24 runs, 0 already done, 24 to run" in stdout and "estimated " in stdout  # the cost, first
+    err = stderr.strip().splitlines()
+    assert len(err) == 1 and "over its budget" in err[0] and "sweep_budget" not in err[0]
+    assert "--budget none" in err[0] and "--splits" in err[0] and "nothing was run" in err[0]
+    assert not list(out.glob("*.json"))
+    bad = _cli("--model", "mobilenet_v2", "--out", str(out), "--budget", "soon")
+    assert bad.communicate(timeout=60)[1].strip().endswith("or none (no budget)") and bad.returncode == 2
+
+
+def test_sigterm_stops_the_cli_sweep_its_source_and_workers_and_marks_the_run(tmp_path):
+    """SIGTERM (and Ctrl-C's SIGINT) to `paretopipe sweep`: the run in progress is stopped, its
+    file says failed (interrupted), the workers are stopped, and the plan redoes that run."""
+    out = tmp_path / "sw"
+    args = ["--model", "mobilenet_v2", "--splits", "0,10", "--out", str(out), "--input-size", "32",
+            "--batch-sizes", "2", "--batches", "100000", "--warmup", "1", "--threads", "1", "--budget", "none"]
+    proc = _cli(*args)
+    logs = out / "_logs"
+    assert poll_until(lambda: proc.poll() is not None or (logs.is_dir() and any(logs.glob("mobilenet_v2-*.log"))), 120)
+    time.sleep(3)  # the run's source is up and running batches
+    started = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+    assert len(started) >= 2, "a worker and the run's source"
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stdout
+    assert not [p for p in started if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert "interrupted by SIGTERM during run mobilenet_v2-s0-tcp-none-b2-w1-r0" in stdout
+    assert "run the same command again to resume" in stdout
+    doc = read_result(out / "mobilenet_v2-s0-tcp-none-b2-w1-r0.json")
+    assert doc["status"] == "failed" and doc["error"].startswith("interrupted by SIGTERM")
+    from paretopipe.plan import run_state
+
+    assert run_state(out / "mobilenet_v2-s0-tcp-none-b2-w1-r0.json")[0] == "other"  # not ok: a rerun redoes it
