@@ -158,10 +158,24 @@ def run_playbook(playbook: str, *, inventory: str | os.PathLike[str],
     finally:
         received = restore()
     if received is not None:  # the playbook was canceled; now the signal does what it did before
+        if playbook == "sweep.yml":  # ... once the runs on the devices are stopped too (stop means stop)
+            _stop_sweep(inventory=inv, extra_vars=extra_vars, artifacts_dir=private)
         signal.raise_signal(received)
     return PlaybookRun(playbook=playbook, status=runner.status, rc=int(runner.rc),
                        hosts=_host_stats(runner.stats), events=tuple(events),
                        artifacts=Path(runner.config.artifact_dir))
+
+
+def _stop_sweep(*, inventory: Path, extra_vars: Mapping[str, Any] | None, artifacts_dir: Path) -> PlaybookRun:
+    """``playbooks/stop.yml`` after a canceled sweep (ansible-runner kills ansible-playbook with
+    SIGKILL, so the playbook cannot do it itself); what it said goes to stderr."""
+    print("paretopipe.orchestrate: the sweep was interrupted; stopping its runs on the devices "
+          "(playbooks/stop.yml)", file=sys.stderr, flush=True)
+    stopped = run_playbook("stop.yml", inventory=inventory, extra_vars=extra_vars,
+                           artifacts_dir=artifacts_dir / "stop")
+    for msg in stopped.messages()[-1:]:
+        print(f"paretopipe.orchestrate: {msg}", file=sys.stderr, flush=True)
+    return stopped
 
 
 def _cancel_on_signals() -> tuple[Callable[[], bool], Callable[[], int | None]]:
@@ -195,7 +209,9 @@ def sweep(*, inventory: str | os.PathLike[str], on_event: Callable[[Event], None
           artifacts_dir: str | os.PathLike[str] | None = None, timeout: int | None = None,
           **extra_vars: Any) -> PlaybookRun:
     """Run ``playbooks/sweep.yml``: every split, condition and backend the variables ask for
-    (``model``, ``splits``, ``conditions``, ``backends``, ``chain``, ``windows``, ``batch_sizes``, ...; see
-    docs/ansible.md), against ``inventory``."""
+    (``model``, ``splits``, ``conditions``, ``backends``, ``chain``, ``windows``, ``batch_sizes``,
+    ``sweep_budget``, ...; see docs/ansible.md), against ``inventory``. SIGINT or SIGTERM during it
+    cancels the playbook, runs ``playbooks/stop.yml`` (the runs on the devices stop too) and is then
+    raised again."""
     return run_playbook("sweep.yml", inventory=inventory, extra_vars=extra_vars,
                         on_event=on_event, artifacts_dir=artifacts_dir, timeout=timeout)
