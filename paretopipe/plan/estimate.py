@@ -6,7 +6,7 @@ budget rule (``sweep_budget`` / ``paretopipe sweep --budget``).
 - a batch's compute on each stage is the stage's FLOPs (the blocks it holds, from
   :func:`paretopipe.splitting.split_points`, times the batch size) over the stage device's rate;
   the rate comes from a short calibration on each device (:func:`calibrate`: a 3x3 convolution
-  timed for a fraction of a second) or is given;
+  run for half a second) or is given;
 - with window 1 a batch takes the sum of the stages' times, with a larger window the slowest
   stage's (the pipelined bound; docs/design.md);
 - a run does ``warmup + max(batches, min_batches)`` batches (or lasts ``duration`` seconds) and at
@@ -31,7 +31,6 @@ something else than what was asked is worse than one that asks first (docs/ansib
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -112,9 +111,11 @@ def format_duration(seconds: float) -> str:
     return f"{s} s"
 
 
-def calibrate(threads: int | None = None, seconds: float = 0.3) -> float:
-    """This device's rate in FLOP/s: a 3x3 convolution (64 to 64 channels, 56 px), timed for about
-    ``seconds`` after one warm-up call; the best of the timed calls."""
+def calibrate(threads: int | None = None, seconds: float = 0.5) -> float:
+    """This device's rate in FLOP/s: a 3x3 convolution (64 to 64 channels, 56 px) run back to back
+    for about ``seconds`` after one warm-up call; FLOPs done over the time taken. Averaged over
+    several CFS periods on purpose: a CPU quota (a device profile's) lets one short call run at the
+    host's speed, and the best call would hide the throttling that every run will meet."""
     import torch
 
     if threads:
@@ -122,17 +123,17 @@ def calibrate(threads: int | None = None, seconds: float = 0.3) -> float:
     x = torch.randn(1, 64, 56, 56)
     conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).eval()
     flops = 2 * 64 * 64 * 9 * 56 * 56
-    best = math.inf
+    calls = 0
     with torch.inference_mode():
         conv(x)
-        t_end = time.perf_counter() + seconds
+        t0 = time.perf_counter()
         while True:
-            t0 = time.perf_counter()
             conv(x)
-            best = min(best, time.perf_counter() - t0)
-            if time.perf_counter() >= t_end:
+            calls += 1
+            took = time.perf_counter() - t0
+            if took >= seconds:
                 break
-    return flops / best
+    return calls * flops / took
 
 
 def _block_flops(model: str, num_classes: int, input_size: int | None) -> list[int]:

@@ -96,7 +96,9 @@ def _device_run(job: Mapping[str, Any], status_file: Path | None, log: Callable[
     """``run``: one round's tasks on the source device, in this process (torch loads once)."""
     from paretopipe.errors import ParetoPipeError
     from paretopipe.runtime.source import RunConfig, RunFailed, run
-    from paretopipe.runtime.stopping import Interrupted, mark_interrupted
+    from paretopipe.runtime.stopping import Interrupted, mark_interrupted, preload
+
+    preload()  # before the status file names this PID: a stop never lands inside an import
 
     dev = job["device"]
     template = dict(dev["run"])

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Interrupted", "raise_on_signals", "mark_interrupted", "interrupted_error", "RESUME_HINT"]
+__all__ = ["Interrupted", "raise_on_signals", "mark_interrupted", "preload", "interrupted_error", "RESUME_HINT"]
 
 RESUME_HINT = "run the same command again to resume (finished runs are kept, the interrupted one is redone)"
 
@@ -59,6 +59,20 @@ def raise_on_signals() -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def preload() -> None:
+    """Import what a run imports on its way (torch, torchvision, the runtime), so that the
+    :class:`Interrupted` a signal raises never lands inside an import: a half-imported torch
+    cannot even write the interrupted run's file."""
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+
+    import paretopipe.environment  # noqa: F401
+    import paretopipe.models  # noqa: F401
+    import paretopipe.runtime.source  # noqa: F401
+    import paretopipe.splitting  # noqa: F401
+    import paretopipe.transport  # noqa: F401
 
 
 def mark_interrupted(cfg: Any, path: Path, exc: Interrupted) -> Path | None:

@@ -81,7 +81,12 @@ class CallbackModule(CallbackBase):
             cmd += ["-e", ev]
         signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
-            subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL)
+            # its output comes through this process's display: an inherited stdout, as Ansible
+            # leaves it at exit, makes the child's ansible-playbook fail (rc 5) without a word
+            with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True) as child:
+                for line in child.stdout or ():
+                    self._display.display(line.rstrip("\n"))
         except KeyboardInterrupt:
             self._display.display("[paretopipe] stop abandoned: the sweep may still run on the devices; "
                                   "ansible-playbook playbooks/stop.yml stops it", stderr=True)
