@@ -114,3 +114,24 @@ def test_a_reused_artifacts_folder_does_not_carry_check_mode_over(tmp_path):
                  extra_vars={"condition": ""})
     assert not (folder / "env" / "cmdline").exists()
     assert "splits" not in (folder / "env" / "extravars").read_text()
+
+
+def test_ctrl_c_during_a_sweep_stops_it_on_the_devices_before_interrupting_the_caller(tmp_path, capsys):
+    """orchestrate.sweep: ansible-runner kills a canceled ansible-playbook with SIGKILL, so the
+    playbook cannot stop the runs itself; run_playbook runs playbooks/stop.yml, then re-raises."""
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text("localhost ansible_connection=local\n")
+    sent = []
+
+    def interrupt_once(_event):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_playbook("sweep.yml", inventory=inventory, cmdline="--syntax-check", on_event=interrupt_once,
+                     artifacts_dir=tmp_path / "r")
+    err = capsys.readouterr().err
+    assert "the sweep was interrupted; stopping its runs on the devices (playbooks/stop.yml)" in err
+    assert "no sweep runner was running" in err  # what stop.yml said (no device in this inventory)
+    assert list((tmp_path / "r" / "stop" / "artifacts").glob("*/status"))
