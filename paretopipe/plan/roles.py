@@ -1,6 +1,9 @@
-"""The Ansible roles' entry points, ``python -m paretopipe.plan make|run|wait``: the sweep role
-plans on the controller (``make``), the source_runner role works through a round on the source
-device (``run``) and follows it (``wait``). Thin callers of the planner and the runner."""
+"""The Ansible roles' entry points, ``python -m paretopipe.plan make|run|wait|busy|stop|calibrate``:
+the sweep role plans on the controller (``make``, with the estimate and the budget verdict), the
+source_runner role works through a round on the source device (``run``), follows it (``wait``)
+and will not start beside a runner still at work (``busy``); playbooks/stop.yml stops a runner
+(``stop``); each device measures its rate for the estimate (``calibrate``). Thin callers of the
+planner and the runner."""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from paretopipe.errors import ConfigError
-from paretopipe.plan.estimate import DEFAULT_BUDGET, Estimate, RunShape, calibrate, check_budget, estimate_tasks, parse_budget
+from paretopipe.plan.estimate import (DEFAULT_BUDGET, Estimate, RunShape, calibrate, check_budget, estimate_tasks,
+                                      parse_budget)
 from paretopipe.plan.grammar import Configuration, parse_positive_list, parse_splits
 from paretopipe.plan.repeats import RepeatRule, parse_repeats
 from paretopipe.plan.runner import Outcome, Progress, work_through
@@ -256,7 +260,9 @@ def _bundle(path: Path, files: Iterable[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m paretopipe.plan make`` (controller: settings JSON on stdin, plan JSON out),
     ``run --status F --bundle B`` (source device: a round's job on stdin, report JSON out, the
-    last line), ``wait --status F --seconds S`` (progress JSON). User mistakes: one line, exit 2."""
+    last line; SIGINT/SIGTERM: the run in progress is marked interrupted, exit 128+signal),
+    ``wait --status F --seconds S`` (progress JSON), ``busy --status F``, ``stop --status F``
+    (JSON: what was stopped), ``calibrate`` (JSON: FLOP/s). User mistakes: one line, exit 2."""
     import argparse
     import logging
 
