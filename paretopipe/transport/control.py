@@ -24,6 +24,7 @@ import contextlib
 import errno
 import logging
 import queue
+import select
 import socket
 import threading
 import time
@@ -206,24 +207,35 @@ def admitted(address: str, *, name: str, what: str, deadline: float, token: byte
     raised at once; so is the last "wait" once the deadline has passed, with how long it waited."""
     t0 = time.monotonic()
     pause, last_log = 0.05, -WAIT_LOG_S
+    told: Refused | None = None  # the last "wait" the worker said
+
+    def give_up(exc: Refused) -> Refused:
+        return Refused(f"{exc.reason} (gave up after waiting {time.monotonic() - t0:.1f} s, the connect timeout)",
+                       exc.code, exc.detail)
+
     while True:
-        sock = connect(address, deadline=deadline, what=what, bind=bind)
+        try:
+            sock = connect(address, deadline=deadline, what=what, bind=bind)
+        except TransportError:
+            if told is not None:  # out of time between tries: what stopped us is the refusal
+                raise give_up(told) from None
+            raise
         try:
             return authenticate(sock, name=name, token=token, timeout_s=max(1.0, deadline - time.monotonic()),
                                 max_frame_bytes=max_frame_bytes)
         except Refused as exc:
-            now = time.monotonic()
             if not exc.code.retryable:
                 raise
-            if now + pause >= deadline:
-                raise Refused(f"{exc.reason} (gave up after waiting {now - t0:.1f} s, the connect timeout)",
-                              exc.code, exc.detail) from None
+            told, now = exc, time.monotonic()
+            hint = exc.retry_after_s
+            wait = pause if hint is None else max(pause, min(hint, MAX_RETRY_PAUSE_S))
+            if now + wait >= deadline:
+                raise give_up(exc) from None
             if now - last_log >= WAIT_LOG_S:
                 log.warning("%s: waiting, the worker turned us away: %s (retrying for up to %.0f s more)",
                             name, exc.reason, deadline - now)
                 last_log = now
-            hint = exc.retry_after_s
-            time.sleep(min(pause if hint is None else max(pause, min(hint, MAX_RETRY_PAUSE_S)), deadline - now))
+            time.sleep(wait)
             pause = min(pause * 2, MAX_RETRY_PAUSE_S)
 
 
@@ -575,10 +587,7 @@ class ControlServer:
             log.warning("refused session %d: %s", spec.session_id, reason)
             self._refuse(ctrl, RefusalCode.CODEC, reason)
             return
-        # A session that just ended may still be closing its sockets (its source's EOF not yet
-        # seen): give it a moment. Past that the HELLO is refused, and the source does not retry:
-        # two sweeps that collide are a mistake to show, not to wait out.
-        if not self._busy.acquire(timeout=BUSY_GRACE_S):
+        if not self._acquire():
             cur = self._session
             holder = cur.describe() if cur else "another session"
             log.warning("refused session %d from %s: busy with %s", spec.session_id, ctrl.name, holder)
@@ -609,6 +618,28 @@ class ControlServer:
                     log.warning("session %d: the control watcher did not stop within %g s", spec.session_id, READER_JOIN_S)
                 self._session = None
                 self._busy.release()
+
+
+    def _acquire(self) -> bool:
+        """The worker, for a new session. While a session is in progress the HELLO is refused
+        at once, and the source does not retry: two sweeps that collide are a mistake to show,
+        not to wait out. A session that is over (its source hung up) but still closing its
+        sockets is given a moment: a sweep's next run follows its last one closely."""
+        if self._busy.acquire(blocking=False):
+            return True
+        cur = self._session
+        if cur is not None and not _hung_up(cur.ctrl.sock):
+            return False
+        return self._busy.acquire(timeout=BUSY_GRACE_S)
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether the peer closed `sock` (an EOF waits in it) or it is closed here; nothing is read."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 def codec_refusal(spec: SessionSpec, accepted: Sequence[Codec], *, peer: str, me: str) -> str | None:
