@@ -5,8 +5,8 @@ connection to each stage's ``--listen`` address, authenticates (optional token),
 clock offset (min-RTT ping), sends the session spec (HELLO), collects each stage's shapes
 (READY) and checks that the chain fits together; at the end it sends END and collects STATS.
 A stage reports a failure with ERROR, and the EOF of a control connection tells either side
-that the other is gone. On the worker, one accept loop authenticates connections, answers
-pings, refuses a second session while one runs, and turns whatever a session raises into an
+that the other is gone. On the worker, one accept loop admits connections fairly
+(:mod:`.admission`), authenticates them, answers pings, refuses a second session while one runs, and turns whatever a session raises into an
 ERROR for the source while the worker keeps serving.
 
 This module is that common part, for the backends to compose:
@@ -46,22 +46,24 @@ from paretopipe.transport.wire import (
 
 log = logging.getLogger(__name__)
 
-#: Seconds from accept a fresh connection gets to authenticate and say what it wants (HELLO/JOIN).
-PREAMBLE_TIMEOUT_S = 10.0
-#: Seconds from accept a fresh connection gets to complete AUTH (a source answers the CHALLENGE
-#: at once; silence and a byte a second both run out of it).
-AUTH_TIMEOUT_S = 3.0
-#: Concurrent not-yet-identified connections a worker entertains in all; when they are all
-#: taken, the oldest of the address with the most is evicted for a newcomer (admission.py).
-MAX_PENDING_CONNECTIONS = 32
-#: ... and from one peer address; more from that address are refused (too_many_pending).
-MAX_PENDING_PER_PEER = 8
+# The admission rules' defaults (admission.py has them and why):
+#: seconds from accept a fresh connection gets to authenticate and say what it wants (HELLO/JOIN);
+PREAMBLE_TIMEOUT_S = Limits.preamble_timeout_s
+#: seconds from accept it gets to complete AUTH (silence and a byte a second both run out);
+AUTH_TIMEOUT_S = Limits.auth_timeout_s
+#: not-yet-identified connections in all (when full, the heaviest address's oldest is evicted);
+MAX_PENDING_CONNECTIONS = Limits.total
+#: and from one peer address (more from it are refused: too_many_pending).
+MAX_PENDING_PER_PEER = Limits.per_peer
 #: How often the accept loop wakes to expire pending connections past their deadlines.
 ACCEPT_TICK_S = 0.25
 #: Listen backlog: a burst of connections waits in the kernel for the accept loop, not refused.
 LISTEN_BACKLOG = 128
 #: The longest pause between a source's retries while a worker says it should wait.
 MAX_RETRY_PAUSE_S = 1.0
+#: A worker logs the refusals of one address at the accept loop at most this often (a flood
+#: would otherwise cost a log line per connection); the rest are counted in the next line.
+REFUSAL_LOG_S = 5.0
 #: How often a waiting source repeats that it is waiting.
 WAIT_LOG_S = 10.0
 CLOCK_PROBES = 8
@@ -464,10 +466,10 @@ class ControlServer:
         self._runner = runner
         self._busy = threading.Lock()
         self._session: Session | None = None
-        self._pending = PendingTable(limits or Limits(MAX_PENDING_CONNECTIONS, MAX_PENDING_PER_PEER, AUTH_TIMEOUT_S,
-                                                      PREAMBLE_TIMEOUT_S))
+        self._pending = PendingTable(limits)
         self._sock = listen(address)
         self.port = self._sock.getsockname()[1]
+        self._refusal_log: dict[str, tuple[float, int]] = {}  # host -> (last logged, refused since)
 
     def serve_forever(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
@@ -489,7 +491,7 @@ class ControlServer:
                 self._wake(admission.evicted)
                 if admission.entry is None:
                     assert admission.code is not None
-                    log.warning("refused %s: %s", peer, admission.reason)
+                    self._log_refusal(peer_addr[0], peer, admission.reason, now)
                     conn.settimeout(0.5)  # a few hundred bytes into an empty send buffer: never blocks
                     send_refused(conn, admission.code, admission.reason, retry_after_s=admission.retry_after_s)
                     conn.close()
@@ -499,6 +501,17 @@ class ControlServer:
         finally:
             self._sock.close()
             self._stop_sessions(handlers)
+
+    def _log_refusal(self, host: str, peer: str, reason: str, now: float) -> None:
+        last, since = self._refusal_log.get(host, (-REFUSAL_LOG_S, 0))
+        if now - last < REFUSAL_LOG_S:
+            self._refusal_log[host] = (last, since + 1)
+            return
+        more = f" ({since} more from {host} refused in the last {now - last:.0f} s)" if since else ""
+        log.warning("refused %s: %s%s", peer, reason, more)
+        self._refusal_log[host] = (now, 0)
+        if len(self._refusal_log) > 4096:  # many addresses: forget the quiet ones
+            self._refusal_log = {h: v for h, v in self._refusal_log.items() if now - v[0] < REFUSAL_LOG_S}
 
     @staticmethod
     def _wake(dropped: Sequence[Pending]) -> None:
