@@ -59,7 +59,7 @@ from paretopipe.transport.base import (
     StageRecord,
 )
 from paretopipe.transport.control import (
-    Conn, ControlServer, Session, SourceControl, await_end, parse_address, try_send,
+    Conn, ControlServer, Session, SourceControl, await_end, parse_address,
 )
 from paretopipe.transport.rpc_group import (
     ENV_MASTER_ADDR, ENV_MASTER_PORT, RPC_LOCK, RpcOptions, first_line, init_rpc, interface_for_address,

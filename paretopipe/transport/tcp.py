@@ -37,7 +37,7 @@ from paretopipe.transport.base import (
     StageRecord,
 )
 from paretopipe.transport.control import (
-    Conn, ControlServer, Session, SourceControl, admitted, await_end, shutdown, try_send,
+    Conn, ControlServer, Session, SourceControl, admitted, await_end, shutdown,
 )
 from paretopipe.transport.wire import (
     DEFAULT_MAX_FRAME_BYTES, FrameReader, Header, MsgType, PeerClosed, ProtocolError, ReceiveTimeout, RefusalCode,

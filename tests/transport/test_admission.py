@@ -98,12 +98,14 @@ def junk():
         j.close()
 
 
-def test_silent_connections_from_one_address_do_not_keep_another_out(start_worker, junk, tmp_path):
-    worker = start_worker()
+@pytest.mark.parametrize("backend", ["tcp", "rpc"])  # both keep it: they share control.py
+def test_silent_connections_from_one_address_do_not_keep_another_out(start_worker, junk, tmp_path, backend):
+    worker = start_worker("--backend", backend)
     junk(worker.address, 40)
     worker.wait_log("refused 127.0.0.1")
     # well within the 3 s a silent connection may keep its slot: only fairness lets this in
-    doc = run(_cfg(tmp_path, "fair", stages=(worker.address,), source_address="127.0.0.2", connect_timeout_s=2))
+    doc = run(_cfg(tmp_path, "fair", stages=(worker.address,), source_address="127.0.0.2", connect_timeout_s=2,
+                   backend=backend))
     assert doc["status"] == "ok"
     assert "from the source (127.0.0.2:" in worker.log()
 
@@ -184,10 +186,10 @@ def test_busy_refusal_frame_carries_code_and_holder(start_worker):
         sock = socket.create_connection(parse_address(worker.address), timeout=30)
         reader = FrameReader(sock)
         client_auth(sock, reader, None, peer="worker")
-        spec = json.loads(json.dumps(SessionSpec(
+        spec = SessionSpec(
             session_id=57, model="resnet18", num_classes=10, input_size=64, splits=(5,), stage_index=1,
             num_stages=2, batch_size=2, dtype="float32", weights={"kind": "random", "seed": 0}, next_address=None,
-            window=1, timeout_s=20).to_json()))
+            window=1, timeout_s=20).to_json()
         send_json(sock, MsgType.HELLO, spec, session_id=57)
         _, raw = reader.control([MsgType.REFUSED])
         sock.close()
