@@ -193,7 +193,11 @@ def _add_session_args(p: argparse.ArgumentParser, *, single: bool = True) -> Non
     p.add_argument("--threads", type=_positive_int, metavar="N", help="torch intra-op threads per stage (default: torch's)")
     p.add_argument("--token-file", metavar="F", help="shared secret for the workers' token auth")
     p.add_argument("--connect-timeout", type=float, default=60.0, metavar="S",
-                   help="keep retrying to connect to the workers for S seconds (default: 60)")
+                   help="keep retrying to connect to the workers for S seconds, also while a worker says to "
+                        "wait (too many connections pending from this address) (default: 60)")
+    p.add_argument("--source-address", metavar="HOST",
+                   help="connect to the workers from this local address of this host, e.g. on a host with several "
+                        "(default: the system's choice)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="receive timeout (default: 60)")
     p.add_argument("--fidelity-batches", type=int, default=16, metavar="N",
                    help="compare the logits of the first N counted batches with the unsplit, uncoded model's "
@@ -246,7 +250,7 @@ def _run_config(args: argparse.Namespace, **over: Any) -> Any:
         "window": getattr(args, "window", 1), "warmup": args.warmup, "min_batches": args.min_batches, "min_duration_s": args.min_duration,
         "input": args.input, "num_classes": args.num_classes, "input_size": args.input_size,
         "weights": args.weights, "seed": args.seed, "threads": args.threads, "token_file": args.token_file,
-        "connect_timeout_s": args.connect_timeout, "timeout_s": args.timeout,
+        "connect_timeout_s": args.connect_timeout, "timeout_s": args.timeout, "source_address": args.source_address,
         "network_label": args.network_label, "sweep_id": args.sweep_id,
         "fidelity_batches": args.fidelity_batches, "reference_cache": args.reference_cache,
     }

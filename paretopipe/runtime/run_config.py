@@ -38,6 +38,7 @@ class RunConfig:
     threads: int | None = None
     token_file: str | None = None
     connect_timeout_s: float = 60.0
+    source_address: str | None = None  # connect to the workers from this local address
     timeout_s: float = 60.0
     backend: str = "tcp"
     network_label: str = "none"

@@ -206,12 +206,13 @@ class _Run:
             input_size=self.input_size, splits=tuple(cfg.splits), stage_index=1,
             num_stages=len(cfg.splits) + 1, batch_size=cfg.batch_size, dtype="float32",
             weights=self.weights, next_address=None, window=cfg.window, timeout_s=cfg.timeout_s,
-            threads=cfg.threads, seed=cfg.seed, codec=str(parse_codec(cfg.codec)),
+            threads=cfg.threads, seed=cfg.seed, codec=str(parse_codec(cfg.codec)), run_id=default_run_id(cfg),
         )
         plan = SessionPlan(addresses=tuple(cfg.stages), spec=spec, head_out_shape=tuple(self.head_out_shape),
                            logits_shape=self.logits_shape,
                            token=read_token_file(cfg.token_file) if cfg.token_file else None,
-                           connect_timeout_s=cfg.connect_timeout_s, stage_threads=self.stage_threads)
+                           connect_timeout_s=cfg.connect_timeout_s, stage_threads=self.stage_threads,
+                           source_address=cfg.source_address)
         link = get_backend(cfg.backend).source_link()
         prefetch = None
         sampler = ResourceSampler(device=self.device)

@@ -102,6 +102,7 @@ class SessionSpec:
     threads: int | None = None
     seed: int = 0
     codec: str = "none"  # what crosses every split (paretopipe.codecs); the logits return uncoded
+    run_id: str | None = None  # the source's run (its result file's name): a busy worker names it
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -121,6 +122,7 @@ class SessionSpec:
                 window=int(obj["window"]), timeout_s=float(obj["timeout_s"]),
                 threads=None if obj.get("threads") is None else int(obj["threads"]),
                 seed=int(obj.get("seed", 0)), codec=str(obj.get("codec", "none")),
+                run_id=None if obj.get("run_id") is None else str(obj["run_id"])[:200],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed session spec: {exc!r}") from None
@@ -206,6 +208,7 @@ class SessionPlan:
     connect_timeout_s: float
     # intra-op threads per stage 1..N-1 (None: the worker's own default); empty: spec.threads
     stage_threads: tuple[int | None, ...] = ()
+    source_address: str | None = None  # the local address the source connects from (None: the system's choice)
 
     def stage_spec(self, idx: int) -> SessionSpec:
         """The spec stage `idx` is told: its index, its successor and its thread count."""

@@ -5,8 +5,8 @@ connection to each stage's ``--listen`` address, authenticates (optional token),
 clock offset (min-RTT ping), sends the session spec (HELLO), collects each stage's shapes
 (READY) and checks that the chain fits together; at the end it sends END and collects STATS.
 A stage reports a failure with ERROR, and the EOF of a control connection tells either side
-that the other is gone. On the worker, one accept loop authenticates connections, answers
-pings, refuses a second session while one runs, and turns whatever a session raises into an
+that the other is gone. On the worker, one accept loop admits connections fairly
+(:mod:`.admission`), authenticates them, answers pings, refuses a second session while one runs, and turns whatever a session raises into an
 ERROR for the source while the worker keeps serving.
 
 This module is that common part, for the backends to compose:
@@ -24,6 +24,7 @@ import contextlib
 import errno
 import logging
 import queue
+import select
 import socket
 import threading
 import time
@@ -35,19 +36,36 @@ from paretopipe.codecs import Codec, available_codecs, parse_codec
 from paretopipe.errors import ConfigError, ParetoPipeError, StageError, TransportError
 from paretopipe.polling import poll_until
 from paretopipe.threads import join, spawn
+from paretopipe.transport.admission import Limits, Pending, PendingTable
 from paretopipe.transport.base import ResultBatch, SessionPlan, SessionSpec, StageHandler, StageInfo
 from paretopipe.transport.events import Event, StageEvents
 from paretopipe.transport.wire import (
-    AuthError, FrameReader, Header, MsgType, PeerClosed, ProtocolError, ReceiveTimeout, client_auth,
-    parse_json, send_control, send_json, server_auth, shape_str,
+    AuthError, FrameReader, Header, MsgType, PeerClosed, ProtocolError, ReceiveTimeout, RefusalCode, Refused,
+    client_auth, parse_json, send_control, send_json, send_refused, server_auth, shape_str,
 )
 
 log = logging.getLogger(__name__)
 
-#: Seconds a fresh connection gets to authenticate and say what it wants.
-PREAMBLE_TIMEOUT_S = 10.0
-#: Concurrent not-yet-identified connections a worker entertains; more are closed at once.
-MAX_PENDING_CONNECTIONS = 32
+# The admission rules' defaults (admission.py has them and why):
+#: seconds from accept a fresh connection gets to authenticate and say what it wants (HELLO/JOIN);
+PREAMBLE_TIMEOUT_S = Limits.preamble_timeout_s
+#: seconds from accept it gets to complete AUTH (silence and a byte a second both run out);
+AUTH_TIMEOUT_S = Limits.auth_timeout_s
+#: not-yet-identified connections in all (when full, the heaviest address's oldest is evicted);
+MAX_PENDING_CONNECTIONS = Limits.total
+#: and from one peer address (more from it are refused: too_many_pending).
+MAX_PENDING_PER_PEER = Limits.per_peer
+#: How often the accept loop wakes to expire pending connections past their deadlines.
+ACCEPT_TICK_S = 0.25
+#: Listen backlog: a burst of connections waits in the kernel for the accept loop, not refused.
+LISTEN_BACKLOG = 128
+#: The longest pause between a source's retries while a worker says it should wait.
+MAX_RETRY_PAUSE_S = 1.0
+#: A worker logs the refusals of one address at the accept loop at most this often (a flood
+#: would otherwise cost a log line per connection); the rest are counted in the next line.
+REFUSAL_LOG_S = 5.0
+#: How often a waiting source repeats that it is waiting.
+WAIT_LOG_S = 10.0
 CLOCK_PROBES = 8
 #: How long a HELLO waits for the previous session to finish closing before it is refused as busy.
 BUSY_GRACE_S = 5.0
@@ -96,12 +114,13 @@ def listen(address: str) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(f"port {port} on {host} is already in use; pick another --listen port or stop what holds it") from None
         raise ConfigError(f"cannot listen on {address}: {exc.strerror}") from None
-    sock.listen(16)
+    sock.listen(LISTEN_BACKLOG)
     return sock
 
 
-def connect(address: str, *, deadline: float, what: str) -> socket.socket:
-    """Connect, retrying with exponential backoff until `deadline` (monotonic)."""
+def connect(address: str, *, deadline: float, what: str, bind: str | None = None) -> socket.socket:
+    """Connect (from local address `bind`, if given), retrying with exponential backoff until
+    `deadline` (monotonic)."""
     host, port = parse_address(address)
     last: OSError | None = None
 
@@ -111,8 +130,12 @@ def connect(address: str, *, deadline: float, what: str) -> socket.socket:
         if remaining <= 0:
             return None
         try:
-            return socket.create_connection((host, port), timeout=min(remaining, 5.0))
+            return socket.create_connection((host, port), timeout=min(remaining, 5.0),
+                                            source_address=(bind, 0) if bind else None)
         except OSError as exc:
+            if bind and exc.errno == errno.EADDRNOTAVAIL:
+                raise ConfigError(f"cannot connect from {bind}: it is not an address of this host; "
+                                  f"give one of its own addresses to --source-address, or leave it out") from None
             last = exc
             return None
 
@@ -178,6 +201,46 @@ def authenticate(sock: socket.socket, *, name: str, token: bytes | None, timeout
     return conn
 
 
+def admitted(address: str, *, name: str, what: str, deadline: float, token: bytes | None, max_frame_bytes: int,
+             bind: str | None = None) -> Conn:
+    """Connect to a worker and authenticate (:func:`connect`, :func:`authenticate`), retrying
+    with backoff until `deadline` while the worker says that waiting can help (a pending-
+    connection limit), and saying so in the log. Any other refusal (busy, wrong token) is
+    raised at once; so is the last "wait" once the deadline has passed, with how long it waited."""
+    t0 = time.monotonic()
+    pause, last_log = 0.05, -WAIT_LOG_S
+    told: Refused | None = None  # the last "wait" the worker said
+
+    def give_up(exc: Refused) -> Refused:
+        return Refused(f"{exc.reason} (gave up after waiting {time.monotonic() - t0:.1f} s, the connect timeout)",
+                       exc.code, exc.detail)
+
+    while True:
+        try:
+            sock = connect(address, deadline=deadline, what=what, bind=bind)
+        except TransportError:
+            if told is not None:  # out of time between tries: what stopped us is the refusal
+                raise give_up(told) from None
+            raise
+        try:
+            return authenticate(sock, name=name, token=token, timeout_s=max(1.0, deadline - time.monotonic()),
+                                max_frame_bytes=max_frame_bytes)
+        except Refused as exc:
+            if not exc.code.retryable:
+                raise
+            told, now = exc, time.monotonic()
+            hint = exc.retry_after_s
+            wait = pause if hint is None else max(pause, min(hint, MAX_RETRY_PAUSE_S))
+            if now + wait >= deadline:
+                raise give_up(exc) from None
+            if now - last_log >= WAIT_LOG_S:
+                log.warning("%s: waiting, the worker turned us away: %s (retrying for up to %.0f s more)",
+                            name, exc.reason, deadline - now)
+                last_log = now
+            time.sleep(wait)
+            pause = min(pause * 2, MAX_RETRY_PAUSE_S)
+
+
 def await_end(ctrl: Conn) -> str | None:
     """Wait on a stage's control connection for END. None when it came; else why the connection
     failed. An idle receive timeout only means "no END yet"."""
@@ -241,10 +304,9 @@ class SourceControl:
         """Connect to stage `idx`, authenticate, measure the clock offset and send its HELLO."""
         addr = plan.addresses[idx - 1]
         name = f"stage {idx} ({addr})"
-        sock = connect(addr, deadline=deadline, what=f"stage {idx}")
         with handshake(name):
-            conn = authenticate(sock, name=name, token=token, timeout_s=max(1.0, deadline - time.monotonic()),
-                                max_frame_bytes=self.max_frame_bytes)
+            conn = admitted(addr, name=name, what=f"stage {idx}", deadline=deadline, token=token,
+                            max_frame_bytes=self.max_frame_bytes, bind=plan.source_address)
             self.conns[idx] = conn
             hello = plan.stage_spec(idx).to_json()
             hello["upstream_clock_offset_s"] = conn.offset if idx == 1 else None
@@ -366,6 +428,10 @@ class Session:
     conns: list[Conn] = field(default_factory=list)  # every other connection the session uses
     threads: list[threading.Thread] = field(default_factory=list)  # joined when the session ends
 
+    def describe(self) -> str:
+        run = f"run {self.spec.run_id}" if self.spec.run_id else "no run id given"
+        return f"session {self.spec.session_id} ({run}) from {self.ctrl.name}"
+
 
 class SessionRunner(Protocol):
     """What a backend adds to the control server: the session itself."""
@@ -391,7 +457,7 @@ class ControlServer:
     at a time through its backend's :class:`SessionRunner`."""
 
     def __init__(self, address: str, handler: StageHandler, runner: SessionRunner, *, token: bytes | None,
-                 max_frame_bytes: int, codecs: Sequence[Codec] | None = None) -> None:
+                 max_frame_bytes: int, codecs: Sequence[Codec] | None = None, limits: Limits | None = None) -> None:
         self.address = address
         self.token = token
         self.max_frame_bytes = max_frame_bytes
@@ -400,31 +466,62 @@ class ControlServer:
         self._runner = runner
         self._busy = threading.Lock()
         self._session: Session | None = None
-        self._pending = threading.BoundedSemaphore(MAX_PENDING_CONNECTIONS)
+        self._pending = PendingTable(limits)
         self._sock = listen(address)
         self.port = self._sock.getsockname()[1]
+        self._refusal_log: dict[str, tuple[float, int]] = {}  # host -> (last logged, refused since)
 
     def serve_forever(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
         handlers: list[threading.Thread] = []
-        self._sock.settimeout(0.5)
+        self._sock.settimeout(ACCEPT_TICK_S)
         log.info("listening on %s (token auth %s)", self.address, "on" if self.token else "off")
         try:
             while not stop.is_set():
                 try:
                     conn, peer_addr = self._sock.accept()
                 except TimeoutError:
+                    conn = None
+                now = time.monotonic()
+                self._wake(self._pending.expire(now))
+                if conn is None:
                     continue
                 peer = f"{peer_addr[0]}:{peer_addr[1]}"
-                if not self._pending.acquire(blocking=False):
-                    log.warning("refused %s: too many connections waiting to identify themselves", peer)
+                admission = self._pending.admit(peer_addr[0], peer, now, conn)
+                self._wake(admission.evicted)
+                if admission.entry is None:
+                    assert admission.code is not None
+                    self._log_refusal(peer_addr[0], peer, admission.reason, now)
+                    conn.settimeout(0.5)  # a few hundred bytes into an empty send buffer: never blocks
+                    send_refused(conn, admission.code, admission.reason, retry_after_s=admission.retry_after_s)
                     conn.close()
                     continue
                 handlers = [t for t in handlers if t.is_alive()]
-                handlers.append(spawn(self._handle, conn, peer, name=f"conn-{peer}"))
+                handlers.append(spawn(self._handle, conn, admission.entry, name=f"conn-{peer}"))
         finally:
             self._sock.close()
             self._stop_sessions(handlers)
+
+    def _log_refusal(self, host: str, peer: str, reason: str, now: float) -> None:
+        last, since = self._refusal_log.get(host, (-REFUSAL_LOG_S, 0))
+        if now - last < REFUSAL_LOG_S:
+            self._refusal_log[host] = (last, since + 1)
+            return
+        more = f" ({since} more from {host} refused in the last {now - last:.0f} s)" if since else ""
+        log.warning("refused %s: %s%s", peer, reason, more)
+        self._refusal_log[host] = (now, 0)
+        if len(self._refusal_log) > 4096:  # many addresses: forget the quiet ones
+            self._refusal_log = {h: v for h, v in self._refusal_log.items() if now - v[0] < REFUSAL_LOG_S}
+
+    @staticmethod
+    def _wake(dropped: Sequence[Pending]) -> None:
+        """Wake the threads of connections the table dropped: their receive returns, and each
+        thread tells its peer why (``Pending.dropped``) and closes the connection itself."""
+        for entry in dropped:
+            try:
+                entry.sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
 
     def _stop_sessions(self, handlers: list[threading.Thread]) -> None:
         """On the way out: end the session in progress (its sockets shut, so its threads wake
@@ -440,13 +537,16 @@ class ControlServer:
         if lingering:
             log.warning("connection threads did not stop within %g s: %s", READER_JOIN_S, ", ".join(lingering))
 
-    def _handle(self, sock: socket.socket, peer: str) -> None:
-        handed_over = released = False
+    def _handle(self, sock: socket.socket, entry: Pending) -> None:
+        handed_over = False
+        peer = entry.peer
         try:
             tune(sock)
-            sock.settimeout(PREAMBLE_TIMEOUT_S)
+            # A backstop: the table's deadlines, counted from accept, end a slow preamble first.
+            sock.settimeout(self._pending.limits.preamble_timeout_s)
             reader = FrameReader(sock, max_frame_bytes=self.max_frame_bytes)
             server_auth(sock, reader, self.token)
+            self._pending.authenticated(entry)
             while True:
                 hdr, raw = reader.control([MsgType.PING, MsgType.HELLO, MsgType.JOIN])
                 if hdr.msg_type == MsgType.PING:
@@ -454,31 +554,43 @@ class ControlServer:
                     continue
                 obj = parse_json(raw, hdr.msg_type)
                 # The connection has identified itself: it no longer counts as pending.
-                self._pending.release()
-                released = True
+                if not self._pending.identified(entry):
+                    raise PeerClosed("dropped")  # the table gave up on it a moment ago: refuse below
                 if hdr.msg_type == MsgType.JOIN:
                     handed_over = self._runner.join(Conn(sock, reader, f"upstream {peer}"), obj, self._session)
                     return
                 handed_over = True  # _run_session closes it
                 self._run_session(Conn(sock, reader, f"the source ({peer})"), obj)
                 return
-        except AuthError as exc:
-            log.warning("refused %s: authentication failed: %s", peer, exc)
-        except ProtocolError as exc:
-            log.warning("refused %s: protocol error: %s", peer, exc)
-            try_send(sock, MsgType.REFUSED, {"reason": f"protocol error: {exc}"})
-        except (ReceiveTimeout, PeerClosed) as exc:
-            log.warning("refused %s: %s", peer, exc)
-        except (TransportError, OSError) as exc:
-            log.warning("connection from %s failed: %s", peer, exc)
+        except Exception as exc:
+            self._preamble_failed(sock, entry, exc)
+            if not isinstance(exc, (TransportError, OSError)):
+                raise
         finally:
-            if not released:
-                self._pending.release()
+            self._pending.leave(entry)
             if not handed_over:
                 shutdown(sock)
 
-    def _refuse(self, ctrl: Conn, reason: str) -> None:
-        try_send(ctrl.sock, MsgType.REFUSED, {"reason": reason})
+    @staticmethod
+    def _preamble_failed(sock: socket.socket, entry: Pending, exc: Exception) -> None:
+        """Log why a connection ended before it identified itself and, where it helps, tell it."""
+        peer = entry.peer
+        if entry.dropped is not None:  # the table gave up on it (deadline, eviction): whatever the socket said
+            code, reason = entry.dropped
+            log.warning("refused %s: %s", peer, reason)
+            send_refused(sock, code, reason)
+        elif isinstance(exc, AuthError):
+            log.warning("refused %s: authentication failed: %s", peer, exc)
+        elif isinstance(exc, ProtocolError):
+            log.warning("refused %s: protocol error: %s", peer, exc)
+            send_refused(sock, RefusalCode.PROTOCOL, f"protocol error: {exc}")
+        elif isinstance(exc, (ReceiveTimeout, PeerClosed)):
+            log.warning("refused %s: %s", peer, exc)
+        else:
+            log.warning("connection from %s failed: %s", peer, exc)
+
+    def _refuse(self, ctrl: Conn, code: RefusalCode, reason: str, **detail: Any) -> None:
+        send_refused(ctrl.sock, code, reason, **detail)
         shutdown(ctrl.sock)
 
     def _run_session(self, ctrl: Conn, obj: dict[str, Any]) -> None:
@@ -486,14 +598,16 @@ class ControlServer:
         reason = codec_refusal(spec, self.codecs, peer=ctrl.name, me=self.address)
         if reason is not None:
             log.warning("refused session %d: %s", spec.session_id, reason)
-            self._refuse(ctrl, reason)
+            self._refuse(ctrl, RefusalCode.CODEC, reason)
             return
-        # A session that just ended may still be closing its sockets: give it a moment.
-        if not self._busy.acquire(timeout=BUSY_GRACE_S):
+        if not self._acquire():
             cur = self._session
-            log.warning("refused session %d from %s: busy", spec.session_id, ctrl.name)
-            self._refuse(ctrl, f"worker {self.address} is busy with session {cur.spec.session_id if cur else '?'} from "
-                               f"{cur.ctrl.name if cur else '?'}; it serves one session at a time")
+            holder = cur.describe() if cur else "another session"
+            log.warning("refused session %d from %s: busy with %s", spec.session_id, ctrl.name, holder)
+            detail = ({"session_id": cur.spec.session_id, "run_id": cur.spec.run_id, "peer": cur.ctrl.name}
+                      if cur else {})
+            self._refuse(ctrl, RefusalCode.BUSY, f"worker {self.address} is busy with {holder}; it serves one session "
+                                                 f"at a time", holder=detail)
             return
         session = Session(spec, ctrl)
         self._session = session
@@ -517,6 +631,28 @@ class ControlServer:
                     log.warning("session %d: the control watcher did not stop within %g s", spec.session_id, READER_JOIN_S)
                 self._session = None
                 self._busy.release()
+
+
+    def _acquire(self) -> bool:
+        """The worker, for a new session. While a session is in progress the HELLO is refused
+        at once, and the source does not retry: two sweeps that collide are a mistake to show,
+        not to wait out. A session that is over (its source hung up) but still closing its
+        sockets is given a moment: a sweep's next run follows its last one closely."""
+        if self._busy.acquire(blocking=False):
+            return True
+        cur = self._session
+        if cur is not None and not _hung_up(cur.ctrl.sock):
+            return False
+        return self._busy.acquire(timeout=BUSY_GRACE_S)
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether the peer closed `sock` (an EOF waits in it) or it is closed here; nothing is read."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 def codec_refusal(spec: SessionSpec, accepted: Sequence[Codec], *, peer: str, me: str) -> str | None:

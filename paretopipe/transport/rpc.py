@@ -59,13 +59,15 @@ from paretopipe.transport.base import (
     StageRecord,
 )
 from paretopipe.transport.control import (
-    Conn, ControlServer, Session, SourceControl, await_end, parse_address, try_send,
+    Conn, ControlServer, Session, SourceControl, await_end, parse_address,
 )
 from paretopipe.transport.rpc_group import (
     ENV_MASTER_ADDR, ENV_MASTER_PORT, RPC_LOCK, RpcOptions, first_line, init_rpc, interface_for_address,
     leave_rpc, master_store, session_store,
 )
-from paretopipe.transport.wire import DEFAULT_MAX_FRAME_BYTES, MsgType, ProtocolError, send_json, shape_str
+from paretopipe.transport.wire import (
+    DEFAULT_MAX_FRAME_BYTES, MsgType, ProtocolError, RefusalCode, send_json, send_refused, shape_str,
+)
 
 log = logging.getLogger(__name__)
 
@@ -390,8 +392,8 @@ class RpcStageServer:
         self.control.serve_forever(stop)
 
     def join(self, conn: Conn, obj: dict[str, Any], session: Session | None) -> bool:
-        try_send(conn.sock, MsgType.REFUSED, {"reason": f"worker {self.address} runs the rpc backend; "
-                                                        f"start every worker of a chain with the same --backend"})
+        send_refused(conn.sock, RefusalCode.MISMATCH, f"worker {self.address} runs the rpc backend; "
+                                                      f"start every worker of a chain with the same --backend")
         log.warning("refused a TCP data connection from %s: this worker runs the rpc backend", conn.name)
         return False
 

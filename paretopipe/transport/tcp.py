@@ -37,11 +37,11 @@ from paretopipe.transport.base import (
     StageRecord,
 )
 from paretopipe.transport.control import (
-    Conn, ControlServer, Session, SourceControl, authenticate, await_end, connect, shutdown, try_send,
+    Conn, ControlServer, Session, SourceControl, admitted, await_end, shutdown,
 )
 from paretopipe.transport.wire import (
-    DEFAULT_MAX_FRAME_BYTES, FrameReader, Header, MsgType, PeerClosed, ProtocolError, ReceiveTimeout, nbytes,
-    recv_payload_into, send_data, send_json, shape_str,
+    DEFAULT_MAX_FRAME_BYTES, FrameReader, Header, MsgType, PeerClosed, ProtocolError, ReceiveTimeout, RefusalCode,
+    nbytes, recv_payload_into, send_data, send_json, send_refused, shape_str,
 )
 
 log = logging.getLogger(__name__)
@@ -360,14 +360,14 @@ class TcpStageServer:
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed JOIN: {exc!r}") from None
         if session is None or session.spec.session_id != sid or session.info is None or self._joined.is_set():
-            try_send(conn.sock, MsgType.REFUSED, {"reason": f"no session {sid} is waiting for its upstream stage on {self.address}"})
+            send_refused(conn.sock, RefusalCode.MISMATCH, f"no session {sid} is waiting for its upstream stage on {self.address}")
             log.warning("refused JOIN from %s for session %d: no such session waiting", conn.name, sid)
             return False
         info = session.info
         if shape != info.in_shape or dtype != info.dtype:
             reason = (f"shape mismatch between stage {from_stage} ({obj.get('address', conn.name)}, sends "
                       f"{shape_str(dtype, shape)}) and stage {info.index} ({self.address}, expects {shape_str(info.dtype, info.in_shape)})")
-            try_send(conn.sock, MsgType.REFUSED, {"reason": reason})
+            send_refused(conn.sock, RefusalCode.MISMATCH, reason)
             self._join_error = reason
             self._joined.set()
             return False
@@ -383,10 +383,11 @@ class TcpStageServer:
         assert spec.next_address is not None
         nxt = spec.stage_index + 1
         name = f"stage {nxt} ({spec.next_address})"
-        sock = connect(spec.next_address, deadline=time.monotonic() + spec.timeout_s, what=f"stage {nxt}")
+        sock: socket.socket | None = None
         try:
-            conn = authenticate(sock, name=name, token=self.control.token, timeout_s=spec.timeout_s,
-                                max_frame_bytes=self.control.max_frame_bytes)
+            conn = admitted(spec.next_address, name=name, what=f"stage {nxt}", deadline=time.monotonic() + spec.timeout_s,
+                            token=self.control.token, max_frame_bytes=self.control.max_frame_bytes)
+            sock = conn.sock
             send_json(sock, MsgType.JOIN, {
                 "session_id": spec.session_id, "from_stage": spec.stage_index, "address": self.address,
                 "shape": list(info.out_shape), "dtype": info.dtype, "clock_offset_s": conn.offset,

@@ -83,7 +83,7 @@ class MsgType(enum.IntEnum):
     END = 11  # source -> stage: the session is over, report your stats
     STATS = 12  # stage -> source: resource figures (JSON)
     ERROR = 13  # anyone -> peer: a failure, JSON {"stage": i, "message": "..."}
-    REFUSED = 14  # server -> client: connection or session refused, JSON {"reason": "..."}
+    REFUSED = 14  # server -> client: connection or session refused, JSON {"code", "reason", ...}
 
 
 # dtype codes on the wire. Names are torch's dtype names without the "torch." prefix.
@@ -119,6 +119,71 @@ class ReceiveTimeout(TransportError):
 
 class AuthError(TransportError):
     """Token authentication failed (wrong token, missing token, or a peer that skipped it)."""
+
+
+class RefusalCode(str, enum.Enum):
+    """Why a worker turned a connection or a session away: the ``code`` of a REFUSED frame.
+
+    The frame's ``reason`` is the text for people; the code is for the peer's program, which
+    retries only where waiting can help (:attr:`retryable`)."""
+
+    TOO_MANY_PENDING = "too_many_pending"  # this peer address has too many unidentified connections
+    EVICTED = "evicted"  # dropped to make room for another peer while every pending slot was taken
+    TIMEOUT = "timeout"  # the preamble (auth, HELLO/JOIN) did not arrive within its deadline
+    BUSY = "busy"  # another session holds the worker; ``holder`` names it
+    BAD_TOKEN = "bad_token"  # wrong or missing token
+    PROTOCOL = "protocol"  # a malformed frame, or another wire version
+    CODEC = "codec"  # the session's codec is not one this worker takes
+    MISMATCH = "mismatch"  # JOIN: no such session, another backend, or a shape mismatch
+    OTHER = "other"  # a REFUSED without a known code (an older peer)
+
+    @property
+    def retryable(self) -> bool:
+        return self in (RefusalCode.TOO_MANY_PENDING, RefusalCode.EVICTED)
+
+
+class Refused(TransportError):
+    """The peer sent REFUSED: its reason (text), its code, and what else it said
+    (``retry_after_s`` for a pending limit, ``holder`` for a busy worker)."""
+
+    def __init__(self, reason: str, code: RefusalCode = RefusalCode.OTHER, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(f"refused: {reason}")
+        self.reason = reason
+        self.code = code
+        self.detail = detail or {}
+
+    @property
+    def retry_after_s(self) -> float | None:
+        value = self.detail.get("retry_after_s")
+        return float(value) if isinstance(value, (int, float)) and value >= 0 else None
+
+    @classmethod
+    def from_payload(cls, raw: bytes) -> Refused:
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return cls(repr(raw[:200]))
+        if not isinstance(obj, dict):
+            return cls(repr(raw[:200]))
+        try:
+            code = RefusalCode(obj.get("code", "other"))
+        except ValueError:
+            code = RefusalCode.OTHER
+        detail = {k: v for k, v in obj.items() if k not in ("code", "reason")}
+        return cls(str(obj.get("reason") or obj), code, detail)
+
+
+def refusal(code: RefusalCode, reason: str, **detail: Any) -> dict[str, Any]:
+    """The JSON payload of a REFUSED frame."""
+    return {"code": code.value, "reason": reason, **detail}
+
+
+def send_refused(sock: socket.socket, code: RefusalCode, reason: str, **detail: Any) -> None:
+    """Tell the peer why it is turned away, best effort (it may be gone, or not reading)."""
+    try:
+        send_json(sock, MsgType.REFUSED, refusal(code, reason, **detail))
+    except OSError:
+        pass
 
 
 @dataclass(slots=True)
@@ -314,9 +379,10 @@ class FrameReader:
         hdr = self.header(control_only=True)
         if hdr.msg_type not in expect:
             names = "/".join(m.name for m in expect)
-            if hdr.msg_type in (MsgType.ERROR, MsgType.REFUSED):
-                msg = _reason(self.small_payload(hdr))
-                raise TransportError(f"peer {hdr.msg_type.name.lower()}: {msg}")
+            if hdr.msg_type == MsgType.REFUSED:
+                raise Refused.from_payload(self.small_payload(hdr))
+            if hdr.msg_type == MsgType.ERROR:
+                raise TransportError(f"peer error: {_reason(self.small_payload(hdr))}")
             raise ProtocolError(f"expected {names}, got {hdr.msg_type.name}")
         return hdr, self.small_payload(hdr)
 
@@ -431,11 +497,11 @@ def server_auth(sock: socket.socket, reader: FrameReader, token: bytes | None) -
         send_control(sock, MsgType.AUTH_OK)
         return
     if len(payload) != MAC_BYTES + NONCE_BYTES:
-        _refuse(sock, "this worker requires a token (--token-file)")
+        send_refused(sock, RefusalCode.BAD_TOKEN, "this worker requires a token (--token-file)")
         raise AuthError("peer sent no token")
     mac, client_nonce = payload[:MAC_BYTES], payload[MAC_BYTES:]
     if not hmac.compare_digest(mac, _mac(token, b"client", nonce, client_nonce)):
-        _refuse(sock, "wrong token")
+        send_refused(sock, RefusalCode.BAD_TOKEN, "wrong token")
         raise AuthError("wrong token")
     send_control(sock, MsgType.AUTH_OK, _mac(token, b"server", client_nonce, nonce))
 
@@ -458,14 +524,11 @@ def client_auth(sock: socket.socket, reader: FrameReader, token: bytes | None, *
     send_control(sock, MsgType.AUTH, _mac(token, b"client", nonce, client_nonce) + client_nonce)
     try:
         _, proof = reader.control([MsgType.AUTH_OK])
+    except Refused as exc:
+        if exc.code not in (RefusalCode.BAD_TOKEN, RefusalCode.OTHER):
+            raise  # turned away for another reason (a pending limit): the caller says which
+        raise AuthError(f"{peer} refused our token: {exc}") from None
     except TransportError as exc:
         raise AuthError(f"{peer} refused our token: {exc}") from None
     if not hmac.compare_digest(proof, _mac(token, b"server", client_nonce, nonce)):
         raise AuthError(f"{peer} could not prove it holds the token; refusing to talk to it")
-
-
-def _refuse(sock: socket.socket, reason: str) -> None:
-    try:
-        send_json(sock, MsgType.REFUSED, {"reason": reason})
-    except OSError:
-        pass
