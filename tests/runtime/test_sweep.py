@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import psutil
+import pytest
 
 from paretopipe.results import read_result, validate_result
 from paretopipe.runtime.source import RunConfig
@@ -25,6 +26,7 @@ def _children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
+@pytest.mark.slow  # a sweep of real workers, run twice
 def test_sweep_records_a_failure_goes_on_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "sw-resnet18"
     marker = tmp_path / "crashed-once"
@@ -59,6 +61,7 @@ def test_sweep_records_a_failure_goes_on_and_resumes(tmp_path, monkeypatch):
     assert _children() == before
 
 
+@pytest.mark.slow  # a sweep of real workers over windows x batch sizes
 def test_windows_and_batch_sizes_are_sweep_dimensions(tmp_path):
     out = tmp_path / "sw-dims"
     log = io.StringIO()
