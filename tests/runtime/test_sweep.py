@@ -78,6 +78,7 @@ def test_windows_and_batch_sizes_are_sweep_dimensions(tmp_path):
     assert len(list((out / "_cache" / "reference").glob("*.pt"))) == 2
 
 
+@pytest.mark.slow  # a sweep of real workers whose source dies, then the resume
 def test_a_source_that_dies_after_writing_an_ok_file_is_failed_everywhere(tmp_path, monkeypatch):
     """The one rule (results.judge_run): the sweep's count, its line, the file at the run's name
     and a resume all say failed; the ok file is kept aside under a name no reader takes."""
