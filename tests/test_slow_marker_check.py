@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests import slow_marker_check
@@ -48,6 +50,8 @@ def test_a_test_under_the_limit_passes_and_zero_turns_the_check_off(pytester, un
 def test_set_up_time_is_not_counted(pytester, unloaded):
     pytester.makepyfile("""
 import time
+from pathlib import Path
+
 import pytest
 
 @pytest.fixture(scope="module")
@@ -88,3 +92,22 @@ def test_the_default_limit_is_ten_seconds_and_a_negative_one_is_a_usage_error(py
     result = run(pytester, "--slow-limit", "-1")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--slow-limit -1 is negative*"])
+
+
+def test_root_tests_are_slow_so_the_fast_tier_leaves_them_out(pytester):
+    pytester.makeconftest(Path(__file__).with_name("conftest.py").read_text())
+    pytester.makepyfile("""
+from pathlib import Path
+
+import pytest
+
+@pytest.mark.root
+def test_needs_a_testbed():
+    pass
+
+def test_pure():
+    pass
+""")
+    result = pytester.runpytest_inprocess("-m", "not slow", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*test_pure*", "*1/2 tests collected (1 deselected)*"])
+    result.stdout.no_fnmatch_line("*test_needs_a_testbed*")
