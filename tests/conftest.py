@@ -15,6 +15,9 @@ from paretopipe.runtime.sweep import free_port, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 
+# the marker check (a test over 10 s not marked slow fails), in both tiers
+pytest_plugins = ["tests.slow_marker_check"]
+
 
 def run_cli(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `python -m paretopipe ARGS` in a subprocess, capturing text output."""
@@ -27,6 +30,7 @@ def run_cli(*args: str, timeout: float = 300, cwd: Path | None = None) -> subpro
     )
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so that `-m "not slow"` sees the added marks
 def pytest_collection_modifyitems(config, items):
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     try:
@@ -38,6 +42,9 @@ def pytest_collection_modifyitems(config, items):
     skip_root = pytest.mark.skip(reason="needs root (network namespaces, tc, cgroups)")
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device; none visible")
     for item in items:
+        if "root" in item.keywords:
+            # a root test brings up or shares a testbed (namespaces, a VM): never in the fast tier
+            item.add_marker(pytest.mark.slow)
         if "root" in item.keywords and not is_root:
             item.add_marker(skip_root)
         if "gpu" in item.keywords and not has_cuda:

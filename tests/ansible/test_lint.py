@@ -23,6 +23,7 @@ def test_lint_config_skips_nothing() -> None:
     assert offenders == [], "inline noqa skips a rule"
 
 
+@pytest.mark.slow  # ansible-lint over every role and playbook
 def test_ansible_lint_production_profile_passes() -> None:
     proc = subprocess.run([tool("ansible-lint"), "--profile", "production", "--nocolor"], cwd=REPO,
                           env=ansible_env(), capture_output=True, text=True, timeout=600)

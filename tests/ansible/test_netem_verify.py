@@ -17,6 +17,8 @@ import pytest
 
 from tests.ansible.conftest import REPO, ansible_env, tool
 
+pytestmark = pytest.mark.slow  # each test runs ansible-playbook (the netem role's tasks on two local hosts)
+
 #: The condition as `python -m paretopipe.netcond apply` prints it: 20 ms each way, 20 Mbit/s.
 APPLIED = {"applied": {"name": "c20", "delay_ms": 20.0, "jitter_ms": 0.0, "loss_pct": 0.0, "rate_mbit": 20.0}}
 

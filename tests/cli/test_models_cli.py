@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from paretopipe.models import build_model
@@ -70,6 +71,7 @@ def test_wrong_checkpoint_is_one_line(tmp_path):
     assert "fc.weight" in line
 
 
+@pytest.mark.slow  # four CLI processes, each importing torch
 def test_verify_from_shards_and_corrupt_shard_is_one_line(tmp_path):
     out = tmp_path / "s"
     assert run_cli("shard", "alexnet", "--out", str(out), "--seed", "4").returncode == 0

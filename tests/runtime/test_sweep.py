@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from paretopipe.polling import poll_until
 
@@ -31,6 +32,7 @@ def _children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
+@pytest.mark.slow  # a sweep of real workers, run twice
 def test_sweep_records_a_failure_goes_on_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "sw-resnet18"
     marker = tmp_path / "crashed-once"
@@ -65,6 +67,7 @@ def test_sweep_records_a_failure_goes_on_and_resumes(tmp_path, monkeypatch):
     assert _children() == before
 
 
+@pytest.mark.slow  # a sweep of real workers over windows x batch sizes
 def test_windows_and_batch_sizes_are_sweep_dimensions(tmp_path):
     out = tmp_path / "sw-dims"
     log = io.StringIO()
@@ -81,6 +84,7 @@ def test_windows_and_batch_sizes_are_sweep_dimensions(tmp_path):
     assert len(list((out / "_cache" / "reference").glob("*.pt"))) == 2
 
 
+@pytest.mark.slow  # a sweep of real workers whose source dies, then the resume
 def test_a_source_that_dies_after_writing_an_ok_file_is_failed_everywhere(tmp_path, monkeypatch):
     """The one rule (results.judge_run): the sweep's count, its line, the file at the run's name
     and a resume all say failed; the ok file is kept aside under a name no reader takes."""
