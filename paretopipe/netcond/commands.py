@@ -11,7 +11,7 @@ import ipaddress
 from collections.abc import Sequence
 
 from paretopipe.errors import ConfigError
-from paretopipe.netcond.conditions import Condition
+from paretopipe.netcond.conditions import Condition, require_constant
 from paretopipe.netcond.units import fmt_ms, fmt_pct, fmt_rate
 
 __all__ = [
@@ -67,6 +67,7 @@ def netem_args(cond: Condition) -> list[str]:
 def _leaf_commands(tc: list[str], dev: str, parent: str, cond: Condition, netem: bool,
                    rate: bool) -> list[list[str]]:
     """netem (10:) and/or tbf (20:) under ``parent``; nothing when neither applies."""
+    require_constant(cond, "tc shaping")
     cmds: list[list[str]] = []
     use_netem = netem and (cond.has_delay or cond.loss_pct > 0)
     use_tbf = rate and cond.rate_mbit is not None

@@ -132,8 +132,9 @@ def shape(condition: Condition | str, between: Sequence[str] | None = None, *,
           progress: Progress | None = None) -> dict:
     """Apply ``condition`` between the devices in ``between`` (default: all), replacing any
     condition in force. Returns the shaping record (also kept in the state file)."""
-    _system.require_root()
     cond = resolve_condition(condition, conditions_file)
+    netcond.require_constant(cond, "`testbed shape`")  # before anything is touched
+    _system.require_root()
     paths = Paths.at(state_dir)
     progress = progress or quiet
     with locked(paths):
