@@ -255,3 +255,29 @@ def test_cli_make_and_show(tmp_path, capsys):
     assert cli_main(["trace", "show", str(bad)]) == 2
     err = capsys.readouterr().err
     assert f"{bad}:2: timestamp 2 ms comes after 3 ms" in err and err.count("\n") == 1
+
+
+# -- replay's tc steps (pure; the scheduler that runs them in time is not written yet) --------
+
+def test_rate_change_commands_change_the_tbf_that_shaping_installed():
+    cmds = netcond.rate_change_commands("veth0", 2.0, 5.0, ifb="ifb0")
+    burst, limit = netcond.tbf_burst_limit(2.0, 5.0)
+    assert cmds == [
+        ["tc", "qdisc", "change", "dev", "veth0", "parent", "1:10", "handle", "20:", "tbf",
+         "rate", "2mbit", "burst", str(burst), "limit", str(limit)],
+        ["tc", "qdisc", "change", "dev", "ifb0", "root", "handle", "20:", "tbf",
+         "rate", "2mbit", "burst", str(burst), "limit", str(limit)],
+    ]
+    # the same handle and parent egress_commands gives the tbf of a rate-only condition
+    installed = netcond.egress_commands("veth0", ["10.0.0.2"], Condition("c", rate_mbit=2.0, delay_ms=5.0),
+                                        netem=False)
+    tbf = next(c for c in installed if "tbf" in c)
+    assert tbf[tbf.index("parent"):tbf.index("tbf")] == cmds[0][cmds[0].index("parent"):cmds[0].index("tbf")]
+    assert netcond.rate_change_commands("e", 0)[0][-5] == "8kbit"  # an outage keeps a tbf
+
+
+def test_replay_schedule_unrolls_loops_and_skips_equal_rates(tmp_path):
+    trace = read_segments(_write(tmp_path, "s.csv", "t_s,rate,delay\n0,50,5\n2,50,9\n4,2,5\n6,,,,\n"))
+    sched = netcond.replay_schedule(trace, 13, "veth0")
+    assert [t for t, _ in sched] == [0, 4, 6, 10, 12]
+    assert [cmds[0][cmds[0].index("rate") + 1] for _, cmds in sched] == ["50mbit", "2mbit"] * 2 + ["50mbit"]

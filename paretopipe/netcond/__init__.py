@@ -53,6 +53,8 @@ from paretopipe.netcond.commands import (
     iptables_clear_commands,
     iptables_commands,
     netem_args,
+    rate_change_commands,
+    replay_schedule,
     tbf_args,
     tbf_burst_limit,
 )
@@ -108,6 +110,8 @@ __all__ = [
     "parse_ping",
     "parse_rate",
     "parse_tc_qdisc",
+    "rate_change_commands",
+    "replay_schedule",
     "read_mahimahi",
     "read_segments",
     "read_trace",
