@@ -281,3 +281,16 @@ def test_replay_schedule_unrolls_loops_and_skips_equal_rates(tmp_path):
     sched = netcond.replay_schedule(trace, 13, "veth0")
     assert [t for t, _ in sched] == [0, 4, 6, 10, 12]
     assert [cmds[0][cmds[0].index("rate") + 1] for _, cmds in sched] == ["50mbit", "2mbit"] * 2 + ["50mbit"]
+
+
+def test_judge_bins_skips_steps_and_applies_the_tolerance(tmp_path):
+    from paretopipe.testbed._replay import judge_bins
+
+    trace = read_segments(_write(tmp_path, "s.csv", "t_s,rate\n0,40\n2,4\n4,,,,\n"))
+    mbit = [40, 39, 38, 30, 4.1, 4.0, 4.0, 4.0]  # 0.5 s bins; bin 3 misses by 25%
+    bins = [round(m * 1e6 / 8 * 0.5) for m in mbit]
+    v = judge_bins(trace, bins, 0.5, 4.0)
+    assert [b["judged"] for b in v["bins"]] == [False, True, True, True] * 2
+    assert [b["ok"] for b in v["bins"]][:4] == [None, True, True, False]
+    assert (v["judged"], v["passed"], v["ok"]) == (6, 5, True)
+    assert judge_bins(trace, bins[:4], 0.5, 4.0)["ok"] is False  # nothing arrived after 2 s

@@ -197,27 +197,29 @@ def iptables_clear_commands(peers: Sequence[str], *, chain: str = DEFAULT_CHAIN,
 
 
 def rate_change_commands(dev: str, rate_mbit: float | None, delay_ms: float = 0.0, *,
-                         ifb: str | None = None, netem: bool = False,
+                         ifb: str | None = None, netem: bool = False, ifb_netem: bool | None = None,
                          tc: Sequence[str] = ("tc",)) -> list[list[str]]:
     """``tc qdisc change`` of the tbf (handle 20:) that :func:`egress_commands` (and, with
     ``ifb``, :func:`ingress_commands`) installed, to a trace segment's rate: the step a replay
     takes at a segment boundary. The qdiscs stay; only their rate, bucket and queue change.
     ``None`` (unlimited) and ``0`` (an outage) become :data:`UNLIMITED_RATE_MBIT` and
-    :data:`OUTAGE_RATE_MBIT`.
+    :data:`OUTAGE_RATE_MBIT`. ``netem``/``ifb_netem``: whether the tbf sits under netem on
+    ``dev``/``ifb`` (``ifb_netem`` defaults to ``netem``; the testbed's egress never has netem).
     """
     rate = UNLIMITED_RATE_MBIT if rate_mbit is None else max(rate_mbit, OUTAGE_RATE_MBIT)
     tcv = list(tc)
     parent = ["parent", "10:1"] if netem else ["parent", "1:10"]
     cmds = [[*tcv, "qdisc", "change", "dev", dev, *parent, "handle", "20:", *tbf_args(rate, delay_ms)]]
     if ifb is not None:
-        ifb_parent = ["parent", "10:1"] if netem else ["root"]
+        ifb_parent = ["parent", "10:1"] if (netem if ifb_netem is None else ifb_netem) else ["root"]
         cmds.append([*tcv, "qdisc", "change", "dev", ifb, *ifb_parent, "handle", "20:",
                      *tbf_args(rate, delay_ms)])
     return cmds
 
 
 def replay_schedule(trace, until_s: float, dev: str, *, ifb: str | None = None,
-                    netem: bool = False) -> list[tuple[float, list[list[str]]]]:
+                    netem: bool = False, ifb_netem: bool | None = None
+                    ) -> list[tuple[float, list[list[str]]]]:
     """When (seconds after measurement starts) to run which rate changes on one device, for
     ``trace`` (a :class:`~paretopipe.netcond.traces.Trace`) over a run of ``until_s``: one
     entry per segment boundary, loops unrolled; segments with the rate of the one before are
@@ -228,6 +230,6 @@ def replay_schedule(trace, until_s: float, dev: str, *, ifb: str | None = None,
         if seg.rate_mbit == previous:
             continue
         out.append((t_s, rate_change_commands(dev, seg.rate_mbit, seg.delay_ms, ifb=ifb,
-                                              netem=netem)))
+                                              netem=netem, ifb_netem=ifb_netem)))
         previous = seg.rate_mbit
     return out
