@@ -32,3 +32,16 @@ def test_replay_follows_a_two_rate_steps_trace_per_bin(unshaped):
     for name in unshaped.topology.names:
         qdiscs = _system.run(["tc", "qdisc", "show"], ns=unshaped.topology.netns(name)).stdout
         assert not re.search(r"qdisc (htb|tbf|ingress)", qdiscs), qdiscs
+
+
+def test_cli_check_on_a_trace_condition_prints_each_bin(unshaped, tmp_path):
+    from tests.conftest import run_cli
+
+    conds = tmp_path / "c.yml"
+    conds.write_text(f"conditions:\n  steps: {{trace: {shipped_dir() / 'steps-short.csv'}}}\n")
+    proc = run_cli("testbed", "check", "--state-dir", str(unshaped.state_dir), "--pair", "pi1,pi2",
+                   "--trace", "steps", "--conditions", str(conds), "--duration", "4", "--bin", "1")
+    assert proc.returncode in (0, 1), proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.strip().startswith("t=")]
+    assert len(lines) == 4 and "capacity        50 Mbit/s" in lines[0] and "capacity         5" in lines[2], proc.stdout
+    assert proc.stdout.splitlines()[-1].startswith("result: ")
