@@ -47,6 +47,7 @@ __all__ = [
     "read_mahimahi",
     "read_segments",
     "read_trace",
+    "trace_records",
     "write_mahimahi",
     "write_segments_csv",
 ]
@@ -440,3 +441,44 @@ def write_mahimahi(trace: Trace, period_s: float | None = None) -> str:
     # Mahimahi's period is the last timestamp: the last opportunity moves to the period's end
     lines[-1] = str(round(period * 1000))
     return "\n".join(lines) + "\n"
+
+
+def _percentiles(values: list[float]) -> dict | None:
+    import numpy as np
+
+    if not values:
+        return None
+    p50, p95, p99 = np.percentile(np.asarray(values, dtype=float), [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
+
+
+def trace_records(trace: Trace, batches: list[dict]) -> tuple[list[dict], dict]:
+    """Each batch on the trace's clock, and the summary under the trace (pure).
+
+    ``batches`` are a result file's records, whose ``send_s``/``done_s`` count from the first
+    counted batch's send: that instant is the trace's t = 0 (measurement starts after warm-up,
+    so every run of a configuration sees the same link at the same batch). Each batch gets
+    ``trace_send_s``, ``trace_recv_s`` (on the trace's clock, loops unrolled),
+    ``trace_segment`` (index of the segment it was sent in) and ``trace_capacity_mbit`` (that
+    segment's rate; null = unlimited). The summary gives latency p50/p95/p99 over the whole run
+    and per segment (batches by the segment they were sent in, loops merged).
+    """
+    out = []
+    by_segment: dict[int, list[float]] = {}
+    for b in batches:
+        index = trace.index_at(max(0.0, b["send_s"]))
+        out.append({**b, "trace_send_s": b["send_s"], "trace_recv_s": b["done_s"],
+                    "trace_segment": index, "trace_capacity_mbit": trace.segments[index].rate_mbit})
+        by_segment.setdefault(index, []).append(b["latency_s"])
+    run_s = max((b["done_s"] for b in batches), default=0.0)
+    summary = {
+        "source": trace.source, "kind": trace.kind, "end_s": trace.end_s,
+        "clock": "t = 0 at the first counted batch's send (after warm-up)",
+        "part_used": trace.part_used(run_s),
+        "latency_s": _percentiles([b["latency_s"] for b in batches]),
+        "segments": [{"index": i, "t_s": seg.t_s, "rate_mbit": seg.rate_mbit,
+                      "batches": len(by_segment.get(i, [])),
+                      "latency_s": _percentiles(by_segment.get(i, []))}
+                     for i, seg in enumerate(trace.segments)],
+    }
+    return out, summary
