@@ -51,3 +51,16 @@ def test_a_run_under_a_trace_records_clock_and_capacity(shared_workers, tmp_path
     tr = doc["summary"]["trace"]
     assert tr["source"] == str(trace_file) and sum(s["batches"] for s in tr["segments"]) == 6
     assert tr["latency_s"]["p50"] <= tr["latency_s"]["p95"] <= tr["latency_s"]["p99"]
+
+    # the analysis (files only): the per-batch frame, and the timeline in the report
+    from analysis.pareto import main as analysis_main
+    from analysis.timeline import batches_frame
+
+    assert batches_frame(tmp_path).empty  # 6 batches < the minimum: not valid
+    frame = batches_frame(tmp_path, include_invalid=True)
+    assert len(frame) == 6 and set(frame["network"]) == {"steps"}
+    assert frame["trace_capacity_mbit"].tolist() == [b["trace_capacity_mbit"] for b in batches]
+    report = tmp_path / "report"
+    assert analysis_main([str(out), "--out", str(report), "--include-invalid"]) == 0
+    assert (report / "plots" / "timeline_resnet18_steps.png").is_file()
+    assert "Timeline: resnet18, steps" in (report / "report.md").read_text()
