@@ -64,3 +64,10 @@ def test_a_run_under_a_trace_records_clock_and_capacity(shared_workers, tmp_path
     assert analysis_main([str(out), "--out", str(report), "--include-invalid"]) == 0
     assert (report / "plots" / "timeline_resnet18_steps.png").is_file()
     assert "Timeline: resnet18, steps" in (report / "report.md").read_text()
+    # the trace-wide objective: p95 latency over the whole run, on the frontier
+    from analysis import load_runs
+
+    runs = load_runs(out, include_invalid=True)
+    assert runs["latency_p95_trace"].tolist() == [pytest.approx(tr["latency_s"]["p95"])]
+    assert analysis_main([str(out), "--out", str(tmp_path / "r2"), "--include-invalid", "--no-plots",
+                          "--objectives", "latency_p95_trace:min,throughput:max"]) == 0
