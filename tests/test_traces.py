@@ -294,3 +294,14 @@ def test_judge_bins_skips_steps_and_applies_the_tolerance(tmp_path):
     assert [b["ok"] for b in v["bins"]][:4] == [None, True, True, False]
     assert (v["judged"], v["passed"], v["ok"]) == (6, 5, True)
     assert judge_bins(trace, bins[:4], 0.5, 4.0)["ok"] is False  # nothing arrived after 2 s
+
+
+def test_predict_refuses_a_trace_condition():
+    import argparse
+
+    from paretopipe.cli.profile_cmd import link_from_args
+
+    args = argparse.Namespace(condition="steps-2-50", conditions=None, rate=None, delay=None,
+                              overhead_ms=None, backend="tcp", framing=None, network_label=None)
+    with pytest.raises(ConfigError, match="steps-2-50 is a trace .*`paretopipe predict` applies constant"):
+        link_from_args(args)
