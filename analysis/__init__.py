@@ -18,7 +18,7 @@ NumPy and matplotlib.
 
 from __future__ import annotations
 
-__all__ = ["AnalysisError", "load_runs", "aggregate", "frontier"]
+__all__ = ["AnalysisError", "load_runs", "aggregate", "frontier", "batches_frame"]
 
 
 class AnalysisError(Exception):
@@ -26,3 +26,4 @@ class AnalysisError(Exception):
 
 
 from analysis.frames import aggregate, frontier, load_runs  # noqa: E402  (they use AnalysisError)
+from analysis.timeline import batches_frame  # noqa: E402  (runs under a trace, one row per batch)

@@ -279,6 +279,7 @@ def _from_v1(path: Path, doc: dict[str, Any]) -> RunRecord:
         "latency_p50": _f(latency.get("p50")),
         "latency_p90": _f(latency.get("p90")),
         "latency_p99": _f(latency.get("p99")),
+        "latency_p95_trace": _f(((summary.get("trace") or {}).get("latency_s") or {}).get("p95")),
         "latency_per_image": _f(per_image["mean"]),
         "latency_per_image_p90": _f(per_image.get("p90")),
         "throughput": _f(summary["throughput_img_s"]),

@@ -30,6 +30,7 @@ _TABLE = (
     _m("latency_p50", "min", "s", "summary.latency_s.p50"),
     _m("latency_p90", "min", "s", "summary.latency_s.p90"),
     _m("latency_p99", "min", "s", "summary.latency_s.p99"),
+    _m("latency_p95_trace", "min", "s", "summary.trace.latency_s.p95 (runs under a trace only)"),
     _m("latency_per_image", "min", "s", "summary.latency_per_image_s.mean"),
     _m("latency_per_image_p90", "min", "s", "summary.latency_per_image_s.p90"),
     _m("throughput", "max", "img/s", "summary.throughput_img_s"),

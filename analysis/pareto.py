@@ -156,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
                     old.unlink()
             _say("drawing plots ...")
             plots = draw_all(results, points, objectives, plot_dir)
+            from analysis.timeline import batches_frame, draw_timelines
+
+            plots += draw_timelines(batches_frame(args.paths, include_invalid=args.include_invalid),
+                                    plot_dir)  # runs under a trace
             fidelity_plots = draw_fidelity(fidelity, points, plot_dir)
         written += report.write_reports(out, runs, points, results, plots, args.paths, group_by,
                                         comparisons, fidelity, fidelity_plots, records)

@@ -29,7 +29,8 @@ def main() -> int:
     parser.add_argument("--conditions", help="conditions YAML (default: the packaged one)")
     parser.add_argument("--repeat", type=int, default=1, help="checks per condition")
     args = parser.parse_args()
-    conds = list(tb.load_conditions(args.conditions).values())
+    conds = [c for c in tb.load_conditions(args.conditions).values()
+             if not c.is_trace]  # traces: benchmarks/bench_trace_steps.py
     conds.append(Condition("top-100mbit-5ms", delay_ms=5, rate_mbit=100))
     with tempfile.TemporaryDirectory(prefix="ppb-") as tmp:
         topo = Path(tmp) / "topology.yml"

@@ -126,7 +126,8 @@ def measure(paths: Paths, ips: dict[str, str], seconds: int) -> dict:
 
 def network(paths: Paths, ips: dict[str, str], seconds: int) -> None:
     rows = [("none", None, False)]
-    rows += [(name, cond, False) for name, cond in netcond.load_conditions().items()]
+    rows += [(name, cond, False) for name, cond in netcond.load_conditions().items()
+             if not cond.is_trace]  # traces: benchmarks/bench_trace_steps.py
     rows.append(("wan, netem limit 1000", netcond.load_conditions()["wan"], True))
     print(f"{'condition':24} {'rtt cfg':>8} {'rtt got':>8} {'rate cfg':>9} {'rate got':>9} "
           f"{'ping loss':>9}  verdict")

@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "paretopipe.cli.runtime_cmd",  # stage, run, sweep
     "paretopipe.cli.testbed_cmd",  # testbed
     "paretopipe.cli.profile_cmd",  # profile, predict
+    "paretopipe.cli.trace_cmd",  # trace
 )
 
 

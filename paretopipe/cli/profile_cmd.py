@@ -129,7 +129,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 def link_from_args(args: argparse.Namespace) -> tuple[str, Any]:
     """The condition's label and :class:`~paretopipe.predict.Link` from the flags."""
-    from paretopipe.netcond import load_conditions, parse_delay, parse_rate
+    from paretopipe.netcond import load_conditions, parse_delay, parse_rate, require_constant
     from paretopipe.predict import TCP_ETHERNET_OVERHEAD, Link, backend_overhead
 
     overhead = args.overhead_ms / 1e3 if args.overhead_ms is not None else backend_overhead(args.backend)
@@ -142,6 +142,7 @@ def link_from_args(args: argparse.Namespace) -> tuple[str, Any]:
             raise ConfigError(f"unknown condition {args.condition!r} (known: {', '.join(table)}); "
                               "see --conditions")
         c = table[args.condition]
+        require_constant(c, "`paretopipe predict`")  # a moving link has no one rate to predict with
         rate = c.rate_mbit
         return args.network_label or c.name, Link(delay_s=c.delay_ms / 1e3, rate_bit_s=None if rate is None else rate * 1e6,
                             overhead_s=overhead, framing=framing)

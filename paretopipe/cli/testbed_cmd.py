@@ -171,6 +171,8 @@ def _check(args: argparse.Namespace) -> int:
     pair = None
     if args.pair:
         pair = [n.strip() for n in args.pair.split(",")]
+    if args.trace:
+        return _check_trace(args, pair)
     print("testbed check: measuring RTT (ping) and rate (bulk TCP)...", file=_human(args), flush=True)
     res = testbed.check(pair, state_dir=args.state_dir, duration_s=args.duration)
     if args.json:
@@ -189,6 +191,28 @@ def _check(args: argparse.Namespace) -> int:
           + (f" ({ck['rate']['reason']})" if ck["rate"].get("reason") else ""))
     print(f"  loss: configured {c['loss_pct']:g}%, ping lost {m['ping_loss_pct']:g}%")
     print(f"result: {'ok' if res['ok'] else 'FAIL'}")
+    return 0 if res["ok"] else 1
+
+
+def _check_trace(args: argparse.Namespace, pair: list[str] | None) -> int:
+    from paretopipe import testbed
+
+    print(f"testbed check: replaying trace condition {args.trace} and measuring per "
+          f"{args.bin:g} s bin (bulk TCP)...", file=_human(args), flush=True)
+    res = testbed.check_trace(args.trace, pair, conditions_file=args.conditions,
+                              state_dir=args.state_dir, duration_s=args.duration, bin_s=args.bin)
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0 if res["ok"] else 1
+    print(f"  {res['between'][0]} -> {res['between'][1]}, {res['part_used']}, via {res['mechanism']}; "
+          f"{res['changes']} changes, the latest {res['change_late_ms_max']:g} ms after its time")
+    verdict = {True: "ok", False: "MISS", None: "settling, not judged"}
+    for b in res["bins"]:
+        cap = "unlimited" if b["capacity_mbit"] is None else f"{b['capacity_mbit']:g}"
+        print(f"  t={b['t_s']:>6g} s  capacity {cap:>9} Mbit/s  achieved {b['achieved_mbit']:>8g} Mbit/s  "
+              f"{verdict[b['ok']]}")
+    print(f"result: {'ok' if res['ok'] else 'FAIL'} ({res['passed']} of {res['judged']} settled bins within "
+          f"{res['tolerance']:.0%}; at least {res['ok_share']:.0%} must be)")
     return 0 if res["ok"] else 1
 
 
@@ -269,6 +293,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="devices to measure between (default: the first two shaped)")
     p.add_argument("--duration", type=float, metavar="S",
                    help="transfer length in seconds (default: 2 s, longer on slow long paths)")
+    p.add_argument("--trace", metavar="CONDITION",
+                   help="a trace condition: shape its first segment, replay it for --duration "
+                        "(default: the trace, at most 60 s), judge achieved against capacity per "
+                        "--bin, then unshape. Passes when 80%% of the settled bins are within 15%%")
+    p.add_argument("--bin", type=float, default=0.5, metavar="S", help="bin length with --trace (default 0.5)")
+    p.add_argument("--conditions", metavar="FILE",
+                   help="conditions YAML for --trace (default: paretopipe/data/conditions.yml)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_check)
 

@@ -28,6 +28,7 @@ from a user-space delay line (:mod:`paretopipe.testbed.delayline`) fed by
 :func:`iptables_commands`.
 
 The modules, bottom up: :mod:`~paretopipe.netcond.units` (spellings of delays, rates, loss),
+:mod:`~paretopipe.netcond.traces` (links that move: Mahimahi traces and segments tables),
 :mod:`~paretopipe.netcond.conditions` (:class:`Condition`, the named conditions file),
 :mod:`~paretopipe.netcond.commands` (the ``tc``/``iptables`` builders),
 :mod:`~paretopipe.netcond.measure` (parsers of ``tc``/``ping`` output and the tolerance rule
@@ -52,10 +53,17 @@ from paretopipe.netcond.commands import (
     iptables_clear_commands,
     iptables_commands,
     netem_args,
+    rate_change_commands,
+    replay_schedule,
     tbf_args,
     tbf_burst_limit,
 )
-from paretopipe.netcond.conditions import Condition, default_conditions_path, load_conditions
+from paretopipe.netcond.conditions import (
+    Condition,
+    default_conditions_path,
+    load_conditions,
+    require_constant,
+)
 from paretopipe.netcond.measure import (
     DELAY_TOLERANCE_MS,
     DELAY_TOLERANCE_REL,
@@ -65,6 +73,15 @@ from paretopipe.netcond.measure import (
     parse_ping,
     parse_tc_qdisc,
 )
+from paretopipe.netcond.traces import (
+    MIN_STEP_S,
+    GilbertElliott,
+    Segment,
+    Trace,
+    read_mahimahi,
+    read_segments,
+    read_trace,
+)
 from paretopipe.netcond.units import parse_delay, parse_loss, parse_rate
 
 __all__ = [
@@ -73,6 +90,10 @@ __all__ = [
     "DELAY_TOLERANCE_REL",
     "RATE_TOLERANCE",
     "Condition",
+    "GilbertElliott",
+    "MIN_STEP_S",
+    "Segment",
+    "Trace",
     "clear_commands",
     "configured_from_qdiscs",
     "default_conditions_path",
@@ -89,6 +110,12 @@ __all__ = [
     "parse_ping",
     "parse_rate",
     "parse_tc_qdisc",
+    "rate_change_commands",
+    "replay_schedule",
+    "read_mahimahi",
+    "read_segments",
+    "read_trace",
+    "require_constant",
     "tbf_args",
     "tbf_burst_limit",
 ]

@@ -11,7 +11,7 @@ import ipaddress
 from collections.abc import Sequence
 
 from paretopipe.errors import ConfigError
-from paretopipe.netcond.conditions import Condition
+from paretopipe.netcond.conditions import Condition, require_constant
 from paretopipe.netcond.units import fmt_ms, fmt_pct, fmt_rate
 
 __all__ = [
@@ -22,6 +22,8 @@ __all__ = [
     "iptables_clear_commands",
     "iptables_commands",
     "netem_args",
+    "rate_change_commands",
+    "replay_schedule",
     "tbf_args",
     "tbf_burst_limit",
 ]
@@ -29,6 +31,11 @@ __all__ = [
 DEFAULT_CHAIN = "PP-SHAPE"
 _UNSHAPED_RATE = "10gbit"  # the htb classes' own rate: far above anything shaped
 _HTB_QUANTUM = "60000"  # explicit, so htb does not warn about r2q at 10gbit
+#: what a trace's outage (rate 0) is replayed as: tbf needs a positive rate; 8 kbit/s lets
+#: about one 1500-byte packet through in 1.5 s, which is an outage for any tensor
+OUTAGE_RATE_MBIT = 0.008
+#: what a trace's unlimited segment is replayed as: the htb classes' own rate
+UNLIMITED_RATE_MBIT = 10_000.0
 
 
 def tbf_burst_limit(rate_mbit: float, delay_ms: float = 0.0) -> tuple[int, int]:
@@ -67,6 +74,7 @@ def netem_args(cond: Condition) -> list[str]:
 def _leaf_commands(tc: list[str], dev: str, parent: str, cond: Condition, netem: bool,
                    rate: bool) -> list[list[str]]:
     """netem (10:) and/or tbf (20:) under ``parent``; nothing when neither applies."""
+    require_constant(cond, "tc shaping")
     cmds: list[list[str]] = []
     use_netem = netem and (cond.has_delay or cond.loss_pct > 0)
     use_tbf = rate and cond.rate_mbit is not None
@@ -186,3 +194,42 @@ def iptables_clear_commands(peers: Sequence[str], *, chain: str = DEFAULT_CHAIN,
     cmds = [[*ipt, "-D", "PREROUTING", "-s", f"{peer}/32", "-j", chain] for peer in peers]
     cmds += [[*ipt, "-F", chain], [*ipt, "-X", chain]]
     return cmds
+
+
+def rate_change_commands(dev: str, rate_mbit: float | None, delay_ms: float = 0.0, *,
+                         ifb: str | None = None, netem: bool = False, ifb_netem: bool | None = None,
+                         tc: Sequence[str] = ("tc",)) -> list[list[str]]:
+    """``tc qdisc change`` of the tbf (handle 20:) that :func:`egress_commands` (and, with
+    ``ifb``, :func:`ingress_commands`) installed, to a trace segment's rate: the step a replay
+    takes at a segment boundary. The qdiscs stay; only their rate, bucket and queue change.
+    ``None`` (unlimited) and ``0`` (an outage) become :data:`UNLIMITED_RATE_MBIT` and
+    :data:`OUTAGE_RATE_MBIT`. ``netem``/``ifb_netem``: whether the tbf sits under netem on
+    ``dev``/``ifb`` (``ifb_netem`` defaults to ``netem``; the testbed's egress never has netem).
+    """
+    rate = UNLIMITED_RATE_MBIT if rate_mbit is None else max(rate_mbit, OUTAGE_RATE_MBIT)
+    tcv = list(tc)
+    parent = ["parent", "10:1"] if netem else ["parent", "1:10"]
+    cmds = [[*tcv, "qdisc", "change", "dev", dev, *parent, "handle", "20:", *tbf_args(rate, delay_ms)]]
+    if ifb is not None:
+        ifb_parent = ["parent", "10:1"] if (netem if ifb_netem is None else ifb_netem) else ["root"]
+        cmds.append([*tcv, "qdisc", "change", "dev", ifb, *ifb_parent, "handle", "20:",
+                     *tbf_args(rate, delay_ms)])
+    return cmds
+
+
+def replay_schedule(trace, until_s: float, dev: str, *, ifb: str | None = None,
+                    netem: bool = False, ifb_netem: bool | None = None
+                    ) -> list[tuple[float, list[list[str]]]]:
+    """When (seconds after measurement starts) to run which rate changes on one device, for
+    ``trace`` (a :class:`~paretopipe.netcond.traces.Trace`) over a run of ``until_s``: one
+    entry per segment boundary, loops unrolled; segments with the rate of the one before are
+    skipped. Delay, jitter and loss changes are not in it (see docs/testbed.md)."""
+    out: list[tuple[float, list[list[str]]]] = []
+    previous: object = object()
+    for t_s, seg in trace.boundaries(until_s):
+        if seg.rate_mbit == previous:
+            continue
+        out.append((t_s, rate_change_commands(dev, seg.rate_mbit, seg.delay_ms, ifb=ifb,
+                                              netem=netem, ifb_netem=ifb_netem)))
+        previous = seg.rate_mbit
+    return out

@@ -486,9 +486,20 @@ class _Run:
                             labelled_images=self.labelled_images if self.weights_trained else 0)
         summary["fidelity"] = self.fidelity
         extra = {"check": self.check} if self.check is not None else {}
+        batches = [r.to_json(t0) for r in recs]
+        configured = (cfg.network or {}).get("configured") or {}
+        if configured.get("trace_file"):  # a condition that moves: the batches on its clock
+            import dataclasses
+
+            from paretopipe.netcond.conditions import Condition
+            from paretopipe.netcond.traces import trace_records
+
+            known = {f.name for f in dataclasses.fields(Condition)}
+            cond = Condition(**{k: v for k, v in configured.items() if k in known})
+            batches, summary["trace"] = trace_records(cond.trace(), batches)
         return build_result(
             run_id=run_id, sweep_id=cfg.sweep_id, status="failed" if self.error else "ok", error=self.error,
-            config=self.config_section(), environment=env, batches=[r.to_json(t0) for r in recs],
+            config=self.config_section(), environment=env, batches=batches,
             summary=summary,
             validity=validity(warmup=cfg.warmup, counted=len(recs), duration_s=duration,
                               min_batches=cfg.min_batches, min_duration_s=cfg.min_duration_s),

@@ -14,6 +14,7 @@ Public API (all need root except :func:`load_conditions`, :func:`load_topology` 
     shape(condition, between=None, *, conditions_file=None, state_dir=None) -> dict
     unshape(*, state_dir=None) -> dict
     check(pair=None, *, state_dir=None, duration_s=None) -> dict
+    check_trace(condition, pair=None, *, state_dir=None, duration_s=None, bin_s=0.5) -> dict
     load_conditions(path=None) -> dict[str, Condition]
 
 See docs/testbed.md.
@@ -21,6 +22,7 @@ See docs/testbed.md.
 
 from paretopipe.netcond.conditions import Condition, load_conditions
 from paretopipe.testbed._lifecycle import Leftover, down, leftovers, up
+from paretopipe.testbed._replay import check_trace
 from paretopipe.testbed._shaping import check, shape, transfer, unshape
 from paretopipe.testbed._state import default_inventory_path, default_state_dir
 from paretopipe.testbed._status import status
@@ -33,6 +35,7 @@ __all__ = [
     "Profile",
     "Topology",
     "check",
+    "check_trace",
     "default_inventory_path",
     "default_state_dir",
     "down",

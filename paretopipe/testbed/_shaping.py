@@ -132,8 +132,9 @@ def shape(condition: Condition | str, between: Sequence[str] | None = None, *,
           progress: Progress | None = None) -> dict:
     """Apply ``condition`` between the devices in ``between`` (default: all), replacing any
     condition in force. Returns the shaping record (also kept in the state file)."""
-    _system.require_root()
     cond = resolve_condition(condition, conditions_file)
+    netcond.require_constant(cond, "`testbed shape`")  # before anything is touched
+    _system.require_root()
     paths = Paths.at(state_dir)
     progress = progress or quiet
     with locked(paths):
@@ -252,14 +253,18 @@ def _ping(topo: Topology, src: str, dst_ip: str, count: int, expected_rtt_ms: fl
 
 def transfer(topo: Topology, src: str, dst: str, *, seconds: float | None = None,
              nbytes: int | None = None, warmup_s: float = 0.5, sha256: bool = False,
-             port: int = PROBE_PORT, timeout_s: float = 60.0) -> dict:
-    """Bulk TCP from device ``src`` to ``dst``; returns the receiver's and sender's reports."""
+             port: int = PROBE_PORT, timeout_s: float = 60.0, bin_s: float | None = None,
+             epoch: float | None = None) -> dict:
+    """Bulk TCP from device ``src`` to ``dst``; returns the receiver's and sender's reports
+    (with ``bin_s``, the receiver's bytes per bin counted from ``epoch``, a ``time.monotonic``)."""
     dst_ip = topo.device(dst).ip
     py = ["nice", "-n", "-5", sys.executable, "-m", "paretopipe.testbed.probe"]
     recv_argv = ["ip", "netns", "exec", topo.netns(dst), *py, "recv", "--bind", dst_ip,
                  "--port", str(port), "--warmup", f"{warmup_s:.3f}", "--timeout", str(timeout_s)]
     send_argv = ["ip", "netns", "exec", topo.netns(src), *py, "send", "--host", dst_ip,
                  "--port", str(port)]
+    if bin_s is not None:
+        recv_argv += ["--bin", f"{bin_s}"] + (["--epoch", f"{epoch:.6f}"] if epoch is not None else [])
     if sha256:
         recv_argv.append("--sha256")
         send_argv.append("--sha256")

@@ -30,7 +30,8 @@ def payload_block(seed: int, size: int = CHUNK) -> bytes:
     return hashlib.shake_256(f"paretopipe-probe-{seed}".encode()).digest(size)
 
 
-def recv(bind: str, port: int, *, warmup_s: float, timeout_s: float, sha: bool) -> dict:
+def recv(bind: str, port: int, *, warmup_s: float, timeout_s: float, sha: bool,
+         bin_s: float | None = None, epoch: float | None = None) -> dict:
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind((bind, port))
@@ -57,6 +58,18 @@ def recv(bind: str, port: int, *, warmup_s: float, timeout_s: float, sha: bool) 
             if digest is not None:
                 digest.update(view[:n])
     result: dict = {"peer": peer[0], "bytes": total}
+    if bin_s is not None and marks:
+        # bytes that arrived in each bin of bin_s after `epoch` (CLOCK_MONOTONIC, which every
+        # namespace shares: the caller's trace clock)
+        zero = marks[0][0] if epoch is None else epoch
+        bins = [0] * (int((marks[-1][0] - zero) // bin_s) + 1)
+        before = 0
+        for t, b in marks:
+            if t >= zero:
+                bins[int((t - zero) // bin_s)] += b - before
+            before = b
+        result["bin_s"] = bin_s
+        result["bins_bytes"] = bins
     if digest is not None:
         result["sha256"] = digest.hexdigest()
     if len(marks) >= 2:
@@ -132,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--warmup", type=float, default=0.5, help="seconds skipped before measuring")
     r.add_argument("--timeout", type=float, default=60.0)
     r.add_argument("--sha256", action="store_true")
+    r.add_argument("--bin", type=float, help="also report the bytes that arrived per BIN seconds")
+    r.add_argument("--epoch", type=float,
+                   help="time.monotonic() the bins count from (default: the first byte)")
     s = sub.add_parser("send", help="connect and send for --seconds or --bytes")
     s.add_argument("--host", required=True)
     s.add_argument("--port", type=int, required=True)
@@ -144,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.mode == "recv":
         out = recv(args.bind, args.port, warmup_s=args.warmup, timeout_s=args.timeout,
-                   sha=args.sha256)
+                   sha=args.sha256, bin_s=args.bin, epoch=args.epoch)
     else:
         out = send(args.host, args.port, seconds=args.seconds, nbytes=args.nbytes,
                    seed=args.seed, sha=args.sha256, connect_timeout_s=args.connect_timeout)
