@@ -55,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                        help="codecs this worker accepts for the tensor at the split, comma-separated (default: all: "
                             "none, fp16, bf16, int8, each also +zstd or +lz4); a session asking for another is "
                             "refused at the handshake")
+    _add_replay_args(serve, "this worker's stages")
     _add_rpc_args(serve, master=False)
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.set_defaults(func=_cmd_serve)
@@ -87,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     run.add_argument("--codec", default="none", metavar="NAME",
                      help="codec of the tensor crossing each split: none, fp16, bf16, int8, each optionally +zstd "
                           "or +lz4 (default: none); docs/codecs.md")
+    _add_replay_args(run, "the head stage (the blocks before the first split)")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(func=_cmd_run)
 
@@ -223,14 +225,38 @@ def _network(arg: str | None) -> dict[str, Any]:
     return obj
 
 
+def _add_replay_args(p: argparse.ArgumentParser, whose: str) -> None:
+    group = p.add_argument_group("replay", "time a measured device instead of this host (docs/testbed.md, Replay)")
+    group.add_argument("--replay", metavar="PROFILE",
+                       help=f"{whose} take the time PROFILE (`paretopipe profile`) recorded for their blocks; "
+                            "the result file names the profile and marks the run replayed")
+    group.add_argument("--replay-timing", choices=("median", "draw"), default="median",
+                       help="median: per-block median; draw: a seeded draw from the recorded spread (default: median)")
+    group.add_argument("--replay-output", choices=("compute", "stored"), default="compute",
+                       help="compute: compute for real, then wait out the rest of the profiled time; stored: send "
+                            "outputs computed beforehand for the same inputs, for a device faster than this host "
+                            "(default: compute)")
+
+
+def _check_replay_args(args: argparse.Namespace) -> None:
+    if args.replay is None and (args.replay_timing != "median" or args.replay_output != "compute"):
+        raise ConfigError("--replay-timing and --replay-output need --replay PROFILE")
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from paretopipe.runtime.worker import serve
 
     _setup_logging(args.verbose)
     _check_backend(args.backend)
     _apply_rpc_args(args)
+    _check_replay_args(args)
+    replay = None
+    if args.replay is not None:  # a bad profile is an error before the worker listens
+        from paretopipe.runtime.replay import ReplaySetting
+
+        replay = ReplaySetting.from_options(args.replay, args.replay_timing, args.replay_output)
     serve(listen=args.listen, device=args.device, shards=args.shards, token_file=args.token_file,
-          threads=args.threads, backend=args.backend, codecs=args.codec)
+          threads=args.threads, backend=args.backend, codecs=args.codec, replay=replay)
     return 0
 
 
@@ -256,11 +282,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     _check_backend(args.backend)
     _apply_rpc_args(args)
+    _check_replay_args(args)
     cfg = _run_config(
         args, splits=tuple(args.split), stages=tuple(s for s in args.stages.split(",") if s), out=Path(args.out),
         batches=args.batches if args.batches is not None else (None if args.duration is not None else 50),
         duration_s=args.duration, device=args.device, network=_network(args.network_json),
         repeat=args.repeat, run_id=args.run_id, check=args.check, codec=args.codec,
+        replay=args.replay, replay_timing=args.replay_timing, replay_output=args.replay_output,
     )
     try:
         doc = run(cfg)
@@ -287,6 +315,12 @@ def format_summary(doc: dict[str, Any], path: Path) -> str:
             f"{h['bytes']:.0f} / {h.get('ratio') or 1:.2f}x / {h['transfer_s'] * 1e3:.3f} / "
             f"{((h.get('encode_s') or 0) + (h.get('decode_s') or 0)) * 1e3:.3f}" for h in s["hops"]))
         lines.append(f"  queue wait {s['queue_wait_s'] * 1e3:.2f} ms, prefetch stalls {s['prefetch_stalls']}")
+    rep = doc.get("replay")
+    if rep:
+        lines.append("  REPLAYED: " + "; ".join(
+            f"stage {st['index']} timed by {st['profile']['path']} ({st['profile'].get('device')} on "
+            f"{st['profile'].get('host')}, {st['timing']}, {st['output']} output), {st['overruns'] or 0} overrun(s)"
+            for st in rep["stages"]) + (f" -- {rep['note']}" if rep.get("note") else ""))
     if s.get("accuracy_top1") is not None:
         lines.append(f"  top-1 accuracy {s['accuracy_top1']:.4f}")
     fid = s.get("fidelity")
