@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 import pandas as pd
 
 from analysis import AnalysisError
+from analysis.aggregate import REPLAY_MARK
 from analysis.metrics import METRICS
 from paretoio.schema import UPSTREAM_SCHEMA, run_schema_problems, schema_problems
 
@@ -343,7 +344,7 @@ def _replay_mark(stage: dict[str, Any] | None) -> str:
     if not stage:
         return ""
     prof = stage.get("profile") or {}
-    return f"[replayed {prof.get('device')}@{prof.get('host')} #{str(prof.get('sha256'))[:8]}]"
+    return f"{REPLAY_MARK}{prof.get('device')}@{prof.get('host')} #{str(prof.get('sha256'))[:8]}]"
 
 
 # --- upstream ParetoPipe ---------------------------------------------------------------------

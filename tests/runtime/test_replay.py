@@ -157,6 +157,17 @@ def test_overruns_reach_the_result_file_and_the_analysis(start_worker, profiles,
     assert bool(row["replayed"]) and row["replay_overruns"] == 4 and row["replay_note"] == TOO_SLOW
     assert row["placement"].endswith(f":cpu[replayed cpu@{rep['stages'][0]['profile']['host']} "
                                      f"#{rep['stages'][0]['profile']['sha256'][:8]}]")
+    # a second, measured run of the same configuration: never aggregated with the replayed one
+    plain = start_worker()
+    run(_cfg(out, "measured", splits=(5,), stages=(plain.address,), sweep_id="measured"))
+    from analysis.pareto import main as analyse
+
+    assert analyse([str(out), "--include-invalid", "--no-plots", "--out", str(tmp_path / "a")]) == 0
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "(replayed)" in report and "## Replayed runs" in report
+    assert "1 of 2 runs were replayed" in report and "the host was too slow to replay this device" in report
+    runs = load_runs(out, include_invalid=True)
+    assert sorted(runs["replayed"]) == [False, True] and runs["placement"].nunique() == 2
 
 
 def test_stage_replaying_another_models_profile_fails_the_run_naming_it(start_worker, profiles, tmp_path):
