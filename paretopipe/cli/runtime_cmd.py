@@ -125,6 +125,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sweep.add_argument("--codec", "--codecs", dest="codec", default="none", metavar="LIST",
                        help="codec(s) at the split, comma-separated; every split runs with each "
                             "(e.g. none,fp16,int8; default: none)")
+    sweep.add_argument("--replay", metavar="I=PROFILE[,...]",
+                       help="chain devices (0 = the source, 1.. the local workers) that replay a measured profile, "
+                            "e.g. 0=pi4.json,1=server.json (docs/testbed.md, Replay)")
+    sweep.add_argument("--replay-timing", choices=("median", "draw"), default="median",
+                       help="for --replay: per-block median or a seeded draw (default: median)")
+    sweep.add_argument("--replay-output", choices=("compute", "stored"), default="compute",
+                       help="for --replay: compute and wait out the rest, or send stored outputs (default: compute)")
     sweep.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sweep.set_defaults(func=_cmd_sweep)
     _register_train(subparsers)
@@ -354,8 +361,26 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                       batch_sizes=parse_positive_list(args.batch_sizes, "--batch-sizes", "1,8"),
                       repeats=parse_repeats(args.repeats, target=args.repeats_target, minimum=args.min_repeats,
                                             maximum=args.max_repeats, flag="--repeats"),
-                      sweep_id=args.sweep_id, device=args.device)
+                      sweep_id=args.sweep_id, device=args.device,
+                      replay=_sweep_replay(args, args.devices))
     return sweep(cfg)
+
+
+def _sweep_replay(args: argparse.Namespace, devices: int) -> tuple[dict[str, str], ...]:
+    """``sweep --replay 0=a.json,2=b.json``: per chain device 0..devices-1, what it replays."""
+    if args.replay is None:
+        if args.replay_timing != "median" or args.replay_output != "compute":
+            raise ConfigError("--replay-timing and --replay-output need --replay INDEX=PROFILE")
+        return ()
+    from paretopipe.runtime.replay import parse_replay_map
+
+    chosen = parse_replay_map(args.replay, example="0=pi4.json,1=server.json")
+    bad = [k for k in chosen if not k.isdigit() or int(k) >= devices]
+    if bad:
+        raise ConfigError(f"--replay: no device {bad[0]} in a chain of {devices} (devices 0..{devices - 1}, 0 is "
+                          "the source)")
+    return tuple({"profile": chosen[str(i)], "timing": args.replay_timing, "output": args.replay_output}
+                 if str(i) in chosen else {} for i in range(devices))
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

@@ -113,11 +113,11 @@ class ReplayProfile:
 
 def load_replay_profile(path: str | Path) -> ReplayProfile:
     """Read a profile for replay; a file that is not a profile is a ConfigError naming it."""
-    from paretopipe.models import file_sha256
     from paretopipe.profiling import read_profile
 
-    doc = read_profile(path)
-    return ReplayProfile(path=str(Path(path).resolve()), sha256=file_sha256(path), doc=doc)
+    doc = read_profile(path)  # a file that is not a profile: a ConfigError naming it
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return ReplayProfile(path=str(Path(path).resolve()), sha256=digest, doc=doc)
 
 
 @dataclass(frozen=True)
@@ -277,3 +277,44 @@ def replay_section(stage_docs: Mapping[int, Mapping[str, Any] | None], stage_sta
     overruns = sum(s["overruns"] or 0 for s in stages)
     return {"replayed": True, "stages": stages, "overruns": overruns,
             "note": TOO_SLOW if overruns else None}
+
+
+def parse_replay_map(text: str, *, example: str = "pi1=pi4.json,gpu=server.json") -> dict[str, str]:
+    """``--replay DEVICE=PROFILE[,...]`` as {device: profile path}; a malformed item is a ConfigError."""
+    chosen: dict[str, str] = {}
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ConfigError(f"--replay {item!r}: use DEVICE=PROFILE, e.g. --replay {example}")
+        if name.strip() in chosen:
+            raise ConfigError(f"--replay names device {name.strip()} twice")
+        chosen[name.strip()] = path.strip()
+    if not chosen:
+        raise ConfigError(f"--replay needs DEVICE=PROFILE, e.g. --replay {example}")
+    return chosen
+
+
+def check_chain_replay(entries: list[Any], *, chain: list[str], model: str, num_classes: int,
+                       input_size: int | None, batch_sizes: tuple[int, ...], num_blocks: int) -> list[dict[str, Any]]:
+    """A sweep's replayed devices, checked before it starts: ``entries[i]`` is what chain device
+    ``i`` replays (``{profile, timing, output}``, or empty). Each profile must time this sweep's
+    model, input size and every batch size; else a ConfigError names the device and the fix.
+    Returns the entries, ``{}`` for a device that does not replay."""
+    from paretopipe.models import get_model_info
+
+    size = input_size or get_model_info(model).input_size
+    out: list[dict[str, Any]] = []
+    for name, entry in zip(chain, list(entries) + [{}] * (len(chain) - len(entries))):
+        if not entry:
+            out.append({})
+            continue
+        setting = ReplaySetting.from_options(str(entry["profile"]), str(entry.get("timing", "median")),
+                                             str(entry.get("output", "compute")))
+        for batch in batch_sizes:
+            try:
+                setting.profile.check_fits(model=model, num_classes=num_classes, input_size=size, batch_size=batch,
+                                           num_blocks=num_blocks)
+            except ConfigError as exc:
+                raise ConfigError(f"device {name}: {exc}") from None
+        out.append({"profile": setting.profile.path, "timing": setting.timing.value, "output": setting.output.value})
+    return out

@@ -232,3 +232,70 @@ def test_setting_names_bad_choices():
     with pytest.raises(ConfigError, match="--replay-output 'cached': use one of compute, stored"):
         ReplaySetting.from_options(__file__, "median", "cached")
 
+
+
+# ------------------------------------------------------------------ the testbed and the sweeps
+
+
+def test_testbed_up_refuses_a_replay_name_or_file_before_changing_anything(profiles, tmp_path):
+    bad = _write(tmp_path, "notaprofile", {"hello": 1})
+    state = tmp_path / "state"
+    cases = [
+        (f"nosuch={profiles['slow']}", "paretopipe: error: no device 'nosuch' in the testbed (devices: pi1, pi2, gpu)"),
+        (f"pi1={bad}", f"paretopipe: error: {bad.resolve()} is not a profile file (schema 'paretopipe.profile'); "
+                       "make one with `paretopipe profile`"),
+        ("pi1", "paretopipe: error: --replay 'pi1': use DEVICE=PROFILE, e.g. --replay pi1=pi4.json,gpu=server.json"),
+    ]
+    for spec, message in cases:
+        proc = run_cli("testbed", "up", "--state-dir", str(state), "--replay", spec, timeout=120)
+        assert proc.returncode == 2 and _one_line_error(proc) == message
+    assert not state.exists()  # nothing was made
+
+
+def test_topology_names_replayed_devices_and_the_inventory_carries_them(profiles, tmp_path):
+    from paretopipe.testbed.topology import Topology, load_topology, with_replay
+
+    topo = with_replay(load_topology(), f"pi1={profiles['slow']}", output="stored")
+    assert topo.device("pi1").replay_vars() == {"profile": str(profiles["slow"].resolve()), "timing": "median",
+                                                "output": "stored"}
+    assert topo.device("pi2").replay_vars() is None
+    assert Topology.from_dict(topo.to_dict()) == topo  # the state file keeps it
+    yml = tmp_path / "topo.yml"
+    src = (Path(__file__).resolve().parents[2] / "paretopipe" / "data" / "topology.yml").read_text()
+    yml.write_text(src.replace("name: gpu", f"name: gpu\n    replay: {{profile: {profiles['fast']}, timing: draw}}", 1))
+    assert load_topology(yml).device("gpu").replay_vars() == {"profile": str(profiles["fast"].resolve()),
+                                                              "timing": "draw", "output": "compute"}
+    yml.write_text(src.replace("name: gpu", "name: gpu\n    replay: {profile: missing.json}", 1))
+    with pytest.raises(ConfigError, match="cannot read profile .*missing.json"):
+        load_topology(yml)
+
+
+def test_sweep_refuses_a_profile_of_another_batch_size_before_any_run(profiles, tmp_path):
+    proc = run_cli("sweep", "--model", "resnet18", "--input-size", "64", "--batch-sizes", "2,4", "--splits", "5",
+                   "--out", str(tmp_path / "s"), "--replay", f"1={profiles['slow']}", timeout=120)
+    assert proc.returncode == 2
+    assert _one_line_error(proc).startswith(f"paretopipe: error: device 1: replay profile {profiles['slow'].resolve()} "
+                                            "is for batch size 2, but the run uses batch size 4")
+    assert not (tmp_path / "s").exists()
+    proc = run_cli("sweep", "--model", "resnet18", "--out", str(tmp_path / "s"), "--replay", f"3={profiles['slow']}",
+                   timeout=120)
+    assert _one_line_error(proc) == ("paretopipe: error: --replay: no device 3 in a chain of 2 (devices 0..1, 0 is "
+                                     "the source)")
+
+
+def test_a_replayed_three_device_sweep_on_loopback_matches_the_unsplit_model(profiles, tmp_path):
+    """Every device replays, with stored output: no stage computes during the runs."""
+    out = tmp_path / "sweep"
+    spec = ",".join(f"{i}={profiles['slow']}" for i in range(3))
+    proc = run_cli("sweep", "--model", "resnet18", "--input-size", "64", "--batch-sizes", "2", "--splits", "3:9",
+                   "--devices", "3", "--windows", "2", "--batches", "4", "--warmup", "1", "--min-batches", "1",
+                   "--threads", "1", "--out", str(out), "--replay", spec, "--replay-output", "stored", timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (path,) = [p for p in out.glob("*.json")]
+    doc = json.loads(path.read_text())
+    assert validate_result(doc) == []
+    assert [s["index"] for s in doc["replay"]["stages"]] == [0, 1, 2]
+    assert all(s["output"] == "stored" for s in doc["replay"]["stages"])
+    assert doc["summary"]["fidelity"]["max_abs_error"] <= 1e-5  # the logits are the unsplit model's
+    compute = [statistics.median(b["compute_s"][i] for b in doc["batches"]) for i in range(3)]
+    assert compute == pytest.approx([3 * BLOCK_S, 6 * BLOCK_S, 6 * BLOCK_S], rel=0.25)
