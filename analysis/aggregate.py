@@ -139,10 +139,14 @@ class GroupResult:
         # the sweep dimensions first, in the planner's order (k=8 w4 b8), then anything else
         order = sorted(self.varying, key=lambda c: (_LABEL_ORDER.index(c) if c in _LABEL_ORDER else len(_LABEL_ORDER)))
         extra = [f"{_SHORT.get(c, '')}{_fmt(p.get(c))}" for c in order]
-        return " ".join([f"k={p.split_label}", *extra])
+        # a replayed configuration says so wherever its label shows its figures (decision 15)
+        replayed = ["(replayed)"] if REPLAY_MARK in str(p.get("placement") or "") else []
+        return " ".join([f"k={p.split_label}", *extra, *replayed])
 
 
 _LABEL_ORDER = ("window", "batch_size", "codec")
+#: In a placement, the mark of a replayed stage (analysis.loading: "host:cpu[replayed cpu@pi4 #1a2b3c4d]").
+REPLAY_MARK = "[replayed "
 _SHORT = {"batch_size": "b", "window": "w", "input_size": "px", "threads": "t", "codec": ""}
 
 

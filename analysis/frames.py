@@ -46,7 +46,9 @@ __all__ = ["load_runs", "aggregate", "frontier", "runs_frame", "config_points", 
 
 ID_COLUMNS = ("path", "source", "run_id", "sweep_id", "repeat")
 VECTOR_COLUMNS = ("compute_s", "hop_transfer_s", "hop_bytes")  # tuples: per stage / per hop
-RUN_COLUMNS = (*ID_COLUMNS, *CONFIG_COLUMNS, "num_stages", "valid", *METRICS, *VECTOR_COLUMNS)
+#: a replayed run (paretopipe.runtime.replay): whether, its counted overruns, and the analysis's note
+REPLAY_COLUMNS = ("replayed", "replay_overruns", "replay_note")
+RUN_COLUMNS = (*ID_COLUMNS, *CONFIG_COLUMNS, "num_stages", "valid", *METRICS, *VECTOR_COLUMNS, *REPLAY_COLUMNS)
 STAT_SUFFIXES = ("mean", "std", "ci95", "n")
 _INT_COLUMNS = ("repeat", "input_size", "batch_size", "window", "threads", "num_stages")
 
@@ -62,10 +64,11 @@ def runs_frame(load: LoadResult) -> pd.DataFrame:
                 "sweep_id": r.sweep_id, "repeat": r.repeat,
                 **{c: getattr(r, c) for c in CONFIG_COLUMNS}, "num_stages": len(r.splits) + 1,
                 "valid": r.valid, **r.metrics,
-                **{c: getattr(r, c) for c in VECTOR_COLUMNS}}
+                **{c: getattr(r, c) for c in VECTOR_COLUMNS}, **{c: getattr(r, c) for c in REPLAY_COLUMNS}}
 
     frame = pd.DataFrame([row(r) for r in load.runs], columns=list(RUN_COLUMNS))
-    frame = frame.astype({c: "Int64" for c in _INT_COLUMNS} | {m: float for m in METRICS})
+    frame = frame.astype({c: "Int64" for c in (*_INT_COLUMNS, "replay_overruns")} | {m: float for m in METRICS}
+                         | {"replayed": bool})
     frame.attrs["skipped"] = pd.DataFrame(
         [(str(s.path), s.reason) for s in load.skipped], columns=["path", "reason"])
     frame.attrs["files_seen"] = load.files_seen

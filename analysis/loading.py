@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 import pandas as pd
 
 from analysis import AnalysisError
+from analysis.aggregate import REPLAY_MARK
 from analysis.metrics import METRICS
 from paretoio.schema import UPSTREAM_SCHEMA, run_schema_problems, schema_problems
 
@@ -74,6 +75,11 @@ class RunRecord:
     hop_bytes: tuple[float, ...]  # per hop, per batch
     metrics: Mapping[str, float] = field(default_factory=dict)  # every name in METRICS
     codec: str = "none"  # the codec at the splits (files before codecs, upstream's: none)
+    # a replayed run (its file's "replay" section): compute times came from profiles, not from
+    # its hosts; its placement names the profiles, so it never aggregates with measured runs
+    replayed: bool = False
+    replay_overruns: int | None = None  # counted batches that overran their profiled time
+    replay_note: str | None = None  # "the host was too slow to replay this device" when any did
 
 
 @dataclass(frozen=True)
@@ -255,7 +261,10 @@ def _from_v1(path: Path, doc: dict[str, Any]) -> RunRecord:
     _follows(run_schema_problems(doc), f"{SCHEMA} v{SCHEMA_VERSION}")
 
     config, summary, validity = doc["config"], doc["summary"], doc["validity"]
-    placement = ">".join(f"{s['host']}:{s['device']}" for s in config["stages"])
+    replay = doc.get("replay") or {}
+    replayed_by = {int(s["index"]): s for s in replay.get("stages") or ()}
+    placement = ">".join(f"{s['host']}:{s['device']}" + _replay_mark(replayed_by.get(int(s["index"])))
+                         for s in config["stages"])
     compute = _fs(summary["compute_s"])
     hop_bytes = _fs(h["bytes"] for h in summary["hops"])
     hop_raw = _fs(h.get("raw_bytes", h["bytes"]) for h in summary["hops"])  # files before codecs: raw = wire
@@ -325,7 +334,18 @@ def _from_v1(path: Path, doc: dict[str, Any]) -> RunRecord:
         hop_transfer_s=hop_transfer,
         hop_bytes=hop_bytes,
         metrics=_checked(metrics),
+        replayed=bool(replay),
+        replay_overruns=int(replay["overruns"]) if replay else None,
+        replay_note=(replay.get("note") or None) if replay else None,
     )
+
+
+def _replay_mark(stage: dict[str, Any] | None) -> str:
+    """A replayed stage's part of the placement: ``[replayed DEVICE@HOST #SHA8]``."""
+    if not stage:
+        return ""
+    prof = stage.get("profile") or {}
+    return f"{REPLAY_MARK}{prof.get('device')}@{prof.get('host')} #{str(prof.get('sha256'))[:8]}]"
 
 
 # --- upstream ParetoPipe ---------------------------------------------------------------------

@@ -206,6 +206,29 @@ def _uncertain_para(results: Sequence[GroupResult]) -> _Para:
                  "interval could dominate it, a dominated one when no configuration surely dominates it.")
 
 
+def _replay_blocks(runs: pd.DataFrame) -> list[_Block]:
+    """Which runs were replayed (their compute times came from profiles, not from their hosts),
+    and which of them overran their profiled times."""
+    if "replayed" not in runs.columns or not runs["replayed"].any():
+        return []
+    replayed = runs[runs["replayed"]]
+    over = replayed[replayed["replay_overruns"].fillna(0) > 0]
+    blocks: list[_Block] = [
+        _Heading(2, "Replayed runs"),
+        _Para(f"{len(replayed)} of {len(runs)} runs were replayed: their stages took the compute time of a "
+              "measured profile (named in each placement: device@host #checksum, and in each result file's "
+              "replay section), not their host's; their configurations are marked (replayed) and never "
+              "aggregated with measured ones. "
+              + (f"{len(over)} replayed run(s) overran their profiled times: the host was too slow to replay "
+                 "this device, so their figures are slower than the device's." if len(over) else
+                 "No replayed batch overran its profiled time.")),
+    ]
+    if len(over):
+        blocks.append(_Table(("run", "overruns", "note"), tuple(
+            (str(r.run_id), str(int(r.replay_overruns)), str(r.replay_note or "")) for r in over.itertuples())))
+    return blocks
+
+
 def _blocks(runs: pd.DataFrame, points: Sequence[ConfigPoint], results: Sequence[GroupResult],
             plots: Sequence[Plot], inputs: Sequence[Path], group_by: Sequence[str],
             comparisons: Sequence[Comparison] = (), fidelity: Sequence[GroupResult] = (),
@@ -237,6 +260,7 @@ def _blocks(runs: pd.DataFrame, points: Sequence[ConfigPoint], results: Sequence
                       r.label(r.knee) if r.knee is not None else "-", _num(r.hypervolume),
                       _num(r.hypervolume_normalised, 3)) for r in results)),
         _uncertain_para(results),
+        *_replay_blocks(runs),
     ]
     if records:
         b += _repeats_blocks(records)

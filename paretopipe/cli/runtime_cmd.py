@@ -56,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                        help="codecs this worker accepts for the tensor at the split, comma-separated (default: all: "
                             "none, fp16, bf16, int8, each also +zstd or +lz4); a session asking for another is "
                             "refused at the handshake")
+    _add_replay_args(serve, "this worker's stages")
     _add_rpc_args(serve, master=False)
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.set_defaults(func=_cmd_serve)
@@ -88,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     run.add_argument("--codec", default="none", metavar="NAME",
                      help="codec of the tensor crossing each split: none, fp16, bf16, int8, each optionally +zstd "
                           "or +lz4 (default: none); docs/codecs.md")
+    _add_replay_args(run, "the head stage (the blocks before the first split)")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(func=_cmd_run)
 
@@ -127,6 +129,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sweep.add_argument("--budget", default=DEFAULT_BUDGET, metavar="DURATION|none",
                        help="do not start a sweep whose estimated duration (printed before the first run) is over "
                             f"this: 2h, 90m, 1h30m, 3600 (seconds) or none (default: {DEFAULT_BUDGET})")
+    sweep.add_argument("--replay", metavar="I=PROFILE[,...]",
+                       help="chain devices (0 = the source, 1.. the local workers) that replay a measured profile, "
+                            "e.g. 0=pi4.json,1=server.json (docs/testbed.md, Replay)")
+    sweep.add_argument("--replay-timing", choices=("median", "draw"), default="median",
+                       help="for --replay: per-block median or a seeded draw (default: median)")
+    sweep.add_argument("--replay-output", choices=("compute", "stored"), default="compute",
+                       help="for --replay: compute and wait out the rest, or send stored outputs (default: compute)")
     sweep.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sweep.set_defaults(func=_cmd_sweep)
     _register_train(subparsers)
@@ -231,14 +240,38 @@ def _network(arg: str | None) -> dict[str, Any]:
     return obj
 
 
+def _add_replay_args(p: argparse.ArgumentParser, whose: str) -> None:
+    group = p.add_argument_group("replay", "time a measured device instead of this host (docs/testbed.md, Replay)")
+    group.add_argument("--replay", metavar="PROFILE",
+                       help=f"{whose} take the time PROFILE (`paretopipe profile`) recorded for their blocks; "
+                            "the result file names the profile and marks the run replayed")
+    group.add_argument("--replay-timing", choices=("median", "draw"), default="median",
+                       help="median: per-block median; draw: a seeded draw from the recorded spread (default: median)")
+    group.add_argument("--replay-output", choices=("compute", "stored"), default="compute",
+                       help="compute: compute for real, then wait out the rest of the profiled time; stored: send "
+                            "outputs computed beforehand for the same inputs, for a device faster than this host "
+                            "(default: compute)")
+
+
+def _check_replay_args(args: argparse.Namespace) -> None:
+    if args.replay is None and (args.replay_timing != "median" or args.replay_output != "compute"):
+        raise ConfigError("--replay-timing and --replay-output need --replay PROFILE")
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from paretopipe.runtime.worker import serve
 
     _setup_logging(args.verbose)
     _check_backend(args.backend)
     _apply_rpc_args(args)
+    _check_replay_args(args)
+    replay = None
+    if args.replay is not None:  # a bad profile is an error before the worker listens
+        from paretopipe.runtime.replay import ReplaySetting
+
+        replay = ReplaySetting.from_options(args.replay, args.replay_timing, args.replay_output)
     serve(listen=args.listen, device=args.device, shards=args.shards, token_file=args.token_file,
-          threads=args.threads, backend=args.backend, codecs=args.codec)
+          threads=args.threads, backend=args.backend, codecs=args.codec, replay=replay)
     return 0
 
 
@@ -264,11 +297,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     _check_backend(args.backend)
     _apply_rpc_args(args)
+    _check_replay_args(args)
     cfg = _run_config(
         args, splits=tuple(args.split), stages=tuple(s for s in args.stages.split(",") if s), out=Path(args.out),
         batches=args.batches if args.batches is not None else (None if args.duration is not None else 50),
         duration_s=args.duration, device=args.device, network=_network(args.network_json),
         repeat=args.repeat, run_id=args.run_id, check=args.check, codec=args.codec,
+        replay=args.replay, replay_timing=args.replay_timing, replay_output=args.replay_output,
     )
     try:
         doc = run(cfg)
@@ -295,6 +330,12 @@ def format_summary(doc: dict[str, Any], path: Path) -> str:
             f"{h['bytes']:.0f} / {h.get('ratio') or 1:.2f}x / {h['transfer_s'] * 1e3:.3f} / "
             f"{((h.get('encode_s') or 0) + (h.get('decode_s') or 0)) * 1e3:.3f}" for h in s["hops"]))
         lines.append(f"  queue wait {s['queue_wait_s'] * 1e3:.2f} ms, prefetch stalls {s['prefetch_stalls']}")
+    rep = doc.get("replay")
+    if rep:
+        lines.append("  REPLAYED: " + "; ".join(
+            f"stage {st['index']} timed by {st['profile']['path']} ({st['profile'].get('device')} on "
+            f"{st['profile'].get('host')}, {st['timing']}, {st['output']} output), {st['overruns'] or 0} overrun(s)"
+            for st in rep["stages"]) + (f" -- {rep['note']}" if rep.get("note") else ""))
     if s.get("accuracy_top1") is not None:
         lines.append(f"  top-1 accuracy {s['accuracy_top1']:.4f}")
     fid = s.get("fidelity")
@@ -329,8 +370,26 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                       batch_sizes=parse_positive_list(args.batch_sizes, "--batch-sizes", "1,8"),
                       repeats=parse_repeats(args.repeats, target=args.repeats_target, minimum=args.min_repeats,
                                             maximum=args.max_repeats, flag="--repeats"),
-                      sweep_id=args.sweep_id, device=args.device, budget_s=parse_budget(args.budget, "--budget"))
+                      sweep_id=args.sweep_id, device=args.device, budget_s=parse_budget(args.budget, "--budget"),
+                      replay=_sweep_replay(args, args.devices))
     return sweep(cfg)
+
+
+def _sweep_replay(args: argparse.Namespace, devices: int) -> tuple[dict[str, str], ...]:
+    """``sweep --replay 0=a.json,2=b.json``: per chain device 0..devices-1, what it replays."""
+    if args.replay is None:
+        if args.replay_timing != "median" or args.replay_output != "compute":
+            raise ConfigError("--replay-timing and --replay-output need --replay INDEX=PROFILE")
+        return ()
+    from paretopipe.runtime.replay import parse_replay_map
+
+    chosen = parse_replay_map(args.replay, example="0=pi4.json,1=server.json")
+    bad = [k for k in chosen if not k.isdigit() or int(k) >= devices]
+    if bad:
+        raise ConfigError(f"--replay: no device {bad[0]} in a chain of {devices} (devices 0..{devices - 1}, 0 is "
+                          "the source)")
+    return tuple({"profile": chosen[str(i)], "timing": args.replay_timing, "output": args.replay_output}
+                 if str(i) in chosen else {} for i in range(devices))
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

@@ -45,6 +45,16 @@ def _parse_between(text: str | None) -> list[str] | None:
 def _up(args: argparse.Namespace) -> int:
     from paretopipe import testbed
 
+    topology = args.topology
+    if args.replay is not None:  # every replay name and profile checked before anything changes
+        if args.kind != "netns":
+            raise ConfigError("--replay is for --kind netns (the emulated devices)")
+        from paretopipe.testbed.topology import load_topology, with_replay
+
+        topology = with_replay(load_topology(args.topology), args.replay, timing=args.replay_timing,
+                               output=args.replay_output)
+    elif args.replay_timing != "median" or args.replay_output != "compute":
+        raise ConfigError("--replay-timing and --replay-output need --replay DEVICE=PROFILE")
     print("testbed up:" if args.kind == "netns" else "testbed up (virtual machines):",
           file=_human(args), flush=True)
     if args.kind == "vm":
@@ -57,7 +67,7 @@ def _up(args: argparse.Namespace) -> int:
     elif args.wheelhouse or args.image_cache or args.boot_timeout is not None:
         raise ConfigError("--wheelhouse, --image-cache and --boot-timeout are for --kind vm")
     else:
-        result = testbed.up(args.topology, state_dir=args.state_dir, inventory=args.inventory,
+        result = testbed.up(topology, state_dir=args.state_dir, inventory=args.inventory,
                             progress=_progress_to(args))
     if args.json:
         print(json.dumps(result, indent=1))
@@ -244,6 +254,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: $PARETOPIPE_VM_CACHE or /var/cache/paretopipe/vm)")
     p.add_argument("--boot-timeout", type=float, metavar="S",
                    help="vm: seconds to wait for each device's ssh (default: 600)")
+    p.add_argument("--replay", metavar="DEV=PROFILE[,...]",
+                   help="devices that replay a measured profile (`paretopipe profile` on the real device), "
+                        "e.g. pi1=pi4.json,gpu=server.json: their stages take the profiled time for their blocks "
+                        "(also `replay:` per device in the topology; docs/testbed.md, Replay)")
+    p.add_argument("--replay-timing", choices=("median", "draw"), default="median",
+                   help="for --replay: per-block median, or a seeded draw from the recorded spread (default: median)")
+    p.add_argument("--replay-output", choices=("compute", "stored"), default="compute",
+                   help="for --replay: compute for real and wait out the rest, or send outputs computed beforehand "
+                        "(for a device faster than this host) (default: compute)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_up)
 

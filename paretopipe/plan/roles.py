@@ -51,9 +51,22 @@ def spec_from_settings(s: Mapping[str, Any]) -> SweepSpec:
                      selection=selection)
 
 
+def _chain_replay(s: Mapping[str, Any], spec: Any) -> list[dict[str, Any]]:
+    """The chain's replayed devices (the inventory's ``paretopipe_replay``), checked against the sweep."""
+    entries = list(s.get("chain_replay") or [])
+    if not any(entries):
+        return []
+    from paretopipe.runtime.replay import check_chain_replay
+
+    return check_chain_replay(entries, chain=list(s["chain"]), model=spec.model, num_classes=int(s["num_classes"]),
+                              input_size=int(s["input_size"]) if int(s.get("input_size") or 0) else None,
+                              batch_sizes=tuple(spec.batch_sizes), num_blocks=spec.num_blocks)
+
+
 def _controller_plan(s: Mapping[str, Any]) -> dict[str, Any]:
     """``make``: the plan as the sweep playbook uses it (rounds per condition, each a device list)."""
     spec = spec_from_settings(s)
+    replay = _chain_replay(s, spec)  # a profile that does not fit: an error before anything runs
     plan = make_plan(spec, s["results_dir"])
     backends = list(spec.backends)
     ips = list(s["chain_ips"])
@@ -67,6 +80,9 @@ def _controller_plan(s: Mapping[str, Any]) -> dict[str, Any]:
         "threads": int(s["source_threads"]) if int(s.get("source_threads") or 0) > 0 else None,
         "connect_timeout_s": float(s["connect_timeout"]), "timeout_s": float(s["receive_timeout"]),
     }
+    if replay and replay[0]:  # the source device replays too
+        template.update(replay=replay[0]["profile"], replay_timing=replay[0]["timing"],
+                        replay_output=replay[0]["output"])
     stages = {b: [f"{ip}:{int(s['worker_port_base']) + i}" for ip in ips[1:]] for i, b in enumerate(backends)}
     rounds = [{"condition": cond, "runs": sum(len(t.repeats) for t in tasks),
                "tasks": [t.as_dict() for t in tasks]} for cond, tasks in plan.rounds()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from paretopipe.errors import ConfigError
 
@@ -53,7 +53,11 @@ class HostBuffers:
             self._free.put(slot)
 
 
-def compute(module: Any, x: Any, device: str, buffers: HostBuffers) -> tuple[Any, int, float, float, float]:
+#: (host output, buffer slot or -1, t_start, t_ready, CPU seconds of this thread)
+StepResult = tuple[Any, int, float, float, float]
+
+
+def compute(module: Any, x: Any, device: str, buffers: HostBuffers) -> StepResult:
     """Run `module` on host tensor `x`.
 
     Returns (host output, buffer slot or -1, t_start, t_ready, CPU seconds of this thread)."""
@@ -73,3 +77,21 @@ def compute(module: Any, x: Any, device: str, buffers: HostBuffers) -> tuple[Any
             out = out.clone()  # an empty (identity) stage: the input buffer goes back to the pool
     t_ready = time.monotonic()
     return out, slot, t_start, t_ready, time.thread_time() - cpu0
+
+
+class StageCompute(Protocol):
+    """One stage's step on one batch, as the stage loops (worker and source) call it. A plain
+    stage computes (:class:`PlainCompute`); a replayed one takes its time from a profile
+    (:class:`paretopipe.runtime.replay.ReplayCompute`). The loops do not know which."""
+
+    def __call__(self, x: Any, buffers: HostBuffers, batch_id: int) -> StepResult: ...
+
+
+class PlainCompute:
+    """The stage's module on the batch, timed as it ran."""
+
+    def __init__(self, module: Any, device: str) -> None:
+        self.module, self.device = module, device
+
+    def __call__(self, x: Any, buffers: HostBuffers, batch_id: int) -> StepResult:
+        return compute(self.module, x, self.device, buffers)

@@ -228,6 +228,11 @@ class DigitsInput(_ArrayInput):
         self._setup(*digits_part("test"))
 
 
+def input_period(spec: str) -> int | None:
+    """How many distinct batches an input spec cycles through (synthetic: its pool), else None."""
+    return SYNTHETIC_POOL if spec == "synthetic" else None
+
+
 def open_input(spec: str, *, batch_size: int, input_size: int, seed: int) -> InputSource:
     kind = spec.split(":", 1)[0]
     if spec == "digits":  # scikit-learn's bundled digits, the held-out part

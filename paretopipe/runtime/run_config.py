@@ -50,6 +50,9 @@ class RunConfig:
     codec: str = "none"
     fidelity_batches: int = FIDELITY_BATCHES
     reference_cache: str | None = None  # a folder keeping the reference logits across runs
+    replay: str | None = None  # a profile the head stage replays (paretopipe.runtime.replay)
+    replay_timing: str = "median"
+    replay_output: str = "compute"
 
     def validate(self) -> None:
         """Check a complete run configuration."""

@@ -29,7 +29,7 @@ from typing import Any
 
 from paretopipe.errors import ConfigError, ParetoPipeError, StageError
 from paretopipe.metrics import BatchRecord, ResourceSampler, summarize
-from paretopipe.runtime.compute import HostBuffers, compute
+from paretopipe.runtime.compute import HostBuffers, PlainCompute
 from paretopipe.runtime.run_config import RunConfig  # re-exported: importers say paretopipe.runtime.source
 from paretopipe.threads import join, spawn
 from paretopipe.transport.base import SessionPlan, SessionSpec, StageInfo
@@ -107,6 +107,35 @@ class _Run:
         _, self.head_out_shape = stage_io_shapes(cfg.model, cfg.splits, 0, batch_size=cfg.batch_size,
                                                  input_size=self.input_size, num_classes=cfg.num_classes)
         self.logits_shape = (cfg.batch_size, cfg.num_classes)
+        self.step: Any = PlainCompute(self.head, self.device)
+        self.head_replay: dict[str, Any] | None = None
+        if cfg.replay is not None:
+            self._setup_replay()
+
+    def _setup_replay(self) -> None:
+        """The head replays a profile (``--replay``): checked against the run before anything
+        else happens; for stored output, the head's outputs are computed beforehand."""
+        from paretopipe.runtime.inputs import input_period
+        from paretopipe.runtime.replay import ReplayCompute, ReplayOutput, ReplaySetting, stored_outputs
+
+        cfg = self.cfg
+        setting = ReplaySetting.from_options(cfg.replay, cfg.replay_timing, cfg.replay_output)
+        setting.profile.check_fits(model=cfg.model, num_classes=cfg.num_classes, input_size=self.input_size,
+                                   batch_size=cfg.batch_size, num_blocks=self.num_blocks)
+        blocks = (0, cfg.splits[0])
+        outputs, period = None, input_period(cfg.input)
+        if setting.output == ReplayOutput.STORED:
+            count = period or (cfg.warmup + cfg.batches if cfg.batches is not None else None)
+            if count is None:
+                raise ConfigError("--replay-output stored needs the batches known beforehand: give --batches N "
+                                  "or use --input synthetic")
+            outputs = stored_outputs(model=cfg.model, num_classes=cfg.num_classes, weights=self.weights,
+                                     seed=cfg.seed, input_spec=cfg.input, input_size=self.input_size,
+                                     batch_size=cfg.batch_size, boundary=blocks[1], batch_ids=list(range(count)),
+                                     cache_dir=cfg.reference_cache, memo={})
+        self.step = ReplayCompute(setting, blocks=blocks, stage_index=0, seed=cfg.seed, module=self.head,
+                                  device=self.device, outputs=outputs, period=period)
+        self.head_replay = setting.describe(blocks)
 
     def _plan_threads(self) -> None:
         """Intra-op threads for this source and for the stages on this host.
@@ -207,6 +236,9 @@ class _Run:
             num_stages=len(cfg.splits) + 1, batch_size=cfg.batch_size, dtype="float32",
             weights=self.weights, next_address=None, window=cfg.window, timeout_s=cfg.timeout_s,
             threads=cfg.threads, seed=cfg.seed, codec=str(parse_codec(cfg.codec)), run_id=default_run_id(cfg),
+            input=cfg.input,
+            total_batches=cfg.warmup + cfg.batches if cfg.batches is not None else None,
+            cache_dir=cfg.reference_cache,
         )
         plan = SessionPlan(addresses=tuple(cfg.stages), spec=spec, head_out_shape=tuple(self.head_out_shape),
                            logits_shape=self.logits_shape,
@@ -227,6 +259,8 @@ class _Run:
             own["index"] = 0
             own["threads"] = torch.get_num_threads()
             own["compute_cpu_s"] = self.compute_cpu_s
+            if self.head_replay is not None:
+                own["replay"] = self.step.stats()
             self.stage_stats = [own, *link.finish()]
         finally:
             sampler.stop()  # a no-op once stopped; after a failure it ends the sampling thread
@@ -264,7 +298,7 @@ class _Run:
                 send_s = time.monotonic()
                 if counted and t_first is None:
                     t_first = send_s
-                out, slot, t_start, t_ready, cpu = compute(self.head, batch.images, self.device, buffers)
+                out, slot, t_start, t_ready, cpu = self.step(batch.images, buffers, batch_id)
                 self.compute_cpu_s += cpu
                 p = _Pending(batch_id, send_s, t_ready - t_start, t_ready, window_wait, batch.labels)
                 p.wire_send = link.send(batch_id, out)
@@ -347,7 +381,7 @@ class _Run:
                     send_s = time.monotonic()
                     if counted and not t_first:
                         t_first.append(send_s)
-                    out, slot, t_start, t_ready, cpu = compute(self.head, batch.images, self.device, buffers)
+                    out, slot, t_start, t_ready, cpu = self.step(batch.images, buffers, batch_id)
                     self.compute_cpu_s += cpu
                     with lock:
                         pending[batch_id] = _Pending(batch_id, send_s, t_ready - t_start, t_ready, window_wait, batch.labels)
@@ -485,7 +519,10 @@ class _Run:
                             prefetch_stalls=self.prefetch_stalls, prefetch_stall_s=self.prefetch_stall_s,
                             labelled_images=self.labelled_images if self.weights_trained else 0)
         summary["fidelity"] = self.fidelity
-        extra = {"check": self.check} if self.check is not None else {}
+        extra: dict[str, Any] = {"check": self.check} if self.check is not None else {}
+        replay = self.replay_section()
+        if replay is not None:
+            extra["replay"] = replay
         batches = [r.to_json(t0) for r in recs]
         configured = (cfg.network or {}).get("configured") or {}
         if configured.get("trace_file"):  # a condition that moves: the batches on its clock
@@ -505,6 +542,15 @@ class _Run:
                               min_batches=cfg.min_batches, min_duration_s=cfg.min_duration_s),
             **extra,
         )
+
+    def replay_section(self) -> dict[str, Any] | None:
+        """The result's ``replay`` section: which stages replayed which profile, and their
+        overruns; None for a measured run (no stage replayed)."""
+        from paretopipe.runtime.replay import replay_section
+
+        docs = {0: self.head_replay} if getattr(self, "head_replay", None) else {}
+        docs.update({i.index: i.replay for i in self.stage_infos if i.replay})
+        return replay_section(docs, self.stage_stats, warmup=self.cfg.warmup)
 
     @property
     def weights_trained(self) -> bool:

@@ -45,6 +45,9 @@ class SweepConfig:
     device: str = "cpu"
     codecs: tuple[str, ...] = ()  # every split runs with each codec; empty: the template's codec
     budget_s: float | None = None  # over it, the sweep does not start (paretopipe.plan.estimate); None: no budget
+    # per chain device 0..devices-1 (0: the source), the profile it replays ({profile, timing,
+    # output}, paretopipe.runtime.replay) or {}; empty: no device replays
+    replay: tuple[dict[str, str], ...] = ()
 
     @property
     def model(self) -> str:
@@ -106,6 +109,10 @@ class LocalWorker:
                 cmd += ["--threads", str(cfg.run.threads)]
             if cfg.run.token_file:
                 cmd += ["--token-file", cfg.run.token_file]
+            entry = cfg.replay[self.index] if self.index < len(cfg.replay) else {}
+            if entry:
+                cmd += ["--replay", entry["profile"], "--replay-timing", entry["timing"],
+                        "--replay-output", entry["output"]]
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - held for the worker's lifetime, closed in stop()
             self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             proc, log_path = self.proc, self.log_path
@@ -138,9 +145,11 @@ def _run_args(rc: RunConfig) -> list[str]:
         cmd += ["--split", str(k)]
     for flag, value in (("--input-size", rc.input_size), ("--weights", rc.weights), ("--threads", rc.threads),
                         ("--token-file", rc.token_file), ("--sweep-id", rc.sweep_id),
-                        ("--reference-cache", rc.reference_cache)):
+                        ("--reference-cache", rc.reference_cache), ("--replay", rc.replay)):
         if value is not None:
             cmd += [flag, str(value)]
+    if rc.replay is not None:
+        cmd += ["--replay-timing", rc.replay_timing, "--replay-output", rc.replay_output]
     if rc.network:
         cmd += ["--network-json", json.dumps(rc.network)]
     return cmd
@@ -153,6 +162,16 @@ def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
     stream = stream or sys.stdout
     cfg.run.validate_settings()
     spec = cfg.spec()
+    if any(cfg.replay):  # a profile that does not fit the sweep: an error before anything starts
+        from paretopipe.runtime.replay import check_chain_replay
+
+        entries = check_chain_replay(list(cfg.replay), chain=[f"{i}" for i in range(cfg.devices)], model=cfg.model,
+                                     num_classes=cfg.run.num_classes, input_size=cfg.run.input_size,
+                                     batch_sizes=spec.batch_sizes, num_blocks=spec.num_blocks)
+        cfg = replace(cfg, replay=tuple(entries))
+        if entries[0]:
+            cfg = replace(cfg, run=replace(cfg.run, replay=entries[0]["profile"], replay_timing=entries[0]["timing"],
+                                           replay_output=entries[0]["output"]))
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     sweep_id = cfg.sweep_id or out.resolve().name

@@ -23,7 +23,7 @@ from typing import Any
 
 from paretopipe.errors import ConfigError, StageError
 from paretopipe.metrics import ResourceSampler
-from paretopipe.runtime.compute import HostBuffers, check_device, compute
+from paretopipe.runtime.compute import HostBuffers, PlainCompute, StageCompute, check_device
 from paretopipe.runtime.cores import usable_cpus
 from paretopipe.threads import spawn
 from paretopipe.transport.base import InBatch, SessionSpec, StageInfo, StageLink, StageRecord
@@ -55,11 +55,18 @@ def _fault_after() -> int | None:
 
 
 class StageService:
-    """Implements the StageHandler protocol for any backend."""
+    """Implements the StageHandler protocol for any backend.
+
+    With ``replay`` (a :class:`~paretopipe.runtime.replay.ReplaySetting`) the stage is a
+    replayed one: each batch takes the profile's time for the stage's blocks."""
 
     def __init__(self, *, device: str = "cpu", shards: str | os.PathLike[str] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, replay: Any = None) -> None:
         self.device = check_device(device)
+        self.replay = replay
+        self._stored: dict[int, Any] | None = None
+        self._stored_period: int | None = None
+        self._stored_memo: dict[str, Any] = {}  # the stored outputs, kept for the worker's life
         self.shards = Path(shards) if shards else None
         self.threads = threads
         self._manifest: dict[str, Any] | None = None
@@ -97,34 +104,75 @@ class StageService:
             if self._manifest["model"] != spec.model:
                 raise StageError(f"this worker's shards ({self.shards}) are for {self._manifest['model']}, but the session asks for {spec.model}")
             num_classes = int(self._manifest["num_classes"])
+        from paretopipe.splitting import num_blocks, stage_io_shapes
+
         key = (spec.model, num_classes, spec.splits, spec.stage_index, str(self.shards),
                tuple(sorted(spec.weights.items())), spec.batch_size, spec.input_size)
+        nb = num_blocks(spec.model, num_classes=num_classes)
+        bounds = (0, *spec.splits, nb)
+        blocks = (bounds[spec.stage_index], bounds[spec.stage_index + 1])
+        replay_doc = self._prepare_replay(spec, num_classes, nb, blocks) if self.replay is not None else None
         if key == self._cache_key and self._info is not None:
             log.info("stage %d of %s reused from the previous session", spec.stage_index, spec.model)
-            return replace(self._info, environment=self._environment(spec.stage_index))
+            return replace(self._info, environment=self._environment(spec.stage_index), replay=replay_doc)
         self._module = self._info = self._cache_key = None  # drop the old stage before building
         t0 = time.monotonic()
         module = self._build(spec)
-        from paretopipe.splitting import num_blocks, stage_io_shapes
-
         in_shape, out_shape = stage_io_shapes(spec.model, spec.splits, spec.stage_index, batch_size=spec.batch_size,
                                               input_size=spec.input_size, num_classes=num_classes)
         with torch.inference_mode():  # dry run: proves the stage accepts its input; warms it up
             probe = module(torch.zeros(in_shape, device=self.device))
         if tuple(probe.shape) != tuple(out_shape):
             raise StageError(f"stage {spec.stage_index} produced {tuple(probe.shape)}, expected {tuple(out_shape)}")
-        nb = num_blocks(spec.model, num_classes=num_classes)
-        bounds = (0, *spec.splits, nb)
         self._module = module
         self._info = StageInfo(
             index=spec.stage_index, address=None, in_shape=tuple(in_shape), out_shape=tuple(out_shape),
             dtype=spec.dtype, device=self.device, environment=self._environment(spec.stage_index),
-            blocks=(bounds[spec.stage_index], bounds[spec.stage_index + 1]),
+            blocks=blocks, replay=replay_doc,
         )
         self._cache_key = key
         log.info("built stage %d of %s (blocks %s) on %s in %.2f s", spec.stage_index, spec.model,
                  list(self._info.blocks), self.device, time.monotonic() - t0)
         return self._info
+
+    def _prepare_replay(self, spec: SessionSpec, num_classes: int, nb: int, blocks: tuple[int, int]) -> dict[str, Any]:
+        """Check that the profile times this session's model, input and batch; for stored
+        output, have the outputs of every batch ready (computed once, before READY)."""
+        from paretopipe.runtime.replay import ReplayOutput, stored_outputs
+
+        setting = self.replay
+        try:
+            setting.profile.check_fits(model=spec.model, num_classes=num_classes, input_size=spec.input_size,
+                                       batch_size=spec.batch_size, num_blocks=nb)
+        except ConfigError as exc:
+            raise StageError(str(exc)) from None
+        self._stored = None
+        if setting.output == ReplayOutput.STORED:
+            from paretopipe.runtime.inputs import input_period
+
+            period = input_period(spec.input)
+            count = period or spec.total_batches
+            if count is None:
+                raise StageError(f"stage {spec.stage_index} replays with stored output, which needs the batches known "
+                                 f"beforehand: give the run --batches N, or use synthetic inputs (this run: "
+                                 f"{spec.input!r} for a duration)")
+            self._stored = stored_outputs(model=spec.model, num_classes=num_classes, weights=spec.weights,
+                                          seed=spec.seed, input_spec=spec.input, input_size=spec.input_size,
+                                          batch_size=spec.batch_size, boundary=blocks[1], batch_ids=list(range(count)),
+                                          cache_dir=spec.cache_dir, memo=self._stored_memo)
+            self._stored_period = period
+        return setting.describe(blocks)
+
+    def _step(self, spec: SessionSpec) -> Any:
+        """This session's stage step: the module as it runs, or its replay."""
+        if self.replay is None:
+            return PlainCompute(self._module, self.device)
+        from paretopipe.runtime.replay import ReplayCompute
+
+        assert self._info is not None
+        return ReplayCompute(self.replay, blocks=self._info.blocks, stage_index=spec.stage_index, seed=spec.seed,
+                             module=self._module, device=self.device, outputs=self._stored,
+                             period=self._stored_period)
 
     def _build(self, spec: SessionSpec) -> Any:
         if self.shards is not None:
@@ -154,29 +202,31 @@ class StageService:
         import torch
 
         assert self._module is not None and self._info is not None
+        step = self._step(link.spec)
         sampler = ResourceSampler(device=self.device).start()
         try:
             with torch.inference_mode():
                 if link.spec.window == 1:
-                    count, compute_cpu = self._run_sequential(link)
+                    count, compute_cpu = self._run_sequential(link, step)
                 else:
-                    count, compute_cpu = self._run_pipelined(link)
+                    count, compute_cpu = self._run_pipelined(link, step)
         finally:
             stats = sampler.stop()
         stats.update(index=link.spec.stage_index, batches=count, threads=torch.get_num_threads(),
                      compute_cpu_s=compute_cpu)
+        if self.replay is not None:
+            stats["replay"] = step.stats()
         return stats
 
-    def _run_sequential(self, link: StageLink) -> tuple[int, float]:
+    def _run_sequential(self, link: StageLink, step: StageCompute) -> tuple[int, float]:
         """Window 1: one batch in the chain at a time, so nothing can overlap. This thread
         receives, computes and sends each batch itself: no hand-offs between threads."""
-        module, device = self._module, self.device
         buffers = HostBuffers()
         fault = _fault_after()
         count, compute_cpu = 0, 0.0
         while (item := link.recv()) is not None:
             try:
-                out, slot, t_start, t_ready, cpu = compute(module, item.tensor, device, buffers)
+                out, slot, t_start, t_ready, cpu = step(item.tensor, buffers, item.batch_id)
             finally:
                 link.release(item)
             compute_cpu += cpu
@@ -186,10 +236,9 @@ class StageService:
             count = _counted(count + 1, link, fault)
         return count, compute_cpu
 
-    def _run_pipelined(self, link: StageLink) -> tuple[int, float]:
+    def _run_pipelined(self, link: StageLink, step: StageCompute) -> tuple[int, float]:
         """Window > 1: a receive thread, this compute loop and a send thread, so receiving batch
         n+1, computing batch n and sending batch n-1 overlap."""
-        module, device = self._module, self.device
         in_q: queue.Queue[InBatch | BaseException | None] = queue.Queue()
         out_q: queue.Queue[tuple[int, Any, list[StageRecord], float, int] | None] = queue.Queue()
         buffers = HostBuffers()
@@ -220,7 +269,7 @@ class StageService:
             while (item := in_q.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                out, slot, t_start, t_ready, cpu = compute(module, item.tensor, device, buffers)
+                out, slot, t_start, t_ready, cpu = step(item.tensor, buffers, item.batch_id)
                 compute_cpu += cpu
                 link.release(item)
                 record = _record(item, t_start, t_ready)
@@ -256,9 +305,10 @@ def _record(item: InBatch, t_start: float, t_ready: float) -> StageRecord:
 
 def serve(*, listen: str, device: str = "cpu", shards: str | None = None, token_file: str | None = None,
           threads: int | None = None, backend: str = "tcp", stop: threading.Event | None = None,
-          codecs: str | None = None) -> None:
+          codecs: str | None = None, replay: Any = None) -> None:
     """Run a long-lived worker until interrupted (or `stop` is set). `codecs`: the codecs this
-    worker accepts, comma-separated (default: every codec this installation can run)."""
+    worker accepts, comma-separated (default: every codec this installation can run);
+    `replay`: a :class:`~paretopipe.runtime.replay.ReplaySetting` to replay a device."""
     from paretopipe.codecs import parse_codec_list, require_available
     from paretopipe.transport import get_backend
     from paretopipe.transport.wire import read_token_file
@@ -273,5 +323,5 @@ def serve(*, listen: str, device: str = "cpu", shards: str | None = None, token_
         import torch
 
         torch.set_num_threads(threads)
-    service = StageService(device=device, shards=shards, threads=threads)
+    service = StageService(device=device, shards=shards, threads=threads, replay=replay)
     get_backend(backend).serve(listen, service, token=token, stop=stop, codecs=accepted)

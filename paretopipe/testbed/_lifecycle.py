@@ -187,6 +187,8 @@ class _Builder:
                 "paretopipe_cpu_quota": prof.cpu_quota,
                 "paretopipe_memory_bytes": prof.memory_bytes,
             }
+            if dev.replay_vars() is not None:  # the stage worker and the sweep's source replay it
+                device_vars[dev.name]["paretopipe_replay"] = dev.replay_vars()
         text = _ssh.inventory(self.paths, topo.to_dict(), device_vars, device_python())
         path = Path(self.state.inventory)
         if path.exists() and path.read_text() == text:

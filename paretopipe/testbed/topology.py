@@ -36,6 +36,16 @@ class Device:
     profile: str
     ip: str
     cpuset: str | None = None  # explicit cores, e.g. "0" or "0-1"; None = allocate
+    # a measured profile (`paretopipe profile`) this device replays (paretopipe.runtime.replay)
+    replay: str | None = None
+    replay_timing: str = "median"
+    replay_output: str = "compute"
+
+    def replay_vars(self) -> dict | None:
+        """The device's replay as the inventory carries it (``paretopipe_replay``), or None."""
+        if self.replay is None:
+            return None
+        return {"profile": self.replay, "timing": self.replay_timing, "output": self.replay_output}
 
 
 @dataclass(frozen=True)
@@ -156,15 +166,18 @@ def load_topology(path: str | Path | None = None, profiles: str | Path | None = 
     for i, item in enumerate(raw_devices):
         if not isinstance(item, dict):
             raise ConfigError(f"{file}: device #{i + 1} must be a mapping")
-        extra = set(item) - {"name", "group", "profile", "ip", "cpuset"}
+        extra = set(item) - {"name", "group", "profile", "ip", "cpuset", "replay"}
         missing = {"name", "group", "profile", "ip"} - set(item)
         if extra or missing:
             raise ConfigError(
                 f"{file}: device #{i + 1}: missing {sorted(missing)} / unknown {sorted(extra)}"
             )
-        devices.append(Device(name=str(item["name"]), group=str(item["group"]),
-                              profile=str(item["profile"]), ip=str(item["ip"]),
-                              cpuset=None if item.get("cpuset") is None else str(item["cpuset"])))
+        device = Device(name=str(item["name"]), group=str(item["group"]),
+                        profile=str(item["profile"]), ip=str(item["ip"]),
+                        cpuset=None if item.get("cpuset") is None else str(item["cpuset"]))
+        if item.get("replay") is not None:
+            device = _replaying(device, item["replay"], base=file.parent, source=str(file))
+        devices.append(device)
     topo = Topology(
         prefix=str(data.get("prefix", "pp-")),
         bridge=str(data.get("bridge", "br-pp")),
@@ -178,6 +191,40 @@ def load_topology(path: str | Path | None = None, profiles: str | Path | None = 
     )
     validate(topo, table, source=str(file))
     return topo
+
+
+def _replaying(dev: Device, spec: object, *, base: Path, source: str) -> Device:
+    """``dev`` replaying ``spec`` (a profile path, or ``{profile, timing, output}``), the profile
+    read and checked now: a file that is not a profile is an error before anything is built."""
+    from paretopipe.runtime.replay import ReplaySetting
+
+    if isinstance(spec, str):
+        spec = {"profile": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("profile"), str) \
+            or set(spec) - {"profile", "timing", "output"}:
+        raise ConfigError(f"{source}: device {dev.name}: replay must be a profile file or "
+                          "{profile: FILE, timing: median|draw, output: compute|stored}")
+    path = Path(spec["profile"]).expanduser()
+    path = path if path.is_absolute() else base / path
+    setting = ReplaySetting.from_options(str(path), str(spec.get("timing", "median")),
+                                         str(spec.get("output", "compute")))
+    return dataclasses.replace(dev, replay=setting.profile.path, replay_timing=setting.timing.value,
+                               replay_output=setting.output.value)
+
+
+def with_replay(topo: Topology, spec: str, *, timing: str = "median", output: str = "compute") -> Topology:
+    """``topo`` with the devices of ``spec`` (``pi1=pi4.json,gpu=server.json``, the CLI's
+    ``--replay``) replaying those profiles. An unknown device, a malformed item or a file that
+    is not a profile is a ConfigError, raised before the testbed changes."""
+    from paretopipe.runtime.replay import parse_replay_map
+
+    chosen = parse_replay_map(spec)
+    for name in chosen:
+        topo.device(name)  # an unknown name lists the devices there are
+    devices = tuple(_replaying(d, {"profile": chosen[d.name], "timing": timing, "output": output},
+                               base=Path.cwd(), source="--replay") if d.name in chosen else d
+                    for d in topo.devices)
+    return dataclasses.replace(topo, devices=devices)
 
 
 def validate(topo: Topology, profiles: dict[str, Profile], *, source: str = "topology") -> None:

@@ -103,6 +103,11 @@ class SessionSpec:
     seed: int = 0
     codec: str = "none"  # what crosses every split (paretopipe.codecs); the logits return uncoded
     run_id: str | None = None  # the source's run (its result file's name): a busy worker names it
+    # for replayed stages with stored output (paretopipe.runtime.replay): the source's inputs,
+    # how many batch ids it sends (None: for a duration) and where the sweep keeps such tensors
+    input: str = "synthetic"
+    total_batches: int | None = None
+    cache_dir: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -123,6 +128,9 @@ class SessionSpec:
                 threads=None if obj.get("threads") is None else int(obj["threads"]),
                 seed=int(obj.get("seed", 0)), codec=str(obj.get("codec", "none")),
                 run_id=None if obj.get("run_id") is None else str(obj["run_id"])[:200],
+                input=str(obj.get("input", "synthetic")),
+                total_batches=None if obj.get("total_batches") is None else int(obj["total_batches"]),
+                cache_dir=None if obj.get("cache_dir") is None else str(obj["cache_dir"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed session spec: {exc!r}") from None
@@ -145,6 +153,7 @@ class StageInfo:
     device: str
     environment: dict[str, Any] = field(default_factory=dict)
     blocks: tuple[int, int] = (0, 0)
+    replay: dict[str, Any] | None = None  # a replayed stage: its profile and how it replays it
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -160,6 +169,7 @@ class StageInfo:
                 out_shape=tuple(int(d) for d in obj["out_shape"]), dtype=str(obj["dtype"]),
                 device=str(obj["device"]), environment=dict(obj.get("environment") or {}),
                 blocks=tuple(int(b) for b in obj.get("blocks", (0, 0))),  # type: ignore[arg-type]
+                replay=dict(obj["replay"]) if obj.get("replay") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed READY answer: {exc!r}") from None
