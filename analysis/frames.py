@@ -159,7 +159,7 @@ def config_points(configs: pd.DataFrame) -> list[ConfigPoint]:
 def frontier_frame(results: Sequence[GroupResult]) -> pd.DataFrame:
     """One row per configuration: its group, configuration, label, ``rank`` (0 = frontier; NA
     when excluded), ``on_frontier``, ``knee``, ``duplicate_of``, ``tied_on``,
-    ``excluded_reason``, ``membership_uncertain`` (the 95% CIs allow the other verdict), ``n_runs``, each objective's mean/std/ci95/n, the group's hypervolumes
+    ``excluded_reason``, ``membership_uncertain`` (the 95% CIs allow the other verdict), ``membership_unknown`` (no CI: one run), ``n_runs``, each objective's mean/std/ci95/n, the group's hypervolumes
     and the run ids. ``attrs["reference"]``: the hypervolume reference point per objective."""
     objectives = results[0].objectives if results else ()
     group_cols = [c for c, _ in results[0].group] if results else []
@@ -174,7 +174,8 @@ def frontier_frame(results: Sequence[GroupResult]) -> pd.DataFrame:
                     "duplicate_of": "; ".join(r.label(j) for j in r.duplicates.get(i, ())),
                     "tied_on": ",".join(r.ties.get(i, ())),
                     "excluded_reason": r.excluded.get(i),
-                    "membership_uncertain": i in r.uncertain, "n_runs": len(p.run_ids)}
+                    "membership_uncertain": i in r.uncertain,
+                    "membership_unknown": i in r.unknown, "n_runs": len(p.run_ids)}
             for o in objectives:
                 s = p.stats[o.name]
                 row |= {f"{o.name}_mean": s.mean, f"{o.name}_std": s.std,

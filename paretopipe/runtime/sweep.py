@@ -194,7 +194,7 @@ def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
 
     try:
         reports = work_through(cfg.model, plan.tasks, cfg.repeats, out, execute, progress=progress,
-                               describe=lambda t: {"sweep_id": sweep_id})
+                               describe=lambda t: {"sweep_id": sweep_id}, seed=cfg.run.seed)
     finally:
         for w in workers:
             w.stop()

@@ -248,3 +248,23 @@ def test_report_says_which_auto_configurations_reached_the_target(tmp_path):
     assert "membership_uncertain" in front
     assert not any("repeats.json" in line for line in report.split("## Skipped")[1:])  # not a skipped file
     assert json.loads((results / f"{MODEL}-s0-tcp-lan-b8-w1.repeats.json").read_text())["verdict"] == "reached"
+
+
+def test_one_run_configurations_are_reported_as_unknown_never_exact(tmp_path):
+    """DESIGN 13: a configuration with one run has no confidence interval. The report says how
+    many could not be judged and why, names the frontier points among them, and never calls
+    them exact; the frontier CSV marks them membership_unknown."""
+    rng = np.random.default_rng(7)
+    results = tmp_path / "results"
+    for k in (0, 6, 19):
+        write_json(results / f"{MODEL}-s{k}-tcp-lan-r0.json", make_run(k, "lan", "tcp", 0, rng))
+    write_json(results / f"{MODEL}-s6-tcp-lan-r1.json", make_run(6, "lan", "tcp", 1, rng))
+    assert main([str(results), "--no-plots"]) == 0
+    report = (results / "analysis" / "report.md").read_text()
+    assert "exact" not in report.lower().replace("hypervolume is exact", "")
+    assert "2 configuration(s) could not be judged (1 run: no confidence interval)" in report
+    assert "uncertainty is unknown" in report
+    rows = _csv(results / "analysis" / "frontier.csv")
+    unknown = {r["splits"]: r["membership_unknown"] for r in rows}
+    assert unknown == {"0": "true", "6": "false", "19": "true"}
+    assert all(r["membership_uncertain"] == "false" for r in rows if r["membership_unknown"] == "true")
