@@ -46,7 +46,7 @@ __all__ = ["load_runs", "aggregate", "frontier", "runs_frame", "config_points", 
 
 ID_COLUMNS = ("path", "source", "run_id", "sweep_id", "repeat")
 VECTOR_COLUMNS = ("compute_s", "hop_transfer_s", "hop_bytes")  # tuples: per stage / per hop
-RUN_COLUMNS = (*ID_COLUMNS, *CONFIG_COLUMNS, "num_stages", "valid", *METRICS, *VECTOR_COLUMNS)
+RUN_COLUMNS = (*ID_COLUMNS, *CONFIG_COLUMNS, "num_stages", "valid", *METRICS, *VECTOR_COLUMNS, "contention")
 STAT_SUFFIXES = ("mean", "std", "ci95", "n")
 _INT_COLUMNS = ("repeat", "input_size", "batch_size", "window", "threads", "num_stages")
 
@@ -62,7 +62,7 @@ def runs_frame(load: LoadResult) -> pd.DataFrame:
                 "sweep_id": r.sweep_id, "repeat": r.repeat,
                 **{c: getattr(r, c) for c in CONFIG_COLUMNS}, "num_stages": len(r.splits) + 1,
                 "valid": r.valid, **r.metrics,
-                **{c: getattr(r, c) for c in VECTOR_COLUMNS}}
+                **{c: getattr(r, c) for c in VECTOR_COLUMNS}, "contention": r.contention}
 
     frame = pd.DataFrame([row(r) for r in load.runs], columns=list(RUN_COLUMNS))
     frame = frame.astype({c: "Int64" for c in _INT_COLUMNS} | {m: float for m in METRICS})

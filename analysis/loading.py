@@ -74,6 +74,9 @@ class RunRecord:
     hop_bytes: tuple[float, ...]  # per hop, per batch
     metrics: Mapping[str, float] = field(default_factory=dict)  # every name in METRICS
     codec: str = "none"  # the codec at the splits (files before codecs, upstream's: none)
+    #: why the run was measured under contention (``summary.contention.reason``); "" when it was
+    #: not, None when the file does not say (files before contention was recorded, upstream's)
+    contention: str | None = None
 
 
 @dataclass(frozen=True)
@@ -324,7 +327,15 @@ def _from_v1(path: Path, doc: dict[str, Any]) -> RunRecord:
         hop_transfer_s=hop_transfer,
         hop_bytes=hop_bytes,
         metrics=_checked(metrics),
+        contention=_contention(summary),
     )
+
+
+def _contention(summary: Mapping[str, Any]) -> str | None:
+    c = summary.get("contention")
+    if not c:
+        return None
+    return str(c.get("reason") or "contended") if c.get("contended") else ""
 
 
 # --- upstream ParetoPipe ---------------------------------------------------------------------

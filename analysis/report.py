@@ -222,6 +222,20 @@ def _uncertain_para(results: Sequence[GroupResult]) -> _Para:
     return _Para(head + (" " + tail if tail else ""))
 
 
+def _contention_para(runs: pd.DataFrame) -> _Para:
+    """The runs measured under contention (``summary.contention``; older files do not say)."""
+    recorded = runs[runs["contention"].notna()] if "contention" in runs.columns else runs.iloc[:0]
+    unrecorded = f" {len(runs) - len(recorded)} run(s) did not record it." if len(recorded) < len(runs) else ""
+    flagged = recorded[recorded["contention"] != ""]
+    if flagged.empty:
+        return _Para(f"Host contention: none of the {len(recorded)} run(s) that recorded it (other processes' CPU "
+                     f"time, CPU steal and load average during the measured batches) was measured under "
+                     f"contention.{unrecorded}")
+    items = "; ".join(f"{rid} ({why})" for rid, why in zip(flagged["run_id"], flagged["contention"]))
+    return _Para(f"Runs measured under contention ({len(flagged)} of {len(runs)}): {items}. Their figures "
+                 "include what other processes took from the host; repeat them on a quieter host." + unrecorded)
+
+
 def _blocks(runs: pd.DataFrame, points: Sequence[ConfigPoint], results: Sequence[GroupResult],
             plots: Sequence[Plot], inputs: Sequence[Path], group_by: Sequence[str],
             comparisons: Sequence[Comparison] = (), fidelity: Sequence[GroupResult] = (),
@@ -253,6 +267,7 @@ def _blocks(runs: pd.DataFrame, points: Sequence[ConfigPoint], results: Sequence
                       r.label(r.knee) if r.knee is not None else "-", _num(r.hypervolume),
                       _num(r.hypervolume_normalised, 3)) for r in results)),
         _uncertain_para(results),
+        _contention_para(runs),
     ]
     if records:
         b += _repeats_blocks(records)

@@ -268,3 +268,26 @@ def test_one_run_configurations_are_reported_as_unknown_never_exact(tmp_path):
     unknown = {r["splits"]: r["membership_unknown"] for r in rows}
     assert unknown == {"0": "true", "6": "false", "19": "true"}
     assert all(r["membership_uncertain"] == "false" for r in rows if r["membership_unknown"] == "true")
+
+
+def test_the_report_flags_runs_measured_under_contention(tmp_path):
+    """Issue 24: a run whose summary.contention says contended is named with its reason; runs
+    from before contention was recorded are counted as not recording it."""
+    from paretoio.schema import run_schema_problems
+
+    rng = np.random.default_rng(3)
+    results = tmp_path / "results"
+    docs = {k: make_run(k, "lan", "tcp", 0, rng) for k in (0, 6, 19)}
+    quiet = {"wall_s": 2.0, "cores": 2, "host_busy_cpu_s": 1.0, "steal_fraction": 0.0, "loadavg_1m": [0.5, 0.6],
+             "run_cpu_s": 0.9, "others_cpu_s": 0.1, "others_core_share": 0.025, "contended": False, "reason": None}
+    docs[0]["summary"]["contention"] = quiet
+    docs[6]["summary"]["contention"] = {**quiet, "others_cpu_s": 2.0, "others_core_share": 0.5, "contended": True,
+                                        "reason": "other processes used 50% of the host's 2 core(s)"}
+    for k, doc in docs.items():
+        assert run_schema_problems(doc) == []
+        write_json(results / f"{MODEL}-s{k}-tcp-lan-r0.json", doc)
+    assert main([str(results), "--no-plots"]) == 0
+    report = (results / "analysis" / "report.md").read_text()
+    assert "Runs measured under contention (1 of 3)" in report
+    assert f"{docs[6]['run_id']} (other processes used 50% of the host's 2 core(s))" in report
+    assert "1 run(s) did not record it" in report
