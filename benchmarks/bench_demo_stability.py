@@ -24,13 +24,12 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from _testbed_common import GPU_SERVER, topology_text, two_pis
+from _testbed_common import GPU_SERVER, private_sweep_folder, topology_text, two_pis
 
 from paretopipe.orchestrate import sweep
 
@@ -68,13 +67,7 @@ def main() -> int:
         return 2
     from analysis import load_runs
 
-    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="pp-bench-stability-"))
-    root.mkdir(parents=True, exist_ok=True)
-    topo, state, inventory = root / "topology.yml", root / "state", root / "inventory"
-    topo.write_text(topology(not args.no_pin))
-    inventory.mkdir(exist_ok=True)
-    if not (inventory / "group_vars").exists():
-        (inventory / "group_vars").symlink_to(REPO / "inventory" / "emulated" / "group_vars")
+    root, topo, state, inventory = private_sweep_folder(args.keep, "pp-bench-stability-", topology(not args.no_pin))
     sweep_id = "demo-stability"
     base = {"model": "mobilenet_v2", "input_size": 96, "splits": "0,8,16,23", "windows": "1,4",
             "batch_sizes": "1,8", "conditions": "lan,wifi", "backends": "tcp", "chain": "pi1,gpu",
