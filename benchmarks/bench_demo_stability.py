@@ -16,6 +16,9 @@ run-to-run coefficient of variation of mean latency and of throughput per config
 the runs of both sweeps. Exit status 0 when the goal is met.
 
     sudo .venv/bin/python benchmarks/bench_demo_stability.py [--no-pin] [--repeats 2] [--keep DIR]
+    # a quick probe of one noise source: 2 configurations x 4 repeats, pinned and not
+    sudo .venv/bin/python benchmarks/bench_demo_stability.py --splits 8,16 --windows 1 --batch-sizes 8 \
+        --conditions lan --repeats 4 [--no-pin]
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ def jaccard(a: set, b: set) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--splits", default="0,8,16,23", help="the demo's; fewer make a quick probe")
+    parser.add_argument("--windows", default="1,4")
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--conditions", default="lan,wifi")
     parser.add_argument("--repeats", default="2", help="repeats per configuration in each sweep (default 2)")
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--poll-s", type=int, default=120, help="controller's progress polls of the source (s)")
@@ -69,8 +76,8 @@ def main() -> int:
 
     root, topo, state, inventory = private_sweep_folder(args.keep, "pp-bench-stability-", topology(not args.no_pin))
     sweep_id = "demo-stability"
-    base = {"model": "mobilenet_v2", "input_size": 96, "splits": "0,8,16,23", "windows": "1,4",
-            "batch_sizes": "1,8", "conditions": "lan,wifi", "backends": "tcp", "chain": "pi1,gpu",
+    base = {"model": "mobilenet_v2", "input_size": 96, "splits": args.splits, "windows": args.windows,
+            "batch_sizes": args.batch_sizes, "conditions": args.conditions, "backends": "tcp", "chain": "pi1,gpu",
             "batches": args.batches, "warmup": 3, "min_batches": 10, "repeats": args.repeats,
             "source_runner_poll_s": args.poll_s, "sweep_id": sweep_id,
             "testbed_topology": str(topo), "testbed_state_dir": str(state)}
