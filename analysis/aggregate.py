@@ -124,6 +124,9 @@ class GroupResult:
     varying: tuple[str, ...]  # configuration columns (besides splits) that vary in the group
     #: point index -> why its frontier membership is uncertain given the 95% CIs
     uncertain: Mapping[int, str] = field(default_factory=dict)
+    #: point index -> why its membership could not be judged (one run: no confidence interval);
+    #: such a point is never "exact" and is not in ``uncertain`` (DESIGN decision 13)
+    unknown: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -324,10 +327,14 @@ def _group_result(key, members, values, ranks, objectives, ref, ref_min, box, gr
         hv = math.nan
     halves = np.array([[m.stats[o.name].ci95 for o in objectives] for m in members], dtype=float)
     flags = uncertain_memberships(values, halves, senses) if len(members) else np.zeros(0, dtype=bool)
+    unknown = {i: (f"{len(members[i].run_ids)} run: no confidence interval" if len(members[i].run_ids) == 1 else
+                   f"{len(members[i].run_ids)} runs, but no confidence interval for "
+                   + ", ".join(o.name for j, o in enumerate(objectives) if not math.isfinite(halves[i, j])))
+               for i in range(len(members)) if ranks[i] != EXCLUDED and not np.isfinite(halves[i]).all()}
     uncertain = {i: ("on the frontier, but within the 95% CIs another configuration could dominate it"
                      if ranks[i] == 0 else
                      "dominated, but within the 95% CIs it could be on the frontier")
-                 for i in range(len(members)) if flags[i]}
+                 for i in range(len(members)) if flags[i] and i not in unknown}
     varying = tuple(
         c for c in CONFIG_COLUMNS
         if c != "splits" and c not in group_by and len({m.get(c) for m in members}) > 1
@@ -346,6 +353,7 @@ def _group_result(key, members, values, ranks, objectives, ref, ref_min, box, gr
         hypervolume_normalised=hv / box if box and math.isfinite(box) and box > 0 else math.nan,
         varying=varying,
         uncertain=uncertain,
+        unknown=unknown,
     )
 
 

@@ -48,7 +48,8 @@ ID_COLUMNS = ("path", "source", "run_id", "sweep_id", "repeat")
 VECTOR_COLUMNS = ("compute_s", "hop_transfer_s", "hop_bytes")  # tuples: per stage / per hop
 #: a replayed run (paretopipe.runtime.replay): whether, its counted overruns, and the analysis's note
 REPLAY_COLUMNS = ("replayed", "replay_overruns", "replay_note")
-RUN_COLUMNS = (*ID_COLUMNS, *CONFIG_COLUMNS, "num_stages", "valid", *METRICS, *VECTOR_COLUMNS, *REPLAY_COLUMNS)
+RUN_COLUMNS = (*ID_COLUMNS, *CONFIG_COLUMNS, "num_stages", "valid", *METRICS, *VECTOR_COLUMNS, *REPLAY_COLUMNS,
+               "contention")
 STAT_SUFFIXES = ("mean", "std", "ci95", "n")
 _INT_COLUMNS = ("repeat", "input_size", "batch_size", "window", "threads", "num_stages")
 
@@ -64,7 +65,8 @@ def runs_frame(load: LoadResult) -> pd.DataFrame:
                 "sweep_id": r.sweep_id, "repeat": r.repeat,
                 **{c: getattr(r, c) for c in CONFIG_COLUMNS}, "num_stages": len(r.splits) + 1,
                 "valid": r.valid, **r.metrics,
-                **{c: getattr(r, c) for c in VECTOR_COLUMNS}, **{c: getattr(r, c) for c in REPLAY_COLUMNS}}
+                **{c: getattr(r, c) for c in VECTOR_COLUMNS}, **{c: getattr(r, c) for c in REPLAY_COLUMNS},
+                "contention": r.contention}
 
     frame = pd.DataFrame([row(r) for r in load.runs], columns=list(RUN_COLUMNS))
     frame = frame.astype({c: "Int64" for c in (*_INT_COLUMNS, "replay_overruns")} | {m: float for m in METRICS}
@@ -162,7 +164,7 @@ def config_points(configs: pd.DataFrame) -> list[ConfigPoint]:
 def frontier_frame(results: Sequence[GroupResult]) -> pd.DataFrame:
     """One row per configuration: its group, configuration, label, ``rank`` (0 = frontier; NA
     when excluded), ``on_frontier``, ``knee``, ``duplicate_of``, ``tied_on``,
-    ``excluded_reason``, ``membership_uncertain`` (the 95% CIs allow the other verdict), ``n_runs``, each objective's mean/std/ci95/n, the group's hypervolumes
+    ``excluded_reason``, ``membership_uncertain`` (the 95% CIs allow the other verdict), ``membership_unknown`` (no CI: one run), ``n_runs``, each objective's mean/std/ci95/n, the group's hypervolumes
     and the run ids. ``attrs["reference"]``: the hypervolume reference point per objective."""
     objectives = results[0].objectives if results else ()
     group_cols = [c for c, _ in results[0].group] if results else []
@@ -177,7 +179,8 @@ def frontier_frame(results: Sequence[GroupResult]) -> pd.DataFrame:
                     "duplicate_of": "; ".join(r.label(j) for j in r.duplicates.get(i, ())),
                     "tied_on": ",".join(r.ties.get(i, ())),
                     "excluded_reason": r.excluded.get(i),
-                    "membership_uncertain": i in r.uncertain, "n_runs": len(p.run_ids)}
+                    "membership_uncertain": i in r.uncertain,
+                    "membership_unknown": i in r.unknown, "n_runs": len(p.run_ids)}
             for o in objectives:
                 s = p.stats[o.name]
                 row |= {f"{o.name}_mean": s.mean, f"{o.name}_std": s.std,

@@ -137,7 +137,8 @@ def uncertain_memberships(values: np.ndarray | Sequence[Sequence[float]],
     """Per row, whether its frontier membership could flip within its confidence intervals.
 
     Each row's objective ``o`` lies in ``[value - halfwidth, value + halfwidth]`` (a NaN
-    half-width counts as 0: a single run is taken as exact). A frontier row (rank 0) is
+    half-width counts as 0 here, but such a row has no interval: the caller reports its
+    membership as unknown, never as exact). A frontier row (rank 0) is
     uncertain when some other row *could* dominate it (that row's best case dominates its worst
     case); a dominated row is uncertain when no other row *surely* dominates it (no row's worst
     case dominates its best case). Rows with a non-finite value are never uncertain (they are

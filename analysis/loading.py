@@ -80,6 +80,9 @@ class RunRecord:
     replayed: bool = False
     replay_overruns: int | None = None  # counted batches that overran their profiled time
     replay_note: str | None = None  # "the host was too slow to replay this device" when any did
+    #: why the run was measured under contention (``summary.contention.reason``); "" when it was
+    #: not, None when the file does not say (files before contention was recorded, upstream's)
+    contention: str | None = None
 
 
 @dataclass(frozen=True)
@@ -337,6 +340,7 @@ def _from_v1(path: Path, doc: dict[str, Any]) -> RunRecord:
         replayed=bool(replay),
         replay_overruns=int(replay["overruns"]) if replay else None,
         replay_note=(replay.get("note") or None) if replay else None,
+        contention=_contention(summary),
     )
 
 
@@ -346,6 +350,13 @@ def _replay_mark(stage: dict[str, Any] | None) -> str:
         return ""
     prof = stage.get("profile") or {}
     return f"{REPLAY_MARK}{prof.get('device')}@{prof.get('host')} #{str(prof.get('sha256'))[:8]}]"
+
+
+def _contention(summary: Mapping[str, Any]) -> str | None:
+    c = summary.get("contention")
+    if not c:
+        return None
+    return str(c.get("reason") or "contended") if c.get("contended") else ""
 
 
 # --- upstream ParetoPipe ---------------------------------------------------------------------

@@ -58,6 +58,8 @@ def _notes(result: GroupResult, i: int) -> list[str]:
         notes.append("excluded: " + result.excluded[i])
     if i in result.uncertain:
         notes.append("uncertain: " + result.uncertain[i])
+    if i in result.unknown:
+        notes.append("membership unknown: " + result.unknown[i])
     return notes
 
 
@@ -197,13 +199,41 @@ def _repeats_blocks(records: Sequence[RepeatRecord]) -> list[_Block]:
 def _uncertain_para(results: Sequence[GroupResult]) -> _Para:
     items = [f"{r.title}: {r.label(i)} ({'frontier' if r.ranks[i] == 0 else 'dominated'})"
              for r in results for i in sorted(r.uncertain)]
+    unknown = [(r, i) for r in results for i in sorted(r.unknown)]
+    judged = sum(len(r.points) - len(r.excluded) for r in results) - len(unknown)
+    if unknown:
+        reasons = sorted({r.unknown[i] for r, i in unknown})
+        on_front = [f"{r.title}: {r.label(i)}" for r, i in unknown if r.ranks[i] == 0]
+        tail = (f"{len(unknown)} configuration(s) could not be judged ({'; '.join(reasons)}): their uncertainty "
+                "is unknown, not zero; repeat them (repeats=N or repeats=auto) to judge them. "
+                + (f"Frontier points among them, whose membership is unknown ({len(on_front)}): "
+                   + "; ".join(on_front) + "." if on_front else "None of them is on a frontier."))
+    else:
+        tail = ""
     if not items:
-        return _Para("Frontier memberships given the 95% confidence intervals: none is uncertain (no "
-                     "frontier point could be dominated, and every dominated point is surely dominated, "
-                     "within the intervals; configurations with one run count as exact).")
-    return _Para(f"Uncertain frontier memberships given the 95% confidence intervals ({len(items)}): "
-                 + "; ".join(items) + ". A frontier point is uncertain when another configuration's "
-                 "interval could dominate it, a dominated one when no configuration surely dominates it.")
+        head = (f"Frontier memberships given the 95% confidence intervals: none of the {judged} judged "
+                "configuration(s) is uncertain (no frontier point could be dominated, and every dominated "
+                "point is surely dominated, within the intervals).")
+    else:
+        head = (f"Uncertain frontier memberships given the 95% confidence intervals ({len(items)} of {judged} "
+                "judged configurations): " + "; ".join(items) + ". A frontier point is uncertain when another "
+                "configuration's interval could dominate it, a dominated one when no configuration surely "
+                "dominates it.")
+    return _Para(head + (" " + tail if tail else ""))
+
+
+def _contention_para(runs: pd.DataFrame) -> _Para:
+    """The runs measured under contention (``summary.contention``; older files do not say)."""
+    recorded = runs[runs["contention"].notna()] if "contention" in runs.columns else runs.iloc[:0]
+    unrecorded = f" {len(runs) - len(recorded)} run(s) did not record it." if len(recorded) < len(runs) else ""
+    flagged = recorded[recorded["contention"] != ""]
+    if flagged.empty:
+        return _Para(f"Host contention: none of the {len(recorded)} run(s) that recorded it (other processes' CPU "
+                     f"time, CPU steal and load average during the measured batches) was measured under "
+                     f"contention.{unrecorded}")
+    items = "; ".join(f"{rid} ({why})" for rid, why in zip(flagged["run_id"], flagged["contention"]))
+    return _Para(f"Runs measured under contention ({len(flagged)} of {len(runs)}): {items}. Their figures "
+                 "include what other processes took from the host; repeat them on a quieter host." + unrecorded)
 
 
 def _replay_blocks(runs: pd.DataFrame) -> list[_Block]:
@@ -261,6 +291,7 @@ def _blocks(runs: pd.DataFrame, points: Sequence[ConfigPoint], results: Sequence
                       _num(r.hypervolume_normalised, 3)) for r in results)),
         _uncertain_para(results),
         *_replay_blocks(runs),
+        _contention_para(runs),
     ]
     if records:
         b += _repeats_blocks(records)

@@ -121,3 +121,20 @@ class Devices:
             return proc.wait(timeout=timeout)
         finally:
             stop(proc)
+
+
+def private_sweep_folder(keep: str | None, prefix: str, topology: str) -> tuple[Path, Path, Path, Path]:
+    """A work folder for a playbook-level benchmark on a private testbed: ``keep`` (made if
+    missing) or a fresh temporary one, with ``topology`` written to ``topology.yml``, a state
+    folder and an inventory that takes the emulated inventory's group_vars. Returns
+    (root, topology file, state folder, inventory folder)."""
+    import tempfile
+
+    root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix=prefix))
+    root.mkdir(parents=True, exist_ok=True)
+    topo, state, inventory = root / "topology.yml", root / "state", root / "inventory"
+    topo.write_text(topology)
+    inventory.mkdir(exist_ok=True)
+    if not (inventory / "group_vars").exists():
+        (inventory / "group_vars").symlink_to(REPO / "inventory" / "emulated" / "group_vars")
+    return root, topo, state, inventory

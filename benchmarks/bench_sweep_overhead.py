@@ -23,13 +23,12 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-from _testbed_common import GPU_SERVER, topology_text, two_pis
+from _testbed_common import GPU_SERVER, private_sweep_folder, topology_text, two_pis
 
 from paretopipe.orchestrate import sweep
 
@@ -56,13 +55,7 @@ def main() -> int:
         print("bench_sweep_overhead: needs root (the emulated testbed); run it with sudo", file=sys.stderr)
         return 2
 
-    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="pp-bench-sweep-"))
-    root.mkdir(parents=True, exist_ok=True)
-    topology, state, inventory = root / "topology.yml", root / "state", root / "inventory"
-    topology.write_text(TOPOLOGY)
-    inventory.mkdir(exist_ok=True)
-    if not (inventory / "group_vars").exists():
-        (inventory / "group_vars").symlink_to(REPO / "inventory" / "emulated" / "group_vars")
+    root, topology, state, inventory = private_sweep_folder(args.keep, "pp-bench-sweep-", TOPOLOGY)
     sweep_id = f"bench-{int(time.time())}"
     extra = {"model": args.model, "splits": args.splits, "conditions": args.conditions,
              "backends": args.backends, "chain": args.chain, "batch_sizes": args.batch_size,

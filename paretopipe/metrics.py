@@ -247,3 +247,68 @@ class ResourceSampler:
         if self._device.startswith("cuda") and self._gpu_error:
             out["gpu_metrics_error"] = self._gpu_error
         return out
+
+
+#: a run is measured under contention when other processes used more than this share of the
+#: host's cores during it, CPU steal exceeded this share of its CPU time, or the 1-minute load
+#: average exceeded the host's cores (paretoio/schemas: ``summary.contention``; docs/results.md)
+CONTENTION_OTHERS_SHARE = 0.25
+CONTENTION_STEAL_SHARE = 0.05
+
+
+class HostContention:
+    """What else the host did while a run measured: load average, CPU steal (/proc/stat, through
+    psutil) and the CPU time of the host's processes, from :meth:`start` to :meth:`stop`.
+
+    :meth:`stop` gives the host's busy CPU seconds; :func:`contention_summary` takes the run's own
+    stages on this kernel off them to give the other processes' share."""
+
+    def start(self) -> HostContention:
+        import psutil
+
+        self._t0 = time.monotonic()
+        self._cpu0 = psutil.cpu_times()
+        self._load0 = os.getloadavg()[0]
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        import psutil
+
+        if not hasattr(self, "_t0"):
+            return {}
+        wall = time.monotonic() - self._t0
+        cpu1 = psutil.cpu_times()
+        d = {f: getattr(cpu1, f) - getattr(self._cpu0, f) for f in cpu1._fields}
+        # guest time is already inside user on Linux; idle and iowait are not busy
+        busy = sum(v for f, v in d.items() if f not in ("idle", "iowait", "guest", "guest_nice", "steal"))
+        total = sum(v for f, v in d.items() if f not in ("guest", "guest_nice"))
+        steal = d.get("steal", 0.0)
+        return {"wall_s": wall, "cores": psutil.cpu_count() or 1, "host_busy_cpu_s": busy,
+                "steal_fraction": steal / total if total > 0 else 0.0,
+                "loadavg_1m": [self._load0, os.getloadavg()[0]]}
+
+
+def contention_summary(host: dict[str, Any], stages: Sequence[dict[str, Any]], envs: Sequence[dict[str, Any]],
+                       ) -> dict[str, Any] | None:
+    """``summary.contention`` of a run: :class:`HostContention`'s figures, the CPU seconds of
+    processes other than the run's stages on this kernel (stages whose ``boot_id`` is the
+    source's), and whether the run was measured under contention and why."""
+    if not host:
+        return None
+    me = envs[0].get("boot_id") if envs else None
+    same = {int(e.get("index", -1)) for e in envs if me is not None and e.get("boot_id") == me}
+    own = 0.0
+    for s in stages:
+        if int(s.get("index", -1)) in same and s.get("cpu_percent") is not None and s.get("wall_s") is not None:
+            own += float(s["cpu_percent"]) / 100.0 * float(s["wall_s"])
+    others = max(host["host_busy_cpu_s"] - own, 0.0)
+    share = others / (host["wall_s"] * host["cores"]) if host["wall_s"] > 0 else 0.0
+    why = []
+    if share > CONTENTION_OTHERS_SHARE:
+        why.append(f"other processes used {share:.0%} of the host's {host['cores']} core(s)")
+    if host["steal_fraction"] > CONTENTION_STEAL_SHARE:
+        why.append(f"CPU steal {host['steal_fraction']:.0%}")
+    if max(host["loadavg_1m"]) > host["cores"]:
+        why.append(f"load average {max(host['loadavg_1m']):.1f} over {host['cores']} core(s)")
+    return {**host, "run_cpu_s": own, "others_cpu_s": others, "others_core_share": share,
+            "contended": bool(why), "reason": "; ".join(why) or None}

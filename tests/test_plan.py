@@ -22,6 +22,7 @@ from paretopipe.plan import (
     work_through,
 )
 from paretopipe.plan.roles import _controller_plan
+from paretopipe.plan.spec import run_id
 
 
 def test_split_grammar_is_one_for_every_chain_length() -> None:
@@ -243,3 +244,94 @@ def test_repeats_auto_needs_no_pandas_on_the_source_device():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["0.2484", "0.2484"]  # t(0.975, 2) * 0.1 / sqrt(3) / 1.0
+
+
+def _two_device_settings(results_dir: Path, device_dir: Path) -> dict:
+    return dict(
+        model="mobilenet_v2", num_blocks=23, splits="0,23", windows="1", batch_sizes="8", conditions=["lan"],
+        backends=["tcp"], repeats=2, warmup=5, batches=50, duration=0, min_batches=20, min_duration=0,
+        input="synthetic", input_size=0, num_classes=10, seed=0, sweep_id="same-id", results_dir=str(results_dir),
+        device_results_dir=str(device_dir), chain=["pi1", "gpu"], chain_ips=["10.0.0.1", "10.0.0.2"],
+        source_device="cpu", source_threads=0, worker_port_base=29500, connect_timeout=60, receive_timeout=60)
+
+
+def test_a_new_results_folder_never_takes_a_devices_runs_from_an_earlier_sweep(tmp_path: Path) -> None:
+    """DESIGN 14: the same sweep id into a new results folder once printed "0 already done, 4
+    to run" while the source skipped all 4 (its copies of the earlier sweep said ok). The devices'
+    folder is now the controller's sweep identity: a new folder plans fresh runs into an empty
+    device folder, the old folder resumes with its own device copies, and the counts agree."""
+    device = tmp_path / "device"
+    first = _controller_plan(_two_device_settings(tmp_path / "ctl-a", device))
+    dev_a = Path(first["device"]["results_dir"])
+    assert dev_a.parent == device and first["pending"] == 4
+    # the earlier sweep ran everything on the device (not fetched or fetched: the device keeps it)
+    job = first["rounds"][0]
+    for t in job["tasks"]:
+        task = Task.from_dict(t)
+        for r in task.repeats:
+            (dev_a / f"{run_id('mobilenet_v2', task, r)}.json").parent.mkdir(parents=True, exist_ok=True)
+            (dev_a / f"{run_id('mobilenet_v2', task, r)}.json").write_text(json.dumps(_doc(0.1, 10.0)))
+    second = _controller_plan(_two_device_settings(tmp_path / "ctl-b", device))
+    dev_b = Path(second["device"]["results_dir"])
+    assert dev_b != dev_a and second["done"] == 0 and second["pending"] == 4
+    # what the source does with the round: nothing of the earlier sweep is in its folder
+    ran: list[tuple[str, int]] = []
+
+    def execute(task: Task, repeat: int, path: Path) -> Outcome:
+        ran.append((task.config.label, repeat))
+        path.write_text(json.dumps(_doc(0.05, 20.0)))
+        return Outcome(True, _doc(0.05, 20.0))
+
+    tasks = [Task.from_dict(t) for t in second["rounds"][0]["tasks"]]
+    reports = work_through("mobilenet_v2", tasks, RepeatRule(count=2), dev_b, execute)
+    assert [r.status for r in reports] == ["ok"] * 4 and len(ran) == 4 == second["pending"]
+    # the first folder, planned again, keeps its identity (resume with the device's copies)
+    again = _controller_plan(_two_device_settings(tmp_path / "ctl-a", device))
+    assert again["device"]["results_dir"] == str(dev_a) and again["identity"] == first["identity"]
+
+
+def test_an_unreadable_sweep_identity_is_a_one_line_refusal(tmp_path: Path) -> None:
+    (tmp_path / "ctl").mkdir()
+    (tmp_path / "ctl" / ".sweep-identity").write_text("{not json")
+    with pytest.raises(ConfigError, match="delete it"):
+        _controller_plan(_two_device_settings(tmp_path / "ctl", tmp_path / "dev"))
+
+
+def test_runs_are_interleaved_in_a_seeded_shuffled_order_that_resumes(tmp_path: Path) -> None:
+    """Issue 24: the runs of one condition go pass by pass (every configuration's r0, then r1,
+    ...) in an order shuffled by the seed, so drift on the host does not line up with one
+    configuration; a sweep stopped midway resumes with the rest in the order it would have run."""
+    from paretopipe.plan import run_order
+
+    spec = _spec(conditions=("lan",), repeats=RepeatRule(count=3), splits=((0,), (3,), (9,), (14,), (23,)))
+    tasks = make_plan(spec, tmp_path).tasks
+    order = run_order("mobilenet_v2", tasks, seed=0)
+    assert [r for _, r in order] == sorted(r for _, r in order)  # pass by pass
+    assert order == run_order("mobilenet_v2", tasks, seed=0)  # seeded
+    assert any(run_order("mobilenet_v2", tasks, seed=s) != order for s in (1, 2, 3))
+    first_pass = [i for i, r in order if r == 0]
+    assert first_pass != sorted(first_pass)  # shuffled, not the spec's order
+
+    ran: list[tuple[str, int]] = []
+    stop_at = [11]
+
+    class Stopped(Exception):
+        pass
+
+    def execute(task: Task, repeat: int, path: Path) -> Outcome:
+        if len(ran) == stop_at[0]:
+            stop_at[0] = -1
+            raise Stopped  # the sweep is stopped midway
+        ran.append((task.config.label, repeat))
+        path.write_text(json.dumps(_doc(0.1, 10.0)))
+        return Outcome(True, _doc(0.1, 10.0))
+
+    with pytest.raises(Stopped):
+        work_through("mobilenet_v2", tasks, spec.repeats, tmp_path, execute, seed=0)
+    expected = [(tasks[i].config.label, r) for i, r in order]
+    assert ran == expected[:11]
+    resumed = make_plan(spec, tmp_path)
+    assert resumed.done == 11 and resumed.pending == len(expected) - 11
+    reports = work_through("mobilenet_v2", resumed.tasks, spec.repeats, tmp_path, execute, seed=0)
+    assert ran == expected and all(r.status == "ok" for r in reports)
+    assert make_plan(spec, tmp_path).pending == 0

@@ -23,7 +23,14 @@ devices ``all`` is every pair ``k1 <= k2``.
 that fails has its file set aside at once as ``<run_id>.failed-<UTC time>.json`` (kept: it says
 what went wrong); any other ``<run_id>.json`` that does not say ``ok`` (unreadable, failed, left
 by an older version) is set aside the same way before its run is done again. So running the same
-sweep again runs exactly the runs that are not ok.
+sweep again runs exactly the runs that are not ok. The sweep is the controller's (DESIGN
+decision 14): its results folder keeps a sweep identity (``.sweep-identity``, made when the
+folder is first planned), and the devices keep their copies under it, so a new results folder
+means fresh runs, never a device's files of another sweep.
+
+**The order** (:func:`run_order`): the runs of a condition go pass by pass (every configuration's
+first repeat, then every second one, ...), within a pass in an order shuffled by the sweep's seed,
+so that drift on the host does not line up with one configuration; a resumed sweep keeps it.
 
 **Repeats** are a count, or ``auto`` (:class:`RepeatRule`): repeat a configuration until the
 95% confidence interval (Student t) of both objectives, latency and throughput, is within
@@ -41,10 +48,21 @@ from __future__ import annotations
 from paretopipe.plan.estimate import DEFAULT_BUDGET, Estimate, RunShape, check_budget, estimate_tasks, parse_budget
 from paretopipe.plan.grammar import DIMENSIONS, Configuration, parse_positive_list, parse_splits
 from paretopipe.plan.repeats import REPEATS_SCHEMA, RepeatRule, parse_repeats
-from paretopipe.plan.runner import Outcome, Progress, RunReport, work_through
-from paretopipe.plan.spec import Plan, SweepSpec, Task, config_id, make_plan, objectives_of, run_id, run_state, set_aside
+from paretopipe.plan.runner import Outcome, Progress, RunReport, run_order, work_through
+from paretopipe.plan.spec import (
+    Plan,
+    SweepSpec,
+    Task,
+    config_id,
+    make_plan,
+    objectives_of,
+    run_id,
+    run_state,
+    set_aside,
+    sweep_identity,
+)
 
 __all__ = ["DIMENSIONS", "Configuration", "RepeatRule", "SweepSpec", "Task", "Plan", "Outcome", "Progress",
            "parse_splits", "parse_positive_list", "parse_repeats", "make_plan", "run_state", "set_aside",
-           "work_through", "objectives_of", "REPEATS_SCHEMA", "RunReport", "run_id", "config_id",
+           "work_through", "run_order", "sweep_identity", "objectives_of", "REPEATS_SCHEMA", "RunReport", "run_id", "config_id",
            "Estimate", "RunShape", "estimate_tasks", "parse_budget", "check_budget", "DEFAULT_BUDGET"]

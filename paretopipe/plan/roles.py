@@ -21,7 +21,7 @@ from paretopipe.plan.estimate import (DEFAULT_BUDGET, Estimate, RunShape, calibr
 from paretopipe.plan.grammar import Configuration, parse_positive_list, parse_splits
 from paretopipe.plan.repeats import RepeatRule, parse_repeats
 from paretopipe.plan.runner import Outcome, Progress, work_through
-from paretopipe.plan.spec import SweepSpec, Task, config_id, make_plan, run_id
+from paretopipe.plan.spec import SweepSpec, Task, config_id, make_plan, run_id, sweep_identity
 
 __all__ = ["spec_from_settings", "main"]
 
@@ -68,6 +68,9 @@ def _controller_plan(s: Mapping[str, Any]) -> dict[str, Any]:
     spec = spec_from_settings(s)
     replay = _chain_replay(s, spec)  # a profile that does not fit: an error before anything runs
     plan = make_plan(spec, s["results_dir"])
+    # The devices' copies live under the controller's sweep identity: a new results folder never
+    # resumes from a device's runs of another sweep, so the devices skip only what this sweep ran.
+    token = sweep_identity(s["results_dir"], str(s["sweep_id"]))
     backends = list(spec.backends)
     ips = list(s["chain_ips"])
     template = {
@@ -94,7 +97,8 @@ def _controller_plan(s: Mapping[str, Any]) -> dict[str, Any]:
         "repeats": spec.repeats.as_dict(), "total": plan.total, "done": plan.done, "pending": plan.pending,
         "full_total": plan.full_total, "rounds": rounds,
         "estimate": est.as_dict(), "budget": budget,
-        "device": {"run": template, "stages": stages, "results_dir": s["device_results_dir"],
+        "identity": token,
+        "device": {"run": template, "stages": stages, "results_dir": f"{s['device_results_dir']}/{token}",
                    "repeats": spec.repeats.as_dict()},
     }
 
@@ -165,7 +169,8 @@ def _device_run(job: Mapping[str, Any], status_file: Path | None, log: Callable[
     if status_file is not None:
         _write_status(status_file, {**state, "finished": False})
     t0 = time.monotonic()
-    reports = work_through(model, tasks, rule, dev["results_dir"], execute, progress=progress)
+    reports = work_through(model, tasks, rule, dev["results_dir"], execute, progress=progress,
+                           seed=int(template.get("seed") or 0))
     files = [r.file for r in reports if r.file]
     files += [str(Path(dev["results_dir"]) / f"{config_id(model, t)}.repeats.json") for t in tasks if rule.auto]
     out = {"runs": [r.as_dict() for r in reports], "files": files, "wall_s": round(time.monotonic() - t0, 4),

@@ -14,7 +14,7 @@ from typing import Any
 from paretopipe.plan.repeats import REPEATS_SCHEMA, REPEATS_SCHEMA_VERSION, RepeatRule, relative_ci
 from paretopipe.plan.spec import Task, config_id, objectives_of, run_id, run_state, set_aside
 
-__all__ = ["Outcome", "Progress", "RunReport", "work_through"]
+__all__ = ["Outcome", "Progress", "RunReport", "run_order", "work_through"]
 
 
 @dataclass(frozen=True)
@@ -76,59 +76,90 @@ class RunReport:
                 "measured_s": self.measured_s, "error": self.error}
 
 
+def run_order(model: str, tasks: Sequence[Task], seed: int = 0) -> list[tuple[int, int]]:
+    """The order in which ``tasks``' runs go, as (task index, repeat) pairs: pass by pass
+    (every configuration's repeat 0, then every repeat 1, ...), and within a pass in a shuffled
+    order seeded by ``seed`` and each run's id, so that drift on the host does not line up with
+    one configuration (issue 24). The order of two runs never depends on which other runs are
+    pending, so a resumed sweep runs what is left in the order the first attempt would have."""
+    import hashlib
+
+    def key(item: tuple[int, int]) -> tuple[int, bytes]:
+        i, repeat = item
+        rid = run_id(model, tasks[i], repeat)
+        return repeat, hashlib.sha256(f"{seed}|{rid}".encode()).digest()
+
+    return sorted(((i, r) for i, t in enumerate(tasks) for r in t.repeats), key=key)
+
+
 def work_through(model: str, tasks: Sequence[Task], rule: RepeatRule, results_dir: str | os.PathLike[str],
                  execute: Callable[[Task, int, Path], Outcome], *,
                  progress: Callable[[Progress], None] | None = None,
-                 describe: Callable[[Task], Mapping[str, Any]] | None = None) -> list[RunReport]:
-    """Run ``tasks`` under the resume rule and the repeat rule; return one report per run.
+                 describe: Callable[[Task], Mapping[str, Any]] | None = None,
+                 seed: int = 0) -> list[RunReport]:
+    """Run ``tasks`` under the resume rule and the repeat rule, in :func:`run_order` (seeded by
+    ``seed``); return one report per run, in the order they ran.
 
     ``execute(task, repeat, path)`` runs one run whose file is ``path`` and says how it went.
     ``describe(task)`` gives what an auto configuration's repeats record says about its group
-    (model, network, backend, ...)."""
+    (model, network, backend, ...); the record is written once the configuration is settled."""
     results = Path(results_dir)
     results.mkdir(parents=True, exist_ok=True)
     reports: list[RunReport] = []
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     left = sum(len(t.repeats) for t in tasks)
+    known = [list(t.known) for t in tasks]
+    remaining = [len(t.repeats) for t in tasks]  # of each task's pairs in the order, not yet reached
+    settled: set[int] = set()
     t0 = time.monotonic()
-    for task in tasks:
-        known = list(task.known)
-        tried = 0
-        for repeat in task.repeats:
-            if rule.verdict(known) is not None:
-                break
-            tried += 1
-            rid = run_id(model, task, repeat)
-            path = results / f"{rid}.json"
-            state, doc = run_state(path)
-            if state == "ok" and doc is not None:
-                rep = RunReport(rid, "skipped", str(path), measured_s=float(doc["validity"]["duration_s"]))
-                known.append(objectives_of(doc))
-                line = f"{task.config.label} {task.backend} {task.condition} r{repeat}: skipped (result file says ok)"
-            else:
-                if state == "other":
-                    set_aside(path)
-                out = execute(task, repeat, path)
-                if out.ok and out.doc is not None:
-                    values = objectives_of(out.doc)
-                    known.append(values)
-                    rep = RunReport(rid, "ok", str(path), out.wall_s, float(out.doc["validity"]["duration_s"]))
-                    line = (f"{task.config.label} {task.backend} {task.condition} r{repeat}: ok, {values[1]:.2f} img/s, "
-                            f"latency {values[0] * 1e3:.1f} ms ({out.wall_s:.1f} s)")
-                else:
-                    kept = str(set_aside(path)) if path.exists() else None
-                    rep = RunReport(rid, "failed", kept, out.wall_s, error=out.error)
-                    line = f"{task.config.label} {task.backend} {task.condition} r{repeat}: FAILED ({out.wall_s:.1f} s): {out.error}"
-            reports.append(rep)
-            counts[rep.status] += 1
-            left -= 1
-            if progress is not None:
-                progress(Progress(len(reports), counts["ok"], counts["failed"], counts["skipped"], left,
-                                  time.monotonic() - t0, line))
-        left -= len(task.repeats) - tried  # auto stopped early: those repeats will not come
+
+    def settle(i: int) -> None:
         if rule.auto:
-            _write_repeats_record(results / f"{config_id(model, task)}.repeats.json", model, task, rule, known,
+            task = tasks[i]
+            _write_repeats_record(results / f"{config_id(model, task)}.repeats.json", model, task, rule, known[i],
                                   describe(task) if describe else {})
+
+    for i, repeat in run_order(model, tasks, seed):
+        task = tasks[i]
+        remaining[i] -= 1
+        if i in settled:  # stopped early: this repeat will not come (counted off when it settled)
+            continue
+        if rule.verdict(known[i]) is not None:  # settled before this attempt (its known runs)
+            left -= remaining[i] + 1
+            settled.add(i)
+            settle(i)
+            continue
+        rid = run_id(model, task, repeat)
+        path = results / f"{rid}.json"
+        state, doc = run_state(path)
+        if state == "ok" and doc is not None:
+            rep = RunReport(rid, "skipped", str(path), measured_s=float(doc["validity"]["duration_s"]))
+            known[i].append(objectives_of(doc))
+            line = f"{task.config.label} {task.backend} {task.condition} r{repeat}: skipped (result file says ok)"
+        else:
+            if state == "other":
+                set_aside(path)
+            out = execute(task, repeat, path)
+            if out.ok and out.doc is not None:
+                values = objectives_of(out.doc)
+                known[i].append(values)
+                rep = RunReport(rid, "ok", str(path), out.wall_s, float(out.doc["validity"]["duration_s"]))
+                line = (f"{task.config.label} {task.backend} {task.condition} r{repeat}: ok, {values[1]:.2f} img/s, "
+                        f"latency {values[0] * 1e3:.1f} ms ({out.wall_s:.1f} s)")
+            else:
+                kept = str(set_aside(path)) if path.exists() else None
+                rep = RunReport(rid, "failed", kept, out.wall_s, error=out.error)
+                line = f"{task.config.label} {task.backend} {task.condition} r{repeat}: FAILED ({out.wall_s:.1f} s): {out.error}"
+        reports.append(rep)
+        counts[rep.status] += 1
+        left -= 1
+        if remaining[i] == 0 or rule.verdict(known[i]) is not None:
+            left -= remaining[i]  # settled: its later repeats will not come
+            settled.add(i)
+            settle(i)
+        if progress is not None:
+            progress(Progress(len(reports), counts["ok"], counts["failed"], counts["skipped"], left,
+                              time.monotonic() - t0, line))
     return reports
 
 

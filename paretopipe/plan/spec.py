@@ -16,7 +16,8 @@ from paretopipe.errors import ConfigError
 from paretopipe.plan.grammar import Configuration
 from paretopipe.plan.repeats import RepeatRule
 
-__all__ = ["SweepSpec", "Task", "Plan", "run_id", "config_id", "objectives_of", "run_state", "set_aside", "make_plan"]
+__all__ = ["SweepSpec", "Task", "Plan", "run_id", "config_id", "objectives_of", "run_state", "set_aside", "make_plan",
+           "IDENTITY_FILE", "sweep_identity"]
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,41 @@ def set_aside(path: str | os.PathLike[str]) -> Path:
         target = path.with_name(f"{path.stem}.failed-{stamp}-{n}.json")
     path.rename(target)
     return target
+
+
+#: the controller's sweep identity, kept in its results folder (not ``.json``: no result file)
+IDENTITY_FILE = ".sweep-identity"
+
+
+def sweep_identity(results_dir: str | os.PathLike[str], sweep_id: str) -> str:
+    """The identity of the sweep whose controller folder is ``results_dir``: a random token,
+    made the first time the folder is planned and kept in it (:data:`IDENTITY_FILE`).
+
+    The devices keep their copies of the sweep's runs under this token (DESIGN decision 14), so
+    a fresh results folder gets a fresh token and fresh runs, while planning the same folder
+    again resumes it with the devices' runs that were not fetched yet."""
+    import uuid
+
+    from paretoio.files import write_json_atomic
+
+    path = Path(results_dir) / IDENTITY_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        token = str(doc["token"])
+    except FileNotFoundError:
+        token = f"{uuid.uuid4().hex[:16]}"
+        try:
+            write_json_atomic(path, {"sweep_id": sweep_id, "token": token,
+                                     "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                              exclusive=True)
+        except FileExistsError:  # planned at the same time elsewhere: that token stands
+            return sweep_identity(results_dir, sweep_id)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: unreadable sweep identity ({exc}); delete it to start this folder's sweep "
+                          "afresh, or plan into a new results folder") from None
+    if not token.isalnum():
+        raise ConfigError(f"{path}: the sweep identity {token!r} is not a plain token; delete the file to start afresh")
+    return token
 
 
 def make_plan(spec: SweepSpec, results_dir: str | os.PathLike[str]) -> Plan:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from paretopipe.errors import ConfigError, ParetoPipeError, StageError
-from paretopipe.metrics import BatchRecord, ResourceSampler, summarize
+from paretopipe.metrics import BatchRecord, HostContention, ResourceSampler, contention_summary, summarize
 from paretopipe.runtime.compute import HostBuffers, PlainCompute
 from paretopipe.runtime.run_config import RunConfig  # re-exported: importers say paretopipe.runtime.source
 from paretopipe.threads import join, spawn
@@ -73,6 +73,7 @@ class _Run:
         self.records: list[BatchRecord] = []
         self.stage_infos: list[StageInfo] = []
         self.stage_stats: list[dict[str, Any]] = []
+        self.host_contention: dict[str, Any] = {}  # HostContention over the measured loop
         self.error: str | None = None
         self.check: dict[str, Any] | None = None
         self.kept_logits: dict[int, Any] = {}
@@ -248,13 +249,16 @@ class _Run:
         link = get_backend(cfg.backend).source_link()
         prefetch = None
         sampler = ResourceSampler(device=self.device)
+        contention = HostContention()
         try:
             self.stage_infos = link.open(plan)
             log.info("session %d open: %s", spec.session_id,
                      ", ".join(f"stage {i.index} {i.device}@{i.address}" for i in self.stage_infos))
             prefetch = Prefetcher(inputs, depth=max(2, cfg.window + 1))
             sampler.start()
+            contention.start()
             self._loop(link, prefetch)
+            self.host_contention = contention.stop()
             own = sampler.stop()
             own["index"] = 0
             own["threads"] = torch.get_num_threads()
@@ -519,6 +523,7 @@ class _Run:
                             prefetch_stalls=self.prefetch_stalls, prefetch_stall_s=self.prefetch_stall_s,
                             labelled_images=self.labelled_images if self.weights_trained else 0)
         summary["fidelity"] = self.fidelity
+        summary["contention"] = contention_summary(self.host_contention, stats, env)
         extra: dict[str, Any] = {"check": self.check} if self.check is not None else {}
         replay = self.replay_section()
         if replay is not None:

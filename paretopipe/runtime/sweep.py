@@ -238,7 +238,7 @@ def sweep(cfg: SweepConfig, *, stream: IO[str] | None = None) -> int:
     try:
         with raise_on_signals():
             reports = work_through(cfg.model, plan.tasks, cfg.repeats, out, execute, progress=progress,
-                                   describe=lambda t: {"sweep_id": sweep_id})
+                                   describe=lambda t: {"sweep_id": sweep_id}, seed=cfg.run.seed)
     except Interrupted as exc:
         for w in workers:
             w.stop()

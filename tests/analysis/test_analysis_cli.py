@@ -248,3 +248,46 @@ def test_report_says_which_auto_configurations_reached_the_target(tmp_path):
     assert "membership_uncertain" in front
     assert not any("repeats.json" in line for line in report.split("## Skipped")[1:])  # not a skipped file
     assert json.loads((results / f"{MODEL}-s0-tcp-lan-b8-w1.repeats.json").read_text())["verdict"] == "reached"
+
+
+def test_one_run_configurations_are_reported_as_unknown_never_exact(tmp_path):
+    """DESIGN 13: a configuration with one run has no confidence interval. The report says how
+    many could not be judged and why, names the frontier points among them, and never calls
+    them exact; the frontier CSV marks them membership_unknown."""
+    rng = np.random.default_rng(7)
+    results = tmp_path / "results"
+    for k in (0, 6, 19):
+        write_json(results / f"{MODEL}-s{k}-tcp-lan-r0.json", make_run(k, "lan", "tcp", 0, rng))
+    write_json(results / f"{MODEL}-s6-tcp-lan-r1.json", make_run(6, "lan", "tcp", 1, rng))
+    assert main([str(results), "--no-plots"]) == 0
+    report = (results / "analysis" / "report.md").read_text()
+    assert "exact" not in report.lower().replace("hypervolume is exact", "")
+    assert "2 configuration(s) could not be judged (1 run: no confidence interval)" in report
+    assert "uncertainty is unknown" in report
+    rows = _csv(results / "analysis" / "frontier.csv")
+    unknown = {r["splits"]: r["membership_unknown"] for r in rows}
+    assert unknown == {"0": "true", "6": "false", "19": "true"}
+    assert all(r["membership_uncertain"] == "false" for r in rows if r["membership_unknown"] == "true")
+
+
+def test_the_report_flags_runs_measured_under_contention(tmp_path):
+    """Issue 24: a run whose summary.contention says contended is named with its reason; runs
+    from before contention was recorded are counted as not recording it."""
+    from paretoio.schema import run_schema_problems
+
+    rng = np.random.default_rng(3)
+    results = tmp_path / "results"
+    docs = {k: make_run(k, "lan", "tcp", 0, rng) for k in (0, 6, 19)}
+    quiet = {"wall_s": 2.0, "cores": 2, "host_busy_cpu_s": 1.0, "steal_fraction": 0.0, "loadavg_1m": [0.5, 0.6],
+             "run_cpu_s": 0.9, "others_cpu_s": 0.1, "others_core_share": 0.025, "contended": False, "reason": None}
+    docs[0]["summary"]["contention"] = quiet
+    docs[6]["summary"]["contention"] = {**quiet, "others_cpu_s": 2.0, "others_core_share": 0.5, "contended": True,
+                                        "reason": "other processes used 50% of the host's 2 core(s)"}
+    for k, doc in docs.items():
+        assert run_schema_problems(doc) == []
+        write_json(results / f"{MODEL}-s{k}-tcp-lan-r0.json", doc)
+    assert main([str(results), "--no-plots"]) == 0
+    report = (results / "analysis" / "report.md").read_text()
+    assert "Runs measured under contention (1 of 3)" in report
+    assert f"{docs[6]['run_id']} (other processes used 50% of the host's 2 core(s))" in report
+    assert "1 run(s) did not record it" in report

@@ -209,5 +209,5 @@ def test_uncertain_memberships_follow_the_intervals():
     # C's interval reaches past A's: A no longer surely dominates it, and C could dominate A
     wide = uncertain_memberships(values, [[0.0, 0.0], [0.0, 0.0], [0.6, 2.0]], ["min", "max"])
     assert wide.tolist() == [True, False, True]
-    # NaN half-widths (one run) count as exact
+    # NaN half-widths (one run) count as 0 here; the aggregate reports those rows as unknown
     assert not uncertain_memberships(values, [[float("nan")] * 2] * 3, ["min", "max"]).any()

@@ -101,6 +101,15 @@ def test_killed_worker_fails_that_run_only_and_a_rerun_completes(testbed: Emulat
     assert shaped_devices(testbed) == {}
     assert stage_processes(testbed) == []
 
+    # The same sweep id into a new results folder: fresh runs, never the source's copies of the
+    # earlier sweep (DESIGN 14); the plan's count and the source's agree.
+    fresh = testbed.playbook("sweep.yml", **args, results_dir=str(testbed.root / "fresh-results"))
+    assert fresh.ok, ok(fresh)
+    assert said(fresh, "0 already done, 2 to run"), ok(fresh)
+    summary = yaml.safe_load((testbed.root / "fresh-results" / "faulty" / "sweep-summary.yml").read_text())
+    assert summary["runs"]["ok"] == 2 and summary["runs"]["skipped"] == 0, summary["runs"]
+    assert stage_processes(testbed) == []
+
 
 def test_second_provisioning_changes_nothing_and_check_mode_works(testbed: EmulatedTestbed) -> None:
     first = testbed.playbook("provision.yml", model="mobilenet_v2", input_size="32")

@@ -61,6 +61,11 @@ def test_two_stages_match_unsplit_model_and_file_follows_schema(shared_workers, 
     env = on_disk["environment"]["stages"]
     assert len(env) == 2 and env[1]["torch"] == torch.__version__ and env[1]["cores"] >= 1
     assert on_disk["validity"]["counted_batches"] == 3 and on_disk["validity"]["valid"]
+    # host contention over the loop: both stages share this kernel, so they are the run's own CPU
+    cont = summary["contention"]
+    assert cont["wall_s"] > 0 and cont["host_busy_cpu_s"] >= 0 and cont["run_cpu_s"] > 0
+    assert cont["others_cpu_s"] == max(cont["host_busy_cpu_s"] - cont["run_cpu_s"], 0.0)
+    assert isinstance(cont["contended"], bool) and (cont["reason"] is None) != cont["contended"]
 
 
 def test_three_stages_pipelined_match_unsplit_model(shared_workers, tmp_path):
