@@ -59,33 +59,39 @@ def constant_part(cond: Condition) -> tuple[netcond.Trace, Condition]:
 
 
 class TraceReplay:
-    """Runs a trace's rate changes on the shaped devices at their time after ``start``."""
+    """Runs a trace's rate changes on the shaped devices at their time after ``start``.
+
+    The commands of each step are built when it is due, so a long horizon over a fine trace
+    (a Mahimahi trace has a step every 0.1 s) costs one tuple per step, not its argv lists.
+    """
 
     def __init__(self, topo: Topology, names: Sequence[str], trace: netcond.Trace, until_s: float,
                  *, netem: bool, ifb: str) -> None:
-        steps: list[tuple[float, str, list[str]]] = []
-        for name in names:
-            for t_s, cmds in netcond.replay_schedule(trace, until_s, topo.nic, ifb=ifb, netem=False,
-                                                     ifb_netem=netem):
-                if t_s > 0:  # t = 0 is the shaped start
-                    steps += [(t_s, topo.netns(name), cmd) for cmd in cmds]
-        self._steps = sorted(steps, key=lambda s: s[0])
+        self._topo, self._names, self._netem, self._ifb = topo, list(names), netem, ifb
+        self._steps = [s for s in netcond.rate_steps(trace, until_s) if s[0] > 0]  # t = 0: shaped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors: list[str] = []
         self.late_s: list[float] = []  # how late each change ran, against its planned time
 
+    def commands(self, rate_mbit: float | None, delay_ms: float) -> list[tuple[str, list[str]]]:
+        """(namespace, argv) of one step: every device's egress and ifb tbf to ``rate_mbit``."""
+        return [(self._topo.netns(name), cmd) for name in self._names
+                for cmd in netcond.rate_change_commands(self._topo.nic, rate_mbit, delay_ms, ifb=self._ifb,
+                                                        netem=False, ifb_netem=self._netem)]
+
     def start(self, t0: float) -> None:
         def loop() -> None:
-            for t_s, ns, cmd in self._steps:
+            for t_s, rate, delay in self._steps:
                 if self._stop.wait(max(0.0, t0 + t_s - time.monotonic())):
                     return
-                try:
-                    _system.run(cmd, ns=ns, timeout=5.0)
-                except TestbedError as exc:
-                    self.errors.append(str(exc))
-                    return
-                self.late_s.append(time.monotonic() - (t0 + t_s))
+                for ns, cmd in self.commands(rate, delay):
+                    try:
+                        _system.run(cmd, ns=ns, timeout=5.0)
+                    except TestbedError as exc:
+                        self.errors.append(str(exc))
+                        return
+                    self.late_s.append(time.monotonic() - (t0 + t_s))
 
         self._thread = threading.Thread(target=loop, name="trace-replay", daemon=True)
         self._thread.start()
