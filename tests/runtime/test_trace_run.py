@@ -50,6 +50,7 @@ def test_a_run_under_a_trace_records_clock_and_capacity(shared_workers, tmp_path
         assert b["trace_capacity_mbit"] == trace.capacity_mbit(b["trace_send_s"])
     tr = doc["summary"]["trace"]
     assert tr["source"] == str(trace_file) and sum(s["batches"] for s in tr["segments"]) == 6
+    assert tr["replayed_from"] is None  # no clock file: nothing replayed the link in time with it
     assert tr["latency_s"]["p50"] <= tr["latency_s"]["p95"] <= tr["latency_s"]["p99"]
 
     # the analysis (files only): the per-batch frame, and the timeline in the report
