@@ -22,6 +22,9 @@ CONDITIONS="${CONDITIONS:-lan,wifi}"
 BACKENDS="${BACKENDS:-tcp}"
 CHAIN="${CHAIN:-pi1,gpu}"
 BATCHES="${BATCHES:-20}"
+DURATION="${DURATION:-0}"        # > 0: seconds of measurement per run instead of BATCHES
+MIN_BATCHES="${MIN_BATCHES:-10}"
+SWEEP_ID="${SWEEP_ID:-${MODEL}-${INPUT_SIZE}px-${CHAIN//,/-}}"
 
 # The emulated testbed: network namespaces pi1, pi2 (edge) and gpu (server), each with its
 # own sshd; writes inventory/emulated/hosts.yml (the sweep would also do this itself).
@@ -31,10 +34,14 @@ ansible-playbook playbooks/sweep.yml \
     -e model="$MODEL" -e input_size="$INPUT_SIZE" -e splits="$SPLITS" \
     -e conditions="$CONDITIONS" -e backends="$BACKENDS" -e chain="$CHAIN" \
     -e windows="$WINDOWS" -e batch_sizes="$BATCH_SIZES" \
-    -e batches="$BATCHES" -e warmup=3 -e min_batches=10
+    -e batches="$BATCHES" -e duration="$DURATION" -e warmup=3 -e min_batches="$MIN_BATCHES" \
+    -e sweep_id="$SWEEP_ID"
 
-SWEEP="results/${MODEL}-${INPUT_SIZE}px-${CHAIN//,/-}"
+SWEEP="results/$SWEEP_ID"
 echo
 echo "results:  $SWEEP/*.json (one file per run), $SWEEP/sweep-summary.yml"
 echo "analysis: $SWEEP/analysis/report.html (python -m analysis.pareto $SWEEP)"
+if compgen -G "$SWEEP/analysis/plots/timeline_*.png" > /dev/null; then
+    echo "timelines (runs under a trace): $(echo "$SWEEP"/analysis/plots/timeline_*.png)"
+fi
 echo "stop the testbed with: paretopipe testbed down (or ansible-playbook playbooks/teardown.yml)"

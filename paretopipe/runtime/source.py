@@ -560,8 +560,10 @@ class _Run:
             from paretopipe.netcond.conditions import Condition
             from paretopipe.netcond.traces import trace_records
 
-            known = {f.name for f in dataclasses.fields(Condition)}
-            cond = Condition(**{k: v for k, v in configured.items() if k in known})
+            known = {f.name for f in dataclasses.fields(Condition)} - {"name"}
+            # the netem role's record leaves the name out of `configured`: it is the run's label
+            cond = Condition(name=configured.get("name") or cfg.network_label,
+                             **{k: v for k, v in configured.items() if k in known})
             batches, summary["trace"] = trace_records(cond.trace(), batches)
             summary["trace"]["replayed_from"] = self.trace_clock  # None: nothing followed this run's t0
         return build_result(

@@ -34,7 +34,8 @@ def test_a_run_under_a_trace_records_clock_and_capacity(shared_workers, tmp_path
     trace_file.write_text("t_s,rate,delay\n0,50,5\n0.2,2,5\n0.4,,,,\n")
     cond = Condition("steps", trace_file=str(trace_file), trace_format="segments")
     net = tmp_path / "net.json"
-    net.write_text(json.dumps({"configured": cond.to_dict()}))
+    # as the netem role records it: no name in `configured` (the label names the condition)
+    net.write_text(json.dumps({"configured": {k: v for k, v in cond.to_dict().items() if k != "name"}}))
     out = tmp_path / "run.json"
     rc = cli_main(["run", "--model", "resnet18", "--split", "5", "--stages", w1.address, "--batches", "6",
                    "--warmup", "2", "--input-size", "64", "--batch-size", "2", "--threads", "1",
