@@ -8,7 +8,7 @@ pacing 1500-byte delivery opportunities at 50 Mbit/s is 4,200 verdicts a second 
 on a 2-core machine; tbf already shapes in the kernel, and changing its rate costs one ``tc``
 call per qdisc per step (docs/testbed.md has the figures). The delay line keeps the delay,
 which must then be constant along the trace; a trace whose delay, jitter or loss varies is
-refused here, saying so.
+refused (:func:`paretopipe.testbed._shaping.constant_part`), saying so.
 
 :func:`check_trace` shapes the trace's first segment, starts the replay at a known
 ``time.monotonic()`` (the trace's clock: t = 0), runs a bulk transfer whose receiver counts
@@ -25,8 +25,8 @@ from pathlib import Path
 from paretopipe import netcond
 from paretopipe.errors import ConfigError, TestbedError
 from paretopipe.netcond import Condition
-from paretopipe.netcond.commands import OUTAGE_RATE_MBIT, UNLIMITED_RATE_MBIT
-from paretopipe.testbed import _system
+from paretopipe.testbed import _shaping, _system
+from paretopipe.testbed._shaping import constant_part
 from paretopipe.testbed._state import Paths, locked
 from paretopipe.testbed.topology import Topology
 
@@ -38,24 +38,6 @@ BIN_TOLERANCE = 0.15
 BIN_OK_SHARE = 0.8
 #: bins starting closer than this to a step are shown, not judged (TCP and the queue settle)
 SETTLE_S = 0.5
-
-
-def constant_part(cond: Condition) -> tuple[netcond.Trace, Condition]:
-    """The trace, and the constant condition its replay starts from (the first segment's rate;
-    the delay, jitter and loss of the whole trace, which must not vary)."""
-    trace = cond.trace()
-    first = trace.segments[0]
-    for seg in trace.segments[1:]:
-        if (seg.delay_ms, seg.jitter_ms, seg.loss_pct) != (first.delay_ms, first.jitter_ms, first.loss_pct):
-            raise ConfigError(
-                f"{trace.source}:{seg.line}: delay/jitter/loss change at {seg.t_s:g} s; the testbed's "
-                "replay follows the rate only (the delay line's delay is fixed while it runs): keep "
-                "them constant along the trace")
-    rate = first.rate_mbit
-    start = Condition(name=f"{cond.name}.t0", delay_ms=first.delay_ms, jitter_ms=first.jitter_ms,
-                      loss_pct=first.loss_pct,
-                      rate_mbit=UNLIMITED_RATE_MBIT if rate is None else max(rate, OUTAGE_RATE_MBIT))
-    return trace, start
 
 
 class TraceReplay:
@@ -130,8 +112,6 @@ def check_trace(condition: Condition | str, pair: Sequence[str] | None = None, *
 
     The testbed is left unshaped afterwards (also on error): this is a check, not a shaping.
     """
-    from paretopipe.testbed import _shaping
-
     cond = _shaping.resolve_condition(condition, conditions_file)
     if not cond.is_trace:
         raise ConfigError(f"condition {cond.name} is constant: use `paretopipe testbed check`")

@@ -24,6 +24,7 @@ from pathlib import Path
 from paretopipe import netcond
 from paretopipe.errors import ConfigError, TestbedError
 from paretopipe.netcond import Condition, judge
+from paretopipe.netcond.commands import OUTAGE_RATE_MBIT, UNLIMITED_RATE_MBIT
 from paretopipe.polling import poll_until
 from paretopipe.testbed import _system
 from paretopipe.testbed._state import Paths, Progress, State, locked, quiet
@@ -35,6 +36,8 @@ CHAIN = netcond.DEFAULT_CHAIN
 PROBE_PORT = 45201
 DELAYLINE_RT_PRIORITY = 20
 PROBE_RT_PRIORITY = 10
+#: what the trace follower (:mod:`paretopipe.testbed.tracefollow`) prints once it follows the clock
+FOLLOWER_READY = "tracefollow: following"
 
 
 def _loaded(paths: Paths) -> tuple[Topology, State]:
@@ -98,6 +101,24 @@ def _start_delayline(paths: Paths, topo: Topology, device: str, cond: Condition)
     raise TestbedError(f"the delay line for {device} did not start: {log.read_text().strip()}")
 
 
+def constant_part(cond: Condition) -> tuple[netcond.Trace, Condition]:
+    """The trace, and the constant condition its replay starts from (the first segment's rate;
+    the delay, jitter and loss of the whole trace, which must not vary)."""
+    trace = cond.trace()
+    first = trace.segments[0]
+    for seg in trace.segments[1:]:
+        if (seg.delay_ms, seg.jitter_ms, seg.loss_pct) != (first.delay_ms, first.jitter_ms, first.loss_pct):
+            raise ConfigError(
+                f"{trace.source}:{seg.line}: delay/jitter/loss change at {seg.t_s:g} s; the testbed's "
+                "replay follows the rate only (the delay line's delay is fixed while it runs): keep "
+                "them constant along the trace")
+    rate = first.rate_mbit
+    start = Condition(name=f"{cond.name}.t0", delay_ms=first.delay_ms, jitter_ms=first.jitter_ms,
+                      loss_pct=first.loss_pct,
+                      rate_mbit=UNLIMITED_RATE_MBIT if rate is None else max(rate, OUTAGE_RATE_MBIT))
+    return trace, start
+
+
 def plan(topo: Topology, cond: Condition, names: Sequence[str], *, netem: bool) -> dict:
     """What shaping ``names`` with ``cond`` runs in each device's namespace (pure).
 
@@ -135,8 +156,6 @@ def shape(condition: Condition | str, between: Sequence[str] | None = None, *,
     cond = resolve_condition(condition, conditions_file)
     applied = cond
     if cond.is_trace:  # its first segment now; the follower replays the rest from each run's t0
-        from paretopipe.testbed._replay import constant_part
-
         _, applied = constant_part(cond)  # refuses a varying delay before anything is touched
     _system.require_root()
     paths = Paths.at(state_dir)
@@ -194,8 +213,6 @@ def _start_follower(paths: Paths, topo: Topology, cond: Condition, names: Sequen
                     netem: bool) -> tuple[dict, dict]:
     """Start the trace follower (:mod:`paretopipe.testbed.tracefollow`): its process record and
     the shaping's ``trace`` entry (``clock``: the file the source signals its t0 through)."""
-    from paretopipe.testbed.tracefollow import READY
-
     run = paths.root / "run" / "trace"
     run.mkdir(parents=True, exist_ok=True)
     files = {"clock": str(run / "clock.json"), "log": str(run / "follow.jsonl"),
@@ -211,7 +228,7 @@ def _start_follower(paths: Paths, topo: Topology, cond: Condition, names: Sequen
                                 start_new_session=True)
 
     def outcome() -> str:
-        if READY in log.read_text():
+        if FOLLOWER_READY in log.read_text():
             return "following"
         return "exited" if proc.poll() is not None else ""
 

@@ -26,14 +26,15 @@ from paretopipe.errors import TestbedError
 from paretopipe.netcond import Condition
 from paretopipe.netcond.clock import read_signal
 from paretopipe.testbed import _system
-from paretopipe.testbed._replay import TraceReplay, constant_part
+from paretopipe.testbed._replay import TraceReplay
+from paretopipe.testbed._shaping import FOLLOWER_READY, constant_part
 from paretopipe.testbed.topology import Topology
 
 #: how often the clock file is read; the replay itself is timed against the signalled t0
 POLL_S = 0.01
 #: how far past t0 the schedule is built (loops unrolled); a longer measurement holds the last rate
 HORIZON_S = 4 * 3600.0
-READY = "tracefollow: following"
+READY = FOLLOWER_READY
 
 
 class Follower:
