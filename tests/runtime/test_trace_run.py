@@ -65,6 +65,11 @@ def test_a_run_under_a_trace_records_clock_and_capacity(shared_workers, tmp_path
     report = tmp_path / "report"
     assert analysis_main([str(out), "--out", str(report), "--include-invalid"]) == 0
     assert (report / "plots" / "timeline_resnet18_steps.png").is_file()
+    # the capacity panel steps where the trace does (0.2 s, looped every 0.4 s), not at batches
+    from analysis.timeline import capacity_steps
+
+    times, rates = capacity_steps(out, 0.9)
+    assert times == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 0.9]) and rates == [50, 2, 50, 2, 50, 50]
     assert "Timeline: resnet18, steps" in (report / "report.md").read_text()
     # the trace-wide objective: p95 latency over the whole run, on the frontier
     from analysis import load_runs
