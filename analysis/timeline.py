@@ -23,7 +23,7 @@ import pandas as pd
 
 from analysis.loading import SCHEMA, find_json_files
 
-__all__ = ["COLUMNS", "batches_frame", "draw_timelines"]
+__all__ = ["COLUMNS", "batches_frame", "capacity_steps", "draw_timelines"]
 
 COLUMNS = ("file", "run_id", "model", "network", "backend", "configuration", "batch_size", "batch_id",
            "trace_send_s", "trace_recv_s", "latency_s", "trace_capacity_mbit", "trace_segment")
@@ -62,6 +62,29 @@ def batches_frame(paths: str | Path | Sequence[str | Path], *, include_invalid: 
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+def capacity_steps(file: str | Path, until_s: float) -> tuple[list[float], list[float]] | None:
+    """The trace's capacity over ``[0, until_s]`` from a result file's ``summary.trace``
+    (segment starts, loops unrolled, the last rate held to ``until_s``; unlimited is NaN), for
+    a step plot; None when the file has no segments."""
+    trace = ((json.loads(Path(file).read_text()).get("summary") or {}).get("trace")) or {}
+    segments, end = trace.get("segments") or [], trace.get("end_s")
+    if not segments:
+        return None
+    times: list[float] = []
+    rates: list[float] = []
+    base = 0.0
+    while base < until_s:
+        for seg in segments:
+            if base + seg["t_s"] >= until_s:
+                break
+            times.append(base + seg["t_s"])
+            rates.append(float("nan") if seg["rate_mbit"] is None else seg["rate_mbit"])
+        if not end:
+            break
+        base += end
+    return times + [until_s], rates + [rates[-1]]
+
+
 def draw_timelines(frame: pd.DataFrame, out: Path, *, bin_s: float = 1.0) -> list:
     """One figure per (model, network): capacity, latency per batch, throughput per ``bin_s``."""
     from analysis.plots import _PALETTE, _figure, _save, slug
@@ -73,11 +96,10 @@ def draw_timelines(frame: pd.DataFrame, out: Path, *, bin_s: float = 1.0) -> lis
     for (model, network), group in frame.groupby(["model", "network"], dropna=False, sort=True):
         fig = _figure(8.0, 7.0)
         cap_ax, lat_ax, thr_ax = fig.subplots(3, 1, sharex=True)
-        first = group[group["file"] == group["file"].iloc[0]].sort_values("trace_send_s")
-        # the capacity each batch was sent under, held to the group's last result
-        t_cap = list(first["trace_send_s"]) + [float(group["trace_recv_s"].max())]
-        c_cap = list(first["trace_capacity_mbit"]) + [first["trace_capacity_mbit"].iloc[-1]]
-        cap_ax.step(t_cap, c_cap, where="post", color="#444")
+        # the trace's own segments (not the batches' send times: a slow batch would move a step)
+        steps = capacity_steps(group["file"].iloc[0], float(group["trace_recv_s"].max()))
+        if steps is not None:
+            cap_ax.step(*steps, where="post", color="#444")
         cap_ax.set_ylabel("capacity [Mbit/s]")
         for i, (label, runs) in enumerate(group.groupby("configuration", sort=True)):
             colour = _PALETTE[i % len(_PALETTE)]

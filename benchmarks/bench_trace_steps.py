@@ -7,8 +7,9 @@ the trace's capacity, the achieved TCP goodput and their ratio. The per-bin boun
 the capacity on settled bins (at least 0.5 s after a step). Then it runs the same check at
 each constant rate, for comparison, and always tears down.
 
-Not measured here yet: MobileNetV2 at an early and a late split under the trace. That needs
-the replay to start when a run's measurement starts, which is not implemented (issue 25).
+Not measured here yet: MobileNetV2 at an early and a late split under the trace. The replay
+now starts at each run's first counted batch (`testbed shape` of a trace, docs/testbed.md),
+and scripts/demo-trace.sh runs such a sweep, but this benchmark does not time it yet.
 
     sudo .venv/bin/python benchmarks/bench_trace_steps.py [--seconds 40] [--repeat 1]
 """

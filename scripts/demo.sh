@@ -48,6 +48,9 @@ if [[ -n "$DEMO_TOPOLOGY" ]]; then
     TOPOLOGY_ARGS=(--topology "$DEMO_TOPOLOGY")
     SWEEP_TOPOLOGY=(-e testbed_topology="$DEMO_TOPOLOGY")
 fi
+DURATION="${DURATION:-0}"        # > 0: seconds of measurement per run instead of BATCHES
+MIN_BATCHES="${MIN_BATCHES:-10}"
+SWEEP_ID="${SWEEP_ID:-${MODEL}-${INPUT_SIZE}px-${CHAIN//,/-}}"
 
 # The emulated testbed: network namespaces pi1, pi2 (edge) and gpu (server), each with its
 # own sshd; writes inventory/emulated/hosts.yml (the sweep would also do this itself).
@@ -57,11 +60,14 @@ ansible-playbook playbooks/sweep.yml \
     -e model="$MODEL" -e input_size="$INPUT_SIZE" -e splits="$SPLITS" \
     -e conditions="$CONDITIONS" -e backends="$BACKENDS" -e chain="$CHAIN" \
     -e windows="$WINDOWS" -e batch_sizes="$BATCH_SIZES" \
-    -e batches="$BATCHES" -e warmup=3 -e min_batches=10 -e repeats="$REPEATS" \
-    -e source_runner_poll_s="$POLL_S" "${SWEEP_TOPOLOGY[@]}"
+    -e batches="$BATCHES" -e duration="$DURATION" -e warmup=3 -e min_batches="$MIN_BATCHES" \
+    -e repeats="$REPEATS" -e source_runner_poll_s="$POLL_S" -e sweep_id="$SWEEP_ID" "${SWEEP_TOPOLOGY[@]}"
 
-SWEEP="results/${MODEL}-${INPUT_SIZE}px-${CHAIN//,/-}"
+SWEEP="results/$SWEEP_ID"
 echo
 echo "results:  $SWEEP/*.json (one file per run), $SWEEP/sweep-summary.yml"
 echo "analysis: $SWEEP/analysis/report.html (python -m analysis.pareto $SWEEP)"
+if compgen -G "$SWEEP/analysis/plots/timeline_*.png" > /dev/null; then
+    echo "timelines (runs under a trace): $(echo "$SWEEP"/analysis/plots/timeline_*.png)"
+fi
 echo "stop the testbed with: paretopipe testbed down (or ansible-playbook playbooks/teardown.yml)"

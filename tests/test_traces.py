@@ -188,16 +188,20 @@ def test_packaged_trace_conditions_load():
     assert [steps.capacity_mbit(t) for t in (5, 15, 25)] == [50, 2, 50]
 
 
-def test_nothing_applies_a_trace_as_if_it_were_constant():
+def test_nothing_applies_a_trace_as_if_it_were_constant(tmp_path):
     cond = netcond.load_conditions()["steps-2-50"]
-    with pytest.raises(ConfigError, match="is a trace .* not implemented yet"):
+    with pytest.raises(ConfigError, match="is a trace .* not on real NICs"):
         netcond.egress_commands("eth0", ["10.0.0.2"], cond)
     with pytest.raises(ConfigError, match="is a trace"):
         netcond.ingress_commands("eth0", "ifb0", ["10.0.0.2"], cond)
     from paretopipe import testbed
 
-    with pytest.raises(ConfigError, match="`testbed shape` applies constant conditions only"):
-        testbed.shape("steps-2-50", state_dir="/nonexistent-i25")  # refused before root or state
+    # testbed shape replays the rate only: a trace whose delay moves is refused before root or state
+    moving = tmp_path / "moving.csv"
+    moving.write_text("t_s,rate,delay\n0,10mbit,5ms\n2,10mbit,50ms\n")
+    with pytest.raises(ConfigError, match="moving.csv:3: delay/jitter/loss change at 2 s"):
+        testbed.shape(Condition("moving", trace_file=str(moving), trace_format="segments"),
+                      state_dir="/nonexistent-i25")
 
 
 def test_netcond_apply_dry_run_refuses_a_trace(capsys):
@@ -305,3 +309,71 @@ def test_predict_refuses_a_trace_condition():
                               overhead_ms=None, backend="tcp", framing=None, network_label=None)
     with pytest.raises(ConfigError, match="steps-2-50 is a trace .*`paretopipe predict` applies constant"):
         link_from_args(args)
+
+
+# -- following each run's t0 (the clock signal and the follower, with tc calls recorded) ---------
+
+
+def test_clock_signal_round_trips_and_refuses_a_missing_directory(tmp_path):
+    from paretopipe.netcond.clock import check_clock_file, read_signal, write_signal
+
+    clock = tmp_path / "clock.json"
+    assert read_signal(clock) is None
+    write_signal(clock, "run-a", "start", 12.5)
+    first = read_signal(clock)
+    write_signal(clock, "run-a", "stop", 20.0)
+    second = read_signal(clock)
+    assert (first["event"], first["t0"], second["event"], second["at"]) == ("start", 12.5, "stop", 20.0)
+    assert second["seq"] > first["seq"] and list(tmp_path.iterdir()) == [clock]  # no temporary left
+    with pytest.raises(ConfigError, match="missing or not writable; shape the trace condition"):
+        check_clock_file(tmp_path / "nowhere" / "clock.json")
+
+
+def test_follower_replays_from_each_signalled_t0_and_resets_between_runs(tmp_path, monkeypatch):
+    import json
+    import threading
+    import time
+
+    from benchmarks._testbed_common import topology_text, two_pis
+    from paretopipe.netcond.clock import write_signal
+    from paretopipe.testbed import _replay, tracefollow
+    from paretopipe.testbed.topology import load_topology
+
+    (tmp_path / "t.yml").write_text(topology_text("zz", "10.99.1", two_pis()))
+    topo = load_topology(tmp_path / "t.yml")
+    trace_file = _write(tmp_path, "s.csv", "t_s,rate,delay\n0,50,5\n0.3,5,5\n0.6,,,,\n")
+    calls: list[tuple[float, str, str]] = []  # (monotonic, namespace, rate)
+
+    def fake_run(cmd, ns=None, timeout=None, **_):
+        calls.append((time.monotonic(), ns, cmd[cmd.index("rate") + 1]))
+
+    monkeypatch.setattr(_replay._system, "run", fake_run)
+    spec = {"topology": topo.to_dict(), "between": ["pi1", "pi2"], "netem": False, "ifb": "ifb0",
+            "condition": Condition("s", trace_file=str(trace_file), trace_format="segments").to_dict(),
+            "clock": str(tmp_path / "clock.json"), "log": str(tmp_path / "follow.jsonl")}
+    write_signal(spec["clock"], "stale", "start", 0.0)  # left by an earlier shaping: ignored
+    follower = tracefollow.Follower(spec)
+    stopping = threading.Event()
+    thread = threading.Thread(target=follower.serve, args=(stopping,))
+    thread.start()
+    try:
+        time.sleep(0.1)
+        assert calls == []
+        t0 = time.monotonic() + 0.05
+        write_signal(spec["clock"], "run-1", "start", t0)
+        time.sleep(0.5)  # the 0.3 s step has run, the 0.6 s one (back to 50) not yet
+        write_signal(spec["clock"], "run-1", "stop", time.monotonic())
+        time.sleep(0.2)
+        t1 = time.monotonic() + 0.05
+        write_signal(spec["clock"], "run-2", "start", t1)
+        time.sleep(0.45)
+    finally:
+        stopping.set()
+        thread.join(5)
+    per_step = 4  # 2 devices x (egress + ifb)
+    assert [r for _, _, r in calls] == ["5mbit"] * per_step + ["50mbit"] * per_step + ["5mbit"] * per_step + \
+        ["50mbit"] * per_step, calls  # run 1's step, its reset, run 2's step, the reset at exit
+    assert {ns for _, ns, _ in calls} == {topo.netns("pi1"), topo.netns("pi2")}
+    assert all(t >= t0 + 0.3 for t, _, _ in calls[:per_step]) and calls[per_step * 2][0] >= t1 + 0.3
+    log = [json.loads(line) for line in (tmp_path / "follow.jsonl").read_text().splitlines()]
+    assert [(r["run_id"], r["changes"], r["errors"]) for r in log] == [("run-1", 4, []), ("run-2", 4, [])]

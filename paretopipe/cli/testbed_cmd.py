@@ -285,7 +285,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Apply a named condition or explicit values between devices (default: all "
                     "devices; the controller's SSH is never shaped). Delay, jitter and loss apply "
                     "in each direction, so the round trip is about 2 x delay. Replaces the "
-                    "condition in force.")
+                    "condition in force. A trace condition shapes its first segment and starts a "
+                    "follower that replays the trace's rate from each run's first counted batch: "
+                    "runs signal it through the clock file this prints (--json: trace.clock; the "
+                    "Ansible sweep passes it to the source as network extra.trace_clock).")
     _common(p)
     p.add_argument("--condition", metavar="NAME", help="a named condition (see --list)")
     p.add_argument("--conditions", metavar="FILE",

@@ -23,6 +23,7 @@ __all__ = [
     "iptables_commands",
     "netem_args",
     "rate_change_commands",
+    "rate_steps",
     "replay_schedule",
     "tbf_args",
     "tbf_burst_limit",
@@ -217,19 +218,26 @@ def rate_change_commands(dev: str, rate_mbit: float | None, delay_ms: float = 0.
     return cmds
 
 
+def rate_steps(trace, until_s: float) -> list[tuple[float, float | None, float]]:
+    """``(t_s, rate_mbit, delay_ms)`` at each segment boundary of ``trace`` in ``[0, until_s)``,
+    loops unrolled, leaving out segments with the rate of the one before (pure)."""
+    out: list[tuple[float, float | None, float]] = []
+    previous: object = object()
+    for t_s, seg in trace.boundaries(until_s):
+        if seg.rate_mbit == previous:
+            continue
+        out.append((t_s, seg.rate_mbit, seg.delay_ms))
+        previous = seg.rate_mbit
+    return out
+
+
 def replay_schedule(trace, until_s: float, dev: str, *, ifb: str | None = None,
                     netem: bool = False, ifb_netem: bool | None = None
                     ) -> list[tuple[float, list[list[str]]]]:
     """When (seconds after measurement starts) to run which rate changes on one device, for
     ``trace`` (a :class:`~paretopipe.netcond.traces.Trace`) over a run of ``until_s``: one
     entry per segment boundary, loops unrolled; segments with the rate of the one before are
-    skipped. Delay, jitter and loss changes are not in it (see docs/testbed.md)."""
-    out: list[tuple[float, list[list[str]]]] = []
-    previous: object = object()
-    for t_s, seg in trace.boundaries(until_s):
-        if seg.rate_mbit == previous:
-            continue
-        out.append((t_s, rate_change_commands(dev, seg.rate_mbit, seg.delay_ms, ifb=ifb,
-                                              netem=netem, ifb_netem=ifb_netem)))
-        previous = seg.rate_mbit
-    return out
+    skipped (:func:`rate_steps`). Delay, jitter and loss changes are not in it (see
+    docs/testbed.md)."""
+    return [(t_s, rate_change_commands(dev, rate, delay, ifb=ifb, netem=netem, ifb_netem=ifb_netem))
+            for t_s, rate, delay in rate_steps(trace, until_s)]

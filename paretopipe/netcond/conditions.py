@@ -156,5 +156,6 @@ def require_constant(cond: Condition, what: str) -> None:
     if cond.is_trace:
         raise ConfigError(
             f"condition {cond.name} is a trace ({cond.trace_file}); {what} applies constant "
-            "conditions only: replaying a trace in time with a run is not implemented yet "
-            "(issue 25); pick a constant condition, e.g. one of the trace's rates")
+            "conditions only: trace replay is implemented on the emulated testbed (`paretopipe "
+            "testbed shape`, and the sweep there), not on real NICs; pick a constant condition, "
+            "e.g. one of the trace's rates")

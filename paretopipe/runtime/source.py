@@ -79,6 +79,7 @@ class _Run:
         self.kept_logits: dict[int, Any] = {}
         self.prefetch_stalls = 0
         self.prefetch_stall_s = 0.0
+        self._trace_started = False
         self.labelled_images = 0
         self.compute_cpu_s = 0.0
         self.fidelity: dict[str, Any] | None = None
@@ -94,6 +95,10 @@ class _Run:
         from paretopipe.splitting import build_stages, num_blocks, stage_io_shapes
 
         cfg = self.cfg
+        if self.trace_clock is not None:
+            from paretopipe.netcond.clock import check_clock_file
+
+            check_clock_file(self.trace_clock)
         self.device = check_device(cfg.device)
         self.input_size = cfg.input_size or get_model_info(cfg.model).input_size
         self.num_blocks = num_blocks(cfg.model, num_classes=cfg.num_classes)
@@ -257,7 +262,11 @@ class _Run:
             prefetch = Prefetcher(inputs, depth=max(2, cfg.window + 1))
             sampler.start()
             contention.start()
-            self._loop(link, prefetch)
+            try:
+                self._loop(link, prefetch)
+            finally:
+                if self._trace_started:
+                    self._signal_trace("stop", time.monotonic())
             self.host_contention = contention.stop()
             own = sampler.stop()
             own["index"] = 0
@@ -272,6 +281,24 @@ class _Run:
                 self.prefetch_stalls, self.prefetch_stall_s = prefetch.stalls, prefetch.stall_s
                 prefetch.close()
             link.close()
+
+    @property
+    def trace_clock(self) -> str | None:
+        """The clock file a trace follower replays this run's condition from (network
+        ``extra.trace_clock``, :mod:`paretopipe.netcond.clock`), or None."""
+        return ((self.cfg.network or {}).get("extra") or {}).get("trace_clock")
+
+    def _signal_trace(self, event: str, t: float) -> None:
+        """Tell the trace follower that measurement starts (the trace's t = 0) or ended."""
+        if self.trace_clock is None:
+            return
+        from paretopipe.netcond.clock import write_signal
+
+        try:
+            write_signal(self.trace_clock, default_run_id(self.cfg), event, t)
+        except OSError as exc:
+            raise StageError(f"cannot signal the trace follower through {self.trace_clock}: {exc.strerror}") from exc
+        self._trace_started = event == "start"
 
     def _loop(self, link: Any, prefetch: Any) -> None:
         if self.cfg.window == 1:
@@ -302,6 +329,7 @@ class _Run:
                 send_s = time.monotonic()
                 if counted and t_first is None:
                     t_first = send_s
+                    self._signal_trace("start", send_s)
                 out, slot, t_start, t_ready, cpu = self.step(batch.images, buffers, batch_id)
                 self.compute_cpu_s += cpu
                 p = _Pending(batch_id, send_s, t_ready - t_start, t_ready, window_wait, batch.labels)
@@ -385,6 +413,7 @@ class _Run:
                     send_s = time.monotonic()
                     if counted and not t_first:
                         t_first.append(send_s)
+                        self._signal_trace("start", send_s)
                     out, slot, t_start, t_ready, cpu = self.step(batch.images, buffers, batch_id)
                     self.compute_cpu_s += cpu
                     with lock:
@@ -536,9 +565,12 @@ class _Run:
             from paretopipe.netcond.conditions import Condition
             from paretopipe.netcond.traces import trace_records
 
-            known = {f.name for f in dataclasses.fields(Condition)}
-            cond = Condition(**{k: v for k, v in configured.items() if k in known})
+            known = {f.name for f in dataclasses.fields(Condition)} - {"name"}
+            # the netem role's record leaves the name out of `configured`: it is the run's label
+            cond = Condition(name=configured.get("name") or cfg.network_label,
+                             **{k: v for k, v in configured.items() if k in known})
             batches, summary["trace"] = trace_records(cond.trace(), batches)
+            summary["trace"]["replayed_from"] = self.trace_clock  # None: nothing followed this run's t0
         return build_result(
             run_id=run_id, sweep_id=cfg.sweep_id, status="failed" if self.error else "ok", error=self.error,
             config=self.config_section(), environment=env, batches=batches,

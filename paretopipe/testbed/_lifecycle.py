@@ -380,7 +380,7 @@ def leftovers(topo: Topology, state: State | None = None) -> list[Leftover]:
                                       f"{res.get('role')} of {res.get('device')}"))
         for dl in (state.shaping or {}).get("processes", []):
             if _system.pid_alive(dl["pid"], dl.get("start")):
-                found.append(Leftover("process", str(dl["pid"]), f"delay line of {dl.get('device')}"))
+                found.append(Leftover("process", str(dl["pid"]), f"{dl.get('role', 'delay line')} of {dl.get('device')}"))
     return found
 
 

@@ -8,7 +8,7 @@ pacing 1500-byte delivery opportunities at 50 Mbit/s is 4,200 verdicts a second 
 on a 2-core machine; tbf already shapes in the kernel, and changing its rate costs one ``tc``
 call per qdisc per step (docs/testbed.md has the figures). The delay line keeps the delay,
 which must then be constant along the trace; a trace whose delay, jitter or loss varies is
-refused here, saying so.
+refused (:func:`paretopipe.testbed._shaping.constant_part`), saying so.
 
 :func:`check_trace` shapes the trace's first segment, starts the replay at a known
 ``time.monotonic()`` (the trace's clock: t = 0), runs a bulk transfer whose receiver counts
@@ -25,8 +25,8 @@ from pathlib import Path
 from paretopipe import netcond
 from paretopipe.errors import ConfigError, TestbedError
 from paretopipe.netcond import Condition
-from paretopipe.netcond.commands import OUTAGE_RATE_MBIT, UNLIMITED_RATE_MBIT
-from paretopipe.testbed import _system
+from paretopipe.testbed import _shaping, _system
+from paretopipe.testbed._shaping import constant_part
 from paretopipe.testbed._state import Paths, locked
 from paretopipe.testbed.topology import Topology
 
@@ -40,52 +40,40 @@ BIN_OK_SHARE = 0.8
 SETTLE_S = 0.5
 
 
-def constant_part(cond: Condition) -> tuple[netcond.Trace, Condition]:
-    """The trace, and the constant condition its replay starts from (the first segment's rate;
-    the delay, jitter and loss of the whole trace, which must not vary)."""
-    trace = cond.trace()
-    first = trace.segments[0]
-    for seg in trace.segments[1:]:
-        if (seg.delay_ms, seg.jitter_ms, seg.loss_pct) != (first.delay_ms, first.jitter_ms, first.loss_pct):
-            raise ConfigError(
-                f"{trace.source}:{seg.line}: delay/jitter/loss change at {seg.t_s:g} s; the testbed's "
-                "replay follows the rate only (the delay line's delay is fixed while it runs): keep "
-                "them constant along the trace")
-    rate = first.rate_mbit
-    start = Condition(name=f"{cond.name}.t0", delay_ms=first.delay_ms, jitter_ms=first.jitter_ms,
-                      loss_pct=first.loss_pct,
-                      rate_mbit=UNLIMITED_RATE_MBIT if rate is None else max(rate, OUTAGE_RATE_MBIT))
-    return trace, start
-
-
 class TraceReplay:
-    """Runs a trace's rate changes on the shaped devices at their time after ``start``."""
+    """Runs a trace's rate changes on the shaped devices at their time after ``start``.
+
+    The commands of each step are built when it is due, so a long horizon over a fine trace
+    (a Mahimahi trace has a step every 0.1 s) costs one tuple per step, not its argv lists.
+    """
 
     def __init__(self, topo: Topology, names: Sequence[str], trace: netcond.Trace, until_s: float,
                  *, netem: bool, ifb: str) -> None:
-        steps: list[tuple[float, str, list[str]]] = []
-        for name in names:
-            for t_s, cmds in netcond.replay_schedule(trace, until_s, topo.nic, ifb=ifb, netem=False,
-                                                     ifb_netem=netem):
-                if t_s > 0:  # t = 0 is the shaped start
-                    steps += [(t_s, topo.netns(name), cmd) for cmd in cmds]
-        self._steps = sorted(steps, key=lambda s: s[0])
+        self._topo, self._names, self._netem, self._ifb = topo, list(names), netem, ifb
+        self._steps = [s for s in netcond.rate_steps(trace, until_s) if s[0] > 0]  # t = 0: shaped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors: list[str] = []
         self.late_s: list[float] = []  # how late each change ran, against its planned time
 
+    def commands(self, rate_mbit: float | None, delay_ms: float) -> list[tuple[str, list[str]]]:
+        """(namespace, argv) of one step: every device's egress and ifb tbf to ``rate_mbit``."""
+        return [(self._topo.netns(name), cmd) for name in self._names
+                for cmd in netcond.rate_change_commands(self._topo.nic, rate_mbit, delay_ms, ifb=self._ifb,
+                                                        netem=False, ifb_netem=self._netem)]
+
     def start(self, t0: float) -> None:
         def loop() -> None:
-            for t_s, ns, cmd in self._steps:
+            for t_s, rate, delay in self._steps:
                 if self._stop.wait(max(0.0, t0 + t_s - time.monotonic())):
                     return
-                try:
-                    _system.run(cmd, ns=ns, timeout=5.0)
-                except TestbedError as exc:
-                    self.errors.append(str(exc))
-                    return
-                self.late_s.append(time.monotonic() - (t0 + t_s))
+                for ns, cmd in self.commands(rate, delay):
+                    try:
+                        _system.run(cmd, ns=ns, timeout=5.0)
+                    except TestbedError as exc:
+                        self.errors.append(str(exc))
+                        return
+                    self.late_s.append(time.monotonic() - (t0 + t_s))
 
         self._thread = threading.Thread(target=loop, name="trace-replay", daemon=True)
         self._thread.start()
@@ -124,8 +112,6 @@ def check_trace(condition: Condition | str, pair: Sequence[str] | None = None, *
 
     The testbed is left unshaped afterwards (also on error): this is a check, not a shaping.
     """
-    from paretopipe.testbed import _shaping
-
     cond = _shaping.resolve_condition(condition, conditions_file)
     if not cond.is_trace:
         raise ConfigError(f"condition {cond.name} is constant: use `paretopipe testbed check`")

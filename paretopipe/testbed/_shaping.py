@@ -24,6 +24,7 @@ from pathlib import Path
 from paretopipe import netcond
 from paretopipe.errors import ConfigError, TestbedError
 from paretopipe.netcond import Condition, judge
+from paretopipe.netcond.commands import OUTAGE_RATE_MBIT, UNLIMITED_RATE_MBIT
 from paretopipe.polling import poll_until
 from paretopipe.testbed import _system
 from paretopipe.testbed._state import Paths, Progress, State, locked, quiet
@@ -35,6 +36,8 @@ CHAIN = netcond.DEFAULT_CHAIN
 PROBE_PORT = 45201
 DELAYLINE_RT_PRIORITY = 20
 PROBE_RT_PRIORITY = 10
+#: what the trace follower (:mod:`paretopipe.testbed.tracefollow`) prints once it follows the clock
+FOLLOWER_READY = "tracefollow: following"
 
 
 def _loaded(paths: Paths) -> tuple[Topology, State]:
@@ -98,6 +101,24 @@ def _start_delayline(paths: Paths, topo: Topology, device: str, cond: Condition)
     raise TestbedError(f"the delay line for {device} did not start: {log.read_text().strip()}")
 
 
+def constant_part(cond: Condition) -> tuple[netcond.Trace, Condition]:
+    """The trace, and the constant condition its replay starts from (the first segment's rate;
+    the delay, jitter and loss of the whole trace, which must not vary)."""
+    trace = cond.trace()
+    first = trace.segments[0]
+    for seg in trace.segments[1:]:
+        if (seg.delay_ms, seg.jitter_ms, seg.loss_pct) != (first.delay_ms, first.jitter_ms, first.loss_pct):
+            raise ConfigError(
+                f"{trace.source}:{seg.line}: delay/jitter/loss change at {seg.t_s:g} s; the testbed's "
+                "replay follows the rate only (the delay line's delay is fixed while it runs): keep "
+                "them constant along the trace")
+    rate = first.rate_mbit
+    start = Condition(name=f"{cond.name}.t0", delay_ms=first.delay_ms, jitter_ms=first.jitter_ms,
+                      loss_pct=first.loss_pct,
+                      rate_mbit=UNLIMITED_RATE_MBIT if rate is None else max(rate, OUTAGE_RATE_MBIT))
+    return trace, start
+
+
 def plan(topo: Topology, cond: Condition, names: Sequence[str], *, netem: bool) -> dict:
     """What shaping ``names`` with ``cond`` runs in each device's namespace (pure).
 
@@ -133,7 +154,9 @@ def shape(condition: Condition | str, between: Sequence[str] | None = None, *,
     """Apply ``condition`` between the devices in ``between`` (default: all), replacing any
     condition in force. Returns the shaping record (also kept in the state file)."""
     cond = resolve_condition(condition, conditions_file)
-    netcond.require_constant(cond, "`testbed shape`")  # before anything is touched
+    applied = cond
+    if cond.is_trace:  # its first segment now; the follower replays the rest from each run's t0
+        _, applied = constant_part(cond)  # refuses a varying delay before anything is touched
     _system.require_root()
     paths = Paths.at(state_dir)
     progress = progress or quiet
@@ -153,17 +176,19 @@ def shape(condition: Condition | str, between: Sequence[str] | None = None, *,
         shaping: dict = {"condition": cond.to_dict(), "between": names,
                          "method": "netem" if netem else "delayline", "devices": {},
                          "processes": []}
+        if cond.is_trace:
+            shaping["at_rest"] = applied.to_dict()
         state.shaping = shaping
         state.save(paths)
         try:
-            for name, step in plan(topo, cond, names, netem=netem).items():
+            for name, step in plan(topo, applied, names, netem=netem).items():
                 ns = topo.netns(name)
                 shaping["devices"][name] = {"peers": step["peers"], "iptables": False}
                 state.save(paths)
                 for cmd in step["tc"]:
                     _system.run(cmd, ns=ns)
                 if step["delayline"]:
-                    shaping["processes"].append(_start_delayline(paths, topo, name, cond))
+                    shaping["processes"].append(_start_delayline(paths, topo, name, applied))
                     state.save(paths)
                 if step["iptables"]:
                     shaping["devices"][name]["iptables"] = True
@@ -171,16 +196,61 @@ def shape(condition: Condition | str, between: Sequence[str] | None = None, *,
                     for cmd in step["iptables"]:
                         _system.run(cmd, ns=ns)
                 progress(f"shaped {name} towards {', '.join(p for p in names if p != name)}: "
-                         f"{cond.describe()}")
+                         f"{applied.describe()}")
+            if cond.is_trace:
+                follower, shaping["trace"] = _start_follower(paths, topo, cond, names, netem=netem)
+                shaping["processes"].append(follower)
+                state.save(paths)
+                progress(f"trace {cond.name}: replayed from each run's first counted batch; the source "
+                         f"signals it through {shaping['trace']['clock']}")
         except BaseException:
             unshape_locked(topo, state, paths, progress)
             raise
         return shaping
 
 
+def _start_follower(paths: Paths, topo: Topology, cond: Condition, names: Sequence[str], *,
+                    netem: bool) -> tuple[dict, dict]:
+    """Start the trace follower (:mod:`paretopipe.testbed.tracefollow`): its process record and
+    the shaping's ``trace`` entry (``clock``: the file the source signals its t0 through)."""
+    run = paths.root / "run" / "trace"
+    run.mkdir(parents=True, exist_ok=True)
+    files = {"clock": str(run / "clock.json"), "log": str(run / "follow.jsonl"),
+             "spec": str(run / "spec.json")}
+    Path(files["clock"]).unlink(missing_ok=True)
+    Path(files["spec"]).write_text(json.dumps({
+        "topology": topo.to_dict(), "between": list(names), "netem": netem, "ifb": IFB,
+        "condition": cond.to_dict(), "clock": files["clock"], "log": files["log"]}))
+    log = run / "follow.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "paretopipe.testbed.tracefollow", "--spec", files["spec"]],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    def outcome() -> str:
+        if FOLLOWER_READY in log.read_text():
+            return "following"
+        return "exited" if proc.poll() is not None else ""
+
+    record = {"role": "tracefollow", "device": "controller", "pid": proc.pid,
+              "start": _system.start_time(proc.pid)}
+    if poll_until(outcome, 20.0, interval_s=0.05) == "following":
+        return record, files
+    if proc.poll() is None:
+        _system.terminate([(proc.pid, record["start"])])
+    raise TestbedError(f"the trace follower did not start: {log.read_text().strip()}")
+
+
 def unshape_locked(topo: Topology, state: State, paths: Paths, progress: Progress) -> None:
     shaping = state.shaping or {}
     errors = []
+    # The follower first: a rate change after the qdiscs are gone would only fail, but stop it
+    # before anything else so nothing moves while the shaping is taken down.
+    followers = [(p["pid"], p.get("start")) for p in shaping.get("processes", []) if p.get("role") == "tracefollow"]
+    try:
+        _system.terminate(followers)
+    except TestbedError as exc:
+        errors.append(str(exc))
     for name, dev in shaping.get("devices", {}).items():
         ns = topo.netns(name)
         if ns not in _system.netns_list():
@@ -193,10 +263,12 @@ def unshape_locked(topo: Topology, state: State, paths: Paths, progress: Progres
         left = _shaping_left(topo, name)
         if left:
             errors.append(f"{name}: {', '.join(left)}")
-    procs = [(p["pid"], p.get("start")) for p in shaping.get("processes", [])]
+    procs = [(p["pid"], p.get("start")) for p in shaping.get("processes", []) if p.get("role") != "tracefollow"]
     try:
         if _system.terminate(procs):
             progress(f"stopped {len(procs)} delay line(s)")
+        if followers:
+            progress("stopped the trace follower")
     except TestbedError as exc:
         errors.append(str(exc))
     if errors:
@@ -314,7 +386,10 @@ def check(pair: Sequence[str] | None = None, *, state_dir: str | Path | None = N
     src, dst = pair
     topo.device(src)
     topo.device(dst)
-    cond = Condition(**shaping["condition"]) if shaping else Condition(name="unshaped")
+    # A trace at rest between runs holds its first segment: that is what can be checked here
+    # (`testbed check --trace` replays it and judges every bin).
+    cond = (Condition(**shaping.get("at_rest") or shaping["condition"]) if shaping
+            else Condition(name="unshaped"))
     shaped_pair = bool(shaping) and src in shaping["between"] and dst in shaping["between"]
     if not shaped_pair:
         cond = Condition(name="unshaped")

@@ -75,6 +75,45 @@ def test_reduced_sweep_writes_result_files_and_leaves_nothing(testbed: EmulatedT
     assert stage_processes(testbed) == []
 
 
+def test_sweep_under_a_trace_condition_replays_it_from_each_runs_first_counted_batch(
+        testbed: EmulatedTestbed) -> None:
+    """-e conditions=steps-2-50: the netem role shapes the trace (its first segment and the
+    follower), every run signals its t0 through the clock file the record names, the follower
+    replays each run, and the condition's clearing stops it and leaves nothing shaped."""
+    proc = testbed.playbook("sweep.yml", **SMALL, splits="0,19", conditions="steps-2-50", backends="tcp",
+                            sweep_id="traced")
+    assert proc.ok, ok(proc)
+    files = sorted((testbed.results / "traced").glob("*.json"))
+    assert {p.name for p in files} == {f"mobilenet_v2-s{k}-tcp-steps-2-50-b2-w1-r0.json" for k in (0, 19)}
+    clock = testbed.state / "run" / "trace" / "clock.json"
+    for path in files:
+        doc = json.loads(path.read_text())
+        assert doc["status"] == "ok", (path.name, doc.get("error"))
+        net = doc["config"]["network"]
+        assert net["configured"]["trace_file"].endswith("steps-2-50.csv")
+        assert net["extra"]["trace_clock"] == str(clock) == doc["summary"]["trace"]["replayed_from"]
+        assert [b["trace_capacity_mbit"] for b in doc["batches"]] == [50] * 4  # the first 10 s segment
+        assert net["extra"]["hops"][0]["configured"]["rate_mbit"] == 50  # checked at rest
+    followed = [json.loads(line)["run_id"] for line in (clock.parent / "follow.jsonl").read_text().splitlines()]
+    assert sorted(followed) == sorted(json.loads(p.read_text())["run_id"] for p in files), followed
+    assert shaped_devices(testbed) == {}
+    assert stage_processes(testbed) == []
+    follower = [line for line in _cmdlines() if "paretopipe.testbed.tracefollow" in line and str(testbed.state) in line]
+    assert follower == []
+
+
+def _cmdlines() -> list[str]:
+    from pathlib import Path
+
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            out.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return out
+
+
 def test_killed_worker_fails_that_run_only_and_a_rerun_completes(testbed: EmulatedTestbed) -> None:
     marker = testbed.root / "fault-marker"
     args = {**SMALL, "splits": "0,19", "conditions": "lan", "backends": "tcp",

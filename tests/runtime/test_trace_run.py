@@ -34,7 +34,8 @@ def test_a_run_under_a_trace_records_clock_and_capacity(shared_workers, tmp_path
     trace_file.write_text("t_s,rate,delay\n0,50,5\n0.2,2,5\n0.4,,,,\n")
     cond = Condition("steps", trace_file=str(trace_file), trace_format="segments")
     net = tmp_path / "net.json"
-    net.write_text(json.dumps({"configured": cond.to_dict()}))
+    # as the netem role records it: no name in `configured` (the label names the condition)
+    net.write_text(json.dumps({"configured": {k: v for k, v in cond.to_dict().items() if k != "name"}}))
     out = tmp_path / "run.json"
     rc = cli_main(["run", "--model", "resnet18", "--split", "5", "--stages", w1.address, "--batches", "6",
                    "--warmup", "2", "--input-size", "64", "--batch-size", "2", "--threads", "1",
@@ -50,6 +51,7 @@ def test_a_run_under_a_trace_records_clock_and_capacity(shared_workers, tmp_path
         assert b["trace_capacity_mbit"] == trace.capacity_mbit(b["trace_send_s"])
     tr = doc["summary"]["trace"]
     assert tr["source"] == str(trace_file) and sum(s["batches"] for s in tr["segments"]) == 6
+    assert tr["replayed_from"] is None  # no clock file: nothing replayed the link in time with it
     assert tr["latency_s"]["p50"] <= tr["latency_s"]["p95"] <= tr["latency_s"]["p99"]
 
     # the analysis (files only): the per-batch frame, and the timeline in the report
@@ -63,6 +65,11 @@ def test_a_run_under_a_trace_records_clock_and_capacity(shared_workers, tmp_path
     report = tmp_path / "report"
     assert analysis_main([str(out), "--out", str(report), "--include-invalid"]) == 0
     assert (report / "plots" / "timeline_resnet18_steps.png").is_file()
+    # the capacity panel steps where the trace does (0.2 s, looped every 0.4 s), not at batches
+    from analysis.timeline import capacity_steps
+
+    times, rates = capacity_steps(out, 0.9)
+    assert times == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 0.9]) and rates == [50, 2, 50, 2, 50, 50]
     assert "Timeline: resnet18, steps" in (report / "report.md").read_text()
     # the trace-wide objective: p95 latency over the whole run, on the frontier
     from analysis import load_runs
