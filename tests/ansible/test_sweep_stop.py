@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from paretopipe.plan import sweep_identity
 from paretopipe.polling import poll_until
 from tests.ansible.conftest import REPO, EmulatedTestbed, ansible_env, stage_processes, tool
 from tests.ansible.test_sweep_playbook import SMALL, ok, said
@@ -58,7 +59,10 @@ def _running_first_run(testbed: EmulatedTestbed, proc: subprocess.Popen, log: Pa
 
 
 def _device_file(testbed: EmulatedTestbed, sweep_id: str) -> dict:
-    return json.loads((testbed.workdir("pi1") / "results" / sweep_id / f"{FIRST}.json").read_text())
+    """The source device's copy of the first run: under the controller's sweep identity (a token
+    kept in the controller's results folder, DESIGN decision 14)."""
+    token = sweep_identity(testbed.results / sweep_id, sweep_id)
+    return json.loads((testbed.workdir("pi1") / "results" / sweep_id / token / f"{FIRST}.json").read_text())
 
 
 def _resumes(testbed: EmulatedTestbed, sweep_id: str) -> None:
