@@ -58,11 +58,14 @@ def _running_first_run(testbed: EmulatedTestbed, proc: subprocess.Popen, log: Pa
     return pid
 
 
+def _device_folder(testbed: EmulatedTestbed, sweep_id: str) -> Path:
+    """The source device's copies of the sweep's runs: under the controller's sweep identity (a
+    token kept in the controller's results folder, DESIGN decision 14)."""
+    return testbed.workdir("pi1") / "results" / sweep_id / sweep_identity(testbed.results / sweep_id, sweep_id)
+
+
 def _device_file(testbed: EmulatedTestbed, sweep_id: str) -> dict:
-    """The source device's copy of the first run: under the controller's sweep identity (a token
-    kept in the controller's results folder, DESIGN decision 14)."""
-    token = sweep_identity(testbed.results / sweep_id, sweep_id)
-    return json.loads((testbed.workdir("pi1") / "results" / sweep_id / token / f"{FIRST}.json").read_text())
+    return json.loads((_device_folder(testbed, sweep_id) / f"{FIRST}.json").read_text())
 
 
 def _resumes(testbed: EmulatedTestbed, sweep_id: str) -> None:
@@ -73,7 +76,7 @@ def _resumes(testbed: EmulatedTestbed, sweep_id: str) -> None:
     assert sorted(p.name for p in folder.glob("*-r0.json")) == [f"{FIRST}.json", "mobilenet_v2-s19-tcp-lan-b2-w1-r0.json"]
     assert json.loads((folder / f"{FIRST}.json").read_text())["status"] == "ok"
     # the interrupted run's file was set aside on the device, not taken for done
-    assert list((testbed.workdir("pi1") / "results" / sweep_id).glob(f"{FIRST}.failed-*.json"))
+    assert list(_device_folder(testbed, sweep_id).glob(f"{FIRST}.failed-*.json"))
     assert stage_processes(testbed) == []
 
 
