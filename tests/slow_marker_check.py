@@ -40,6 +40,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--slow-limit", type=float, default=None, metavar="SECONDS",
         help=f"fail a passing test not marked slow whose call takes longer than SECONDS times the "
              f"machine's load factor max(1, loadavg/cores) (default {DEFAULT_LIMIT_S:g}; 0 turns the check off)")
+    parser.addini("slow_limit", default=str(DEFAULT_LIMIT_S),
+                  help="the marker check's limit in seconds when --slow-limit is not given (its own tests set it)")
     parser.addoption(
         "--slow-check", choices=("fail", "report"), default=None,
         help="fail the tests over --slow-limit, or only list them in the summary (default: fail when -m "
@@ -65,7 +67,7 @@ def load_factor() -> float:
 def _limit(config: pytest.Config) -> float:
     value = config.getoption("--slow-limit")
     if value is None:
-        return DEFAULT_LIMIT_S
+        return float(config.getini("slow_limit"))
     if value < 0:
         raise pytest.UsageError(f"--slow-limit {value:g} is negative; give seconds, or 0 to turn the check off")
     return value

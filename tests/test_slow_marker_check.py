@@ -113,16 +113,14 @@ def test_pure():
     result.stdout.no_fnmatch_line("*test_needs_a_testbed*")
 
 
-def test_the_full_suite_lists_an_offender_without_failing_it(pytester, unloaded, monkeypatch):
-    monkeypatch.setattr(slow_marker_check, "DEFAULT_LIMIT_S", 0.2)
+def test_the_full_suite_lists_an_offender_without_failing_it(pytester, unloaded):
     pytester.makepyfile(SLOW_UNMARKED)
-    result = run(pytester)
+    result = run(pytester, "-o", "slow_limit=0.2")  # the default limit, lowered; no --slow-limit
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*marker check*", "*test_sleeps took *s, over the 0.2 s limit*"])
 
 
-def test_the_fast_tier_fails_an_offender_at_the_default_limit(pytester, unloaded, monkeypatch):
-    monkeypatch.setattr(slow_marker_check, "DEFAULT_LIMIT_S", 0.2)
+def test_the_fast_tier_fails_an_offender_at_the_default_limit(pytester, unloaded):
     pytester.makepyfile(SLOW_UNMARKED)
-    run(pytester, "-m", "not slow").assert_outcomes(failed=1)
-    run(pytester, "--slow-check", "report").assert_outcomes(passed=1)
+    run(pytester, "-o", "slow_limit=0.2", "-m", "not slow").assert_outcomes(failed=1)
+    run(pytester, "-o", "slow_limit=0.2", "--slow-check", "report").assert_outcomes(passed=1)
