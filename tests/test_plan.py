@@ -191,6 +191,7 @@ def test_predicted_selection_chooses_codecs_too(tmp_path: Path) -> None:
         ([0], "int8"), ([1], "int8"), ([23], "none")]
 
 
+@pytest.mark.slow  # a device round through subprocess runs: 9 s alone, 11 s beside the fast tier's other worker
 def test_the_device_entry_point_reports_progress_and_sets_a_failed_run_aside(tmp_path: Path) -> None:
     """`python -m paretopipe.plan run` as the source_runner role calls it: a worker that is not
     there fails the run (a file set aside), the status file ends finished, the bundle has it."""
