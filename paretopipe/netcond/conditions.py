@@ -104,6 +104,13 @@ class Condition:
         return f"{self.name} ({', '.join(parts) or 'unshaped'})"
 
 
+def recorded_condition(configured: dict, name: str | None = None) -> Condition:
+    """The condition a result file's ``network.configured`` record describes; ``name`` stands in
+    when the record leaves it out (the netem role's records do: it is the run's label)."""
+    known = {f.name for f in dataclasses.fields(Condition)} - {"name"}
+    return Condition(name=configured.get("name") or name, **{k: v for k, v in configured.items() if k in known})
+
+
 def default_conditions_path() -> Path:
     return Path(__file__).resolve().parent.parent / "data" / "conditions.yml"
 

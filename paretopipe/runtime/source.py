@@ -560,15 +560,10 @@ class _Run:
         batches = [r.to_json(t0) for r in recs]
         configured = (cfg.network or {}).get("configured") or {}
         if configured.get("trace_file"):  # a condition that moves: the batches on its clock
-            import dataclasses
-
-            from paretopipe.netcond.conditions import Condition
+            from paretopipe.netcond.conditions import recorded_condition
             from paretopipe.netcond.traces import trace_records
 
-            known = {f.name for f in dataclasses.fields(Condition)} - {"name"}
-            # the netem role's record leaves the name out of `configured`: it is the run's label
-            cond = Condition(name=configured.get("name") or cfg.network_label,
-                             **{k: v for k, v in configured.items() if k in known})
+            cond = recorded_condition(configured, cfg.network_label)
             batches, summary["trace"] = trace_records(cond.trace(), batches)
             summary["trace"]["replayed_from"] = self.trace_clock  # None: nothing followed this run's t0
         return build_result(
